@@ -161,9 +161,7 @@ def _is_leaf(module: nn.Module) -> bool:
 def _hooks(model: nn.Module, stack: list[str], rows: dict[str, LayerStats]):
     handles = []
     for name, module in model.named_modules():
-        handles.append(
-            module.register_forward_pre_hook(lambda m, i, name=name: stack.append(name))
-        )
+        handles.append(module.register_forward_pre_hook(lambda m, i, name=name: stack.append(name)))
 
         def post(m, inputs, output, name=name):  # noqa: ANN001
             stack.pop()

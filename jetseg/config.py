@@ -291,9 +291,13 @@ def _from_mapping(cls: type, data: dict, path: str, problems: list[tuple[str, st
         problems.append((_join(path, str(key)), f"unknown key; allowed keys: {', '.join(names)}"))
     kwargs = {}
     before = len(problems)
-    for name in names:
-        if name in data:
-            kwargs[name] = _coerce(data[name], hints[name], _join(path, name), problems)
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            key = _join(path, f.name)
+            count = len(problems)
+            kwargs[f.name] = _coerce(data[f.name], hints[f.name], key, problems)
+            if len(problems) == count:
+                problems += _check_meta(f, kwargs[f.name], key)
     if len(problems) > before or unknown:
         return None
     try:
@@ -307,6 +311,19 @@ def _construct(cls: type, kwargs: dict[str, Any]) -> Any:
     return cls(**kwargs)
 
 
+def _check_meta(f: dataclasses.Field, value: Any, key: str) -> list[tuple[str, str]]:
+    """The choices and ranges a field's metadata declares."""
+    meta = f.metadata
+    if "choices" in meta and value not in meta["choices"]:
+        allowed = ", ".join(str(c) for c in meta["choices"])
+        return [(key, f"{_describe(value)} is not one of {allowed}")]
+    if "min" in meta and not meta["min"] <= value <= meta["max"]:
+        return [
+            (key, f"{value} is out of range; {meta['min']} <= value <= {meta['max']} must hold")
+        ]
+    return []
+
+
 def _check_tree(obj: Any, path: str) -> list[tuple[str, str]]:
     """Types, ranges and choices of every field below ``obj`` (for configs built in Python)."""
     problems: list[tuple[str, str]] = []
@@ -318,14 +335,7 @@ def _check_tree(obj: Any, path: str) -> list[tuple[str, str]]:
         _coerce(value, hints[f.name], key, problems)
         if len(problems) > before:
             continue
-        meta = f.metadata
-        if "choices" in meta and value not in meta["choices"]:
-            allowed = ", ".join(str(c) for c in meta["choices"])
-            problems.append((key, f"{_describe(value)} is not one of {allowed}"))
-        if "min" in meta and not meta["min"] <= value <= meta["max"]:
-            problems.append(
-                (key, f"{value} is out of range; {meta['min']} <= value <= {meta['max']} must hold")
-            )
+        problems += _check_meta(f, value, key)
         if dataclasses.is_dataclass(value):
             problems += _check_tree(value, key)
         elif isinstance(value, tuple):

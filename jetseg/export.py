@@ -25,10 +25,52 @@ OUTPUT_NAME = "logits"
 
 # Operators TensorRT's ONNX parser builds (a superset of what JetSeg emits).
 TENSORRT_OPS = frozenset(
-    """Add Cast Clip Concat Constant ConstantOfShape Conv Div Exp Gather GlobalAveragePool
-    GlobalMaxPool HardSigmoid HardSwish Identity MatMul Max Min Mul Pad ReduceMax ReduceMean
-    Relu Reshape Resize Shape Sigmoid Slice Softmax Split Squeeze Sub Tanh Transpose Unsqueeze
-    BatchNormalization Range Equal Where Expand Floor Ceil Sqrt Pow""".split()
+    [
+        "Add",
+        "Cast",
+        "Clip",
+        "Concat",
+        "Constant",
+        "ConstantOfShape",
+        "Conv",
+        "Div",
+        "Exp",
+        "Gather",
+        "GlobalAveragePool",
+        "GlobalMaxPool",
+        "HardSigmoid",
+        "HardSwish",
+        "Identity",
+        "MatMul",
+        "Max",
+        "Min",
+        "Mul",
+        "Pad",
+        "ReduceMax",
+        "ReduceMean",
+        "Relu",
+        "Reshape",
+        "Resize",
+        "Shape",
+        "Sigmoid",
+        "Slice",
+        "Softmax",
+        "Split",
+        "Squeeze",
+        "Sub",
+        "Tanh",
+        "Transpose",
+        "Unsqueeze",
+        "BatchNormalization",
+        "Range",
+        "Equal",
+        "Where",
+        "Expand",
+        "Floor",
+        "Ceil",
+        "Sqrt",
+        "Pow",
+    ]
 )
 
 
@@ -42,7 +84,12 @@ def _plain_conv(module: MergedDepthwise | FusedPointwise) -> nn.Conv2d:
         if module.axis == "h":
             stride, pad, dil, groups = (module.stride, 1), (reach, 0), (module.step, 1), module.chs
         elif module.axis == "w":
-            stride, pad, dil, groups = (1, module.stride), (0, reach), (1, module.step), module.out_chs
+            stride, pad, dil, groups = (
+                (1, module.stride),
+                (0, reach),
+                (1, module.step),
+                module.out_chs,
+            )
         else:
             stride, pad, dil, groups = 1, reach, 1, module.out_chs
         in_chs = module.chs if module.axis == "h" else module.out_chs
@@ -109,7 +156,11 @@ def check_standard_ops(onnx_model: bytes | str | Path) -> dict[str, int]:
     """Operator counts of a graph; raises if any op is custom or outside what TensorRT builds."""
     import onnx
 
-    proto = onnx.load_from_string(onnx_model) if isinstance(onnx_model, bytes) else onnx.load(str(onnx_model))
+    proto = (
+        onnx.load_from_string(onnx_model)
+        if isinstance(onnx_model, bytes)
+        else onnx.load(str(onnx_model))
+    )
     onnx.checker.check_model(proto)
     counts: dict[str, int] = {}
     bad = []

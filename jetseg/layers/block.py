@@ -106,7 +106,7 @@ class JetBlock(nn.Module):
 
 
 class JetStem(nn.Module):
-    """The input block (paper Fig. 3a): JetConv from the image at stride 2 (it ends in BN) -> act."""
+    """The input block (paper Fig. 3a): JetConv from the image at stride 2 (ends in BN), act."""
 
     def __init__(
         self,
