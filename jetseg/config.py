@@ -43,12 +43,17 @@ PRESETS_DIR = Path(__file__).parent / "presets"
 class ConfigError(ValueError):
     """A config that cannot describe a network; ``problems`` lists ``(key_path, message)``."""
 
-    def __init__(self, problems: list[tuple[str, str]], source: str | None = None) -> None:
+    def __init__(
+        self,
+        problems: list[tuple[str, str]],
+        source: str | None = None,
+        what: str = "JetSeg config",
+    ) -> None:
         self.problems = list(problems)
         self.source = source
         where = f" ({source})" if source else ""
         lines = [f"  {path}: {msg}" if path else f"  {msg}" for path, msg in self.problems]
-        super().__init__(f"invalid JetSeg config{where}:\n" + "\n".join(lines))
+        super().__init__(f"invalid {what}{where}:\n" + "\n".join(lines))
 
 
 def _rng(low: int, high: int) -> dict[str, int]:
@@ -238,12 +243,7 @@ def _coerce(value: Any, tp: Any, path: str, problems: list[tuple[str, str]]) -> 
             if not attempt:
                 return result
             sub += attempt
-        allowed = " or ".join(
-            ", ".join(_describe(a) for a in typing.get_args(o))
-            if typing.get_origin(o) is Literal
-            else "an integer"
-            for o in args
-        )
+        allowed = " or ".join(_option_name(o) for o in args)
         problems.append((path, f"{_describe(value)} is not {allowed}"))
         return None
     if origin is tuple:
@@ -261,6 +261,16 @@ def _coerce(value: Any, tp: Any, path: str, problems: list[tuple[str, str]]) -> 
             _coerce(v, t, f"{path}[{i}]", problems)
             for i, (v, t) in enumerate(zip(value, item_types, strict=True))
         )
+    if tp is type(None):
+        if value is None:
+            return None
+        problems.append((path, f"expected nothing (null), got {_describe(value)}"))
+        return None
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        problems.append((path, f"expected a number, got {_describe(value)}"))
+        return None
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -277,6 +287,15 @@ def _coerce(value: Any, tp: Any, path: str, problems: list[tuple[str, str]]) -> 
         problems.append((path, f"expected a string, got {_describe(value)}"))
         return None
     raise TypeError(f"unsupported config field type {_type_name(tp)} at {path}")
+
+
+def _option_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return ", ".join(_describe(a) for a in typing.get_args(tp))
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    if tp is type(None):
+        return "null"
+    return names.get(tp, _type_name(tp))
 
 
 def _join(prefix: str, key: str) -> str:
@@ -314,6 +333,8 @@ def _construct(cls: type, kwargs: dict[str, Any]) -> Any:
 def _check_meta(f: dataclasses.Field, value: Any, key: str) -> list[tuple[str, str]]:
     """The choices and ranges a field's metadata declares."""
     meta = f.metadata
+    if value is None:
+        return []
     if "choices" in meta and value not in meta["choices"]:
         allowed = ", ".join(str(c) for c in meta["choices"])
         return [(key, f"{_describe(value)} is not one of {allowed}")]
@@ -442,6 +463,21 @@ def _dedupe(problems: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 # ---------------------------------------------------------------------------------------------
 # YAML I/O
+
+
+def parse_dataclass(cls: type, data: Any, *, source: str | None = None, what: str) -> Any:
+    """Build any frozen config dataclass from plain data with the same key-path errors.
+
+    Fields may be ints, floats, bools, strings, ``None``, Literals, unions of those, tuples and
+    nested dataclasses; ``field(metadata=...)`` ``choices`` / ``min`` / ``max`` are enforced.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError([("", "expected a mapping at the top level")], source, what)
+    problems: list[tuple[str, str]] = []
+    obj = _from_mapping(cls, data, "", problems)
+    if problems:
+        raise ConfigError(problems, source, what)
+    return obj
 
 
 def config_to_dict(config: Any, *, include_name: bool = True) -> dict[str, Any]:

@@ -1,0 +1,685 @@
+"""Studies: a study YAML becomes a :class:`StudySpec`; ``run_study`` creates or resumes it.
+
+One trial samples a JetSeg config from the space, counts it, exports it to ONNX, obtains its
+latency on the target (cache, then the providers the spec lists, in order; the provenance is
+always stored), sets the latency constraint, prunes an over-budget network **before** any
+training, and otherwise trains it for the short budget and returns val mIoU (and latency in
+pareto mode). Everything a person needs to judge the trial is stored as user attributes, which
+optuna-dashboard shows.
+
+Study files (``studies/*.yaml``) look like::
+
+    name: local
+    target: local                 # device the latency is for (a device profile name)
+    space: tiny                   # a built-in space name or a YAML path
+    data: null                    # a CamVid root, or null for the built-in synthetic scenes
+    mode: pareto                  # pareto (mIoU vs latency) or budget (mIoU under a budget)
+    train: {epochs: 2, size: [96, 128], loss: jetloss, batch_size: 8}
+    latency: {input_size: [360, 480], budget_ms: 40, providers: [local]}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from jetseg.config import ConfigError, JetSegConfig, arch_hash, dump_config, parse_dataclass
+from jetseg.loss import LOSS_NAMES
+
+STUDIES_DIR_ENV = "JETSEARCH_STUDIES_DIR"
+DEFAULT_STORAGE = "jetsearch-studies.log"
+PROVIDER_KINDS = ("workers", "local", "estimate")
+OBJECTIVE_NAMES = {"pareto": ["val_miou", "latency_ms"], "budget": ["val_miou"]}
+
+
+class StudyError(RuntimeError):
+    """A study that cannot run as asked (bad storage, no latency provider, ...)."""
+
+
+@dataclass(frozen=True)
+class TrialBudget:
+    """How each trial is trained: short, comparable runs."""
+
+    epochs: int = field(default=3, metadata={"min": 1, "max": 1000})
+    time_budget_s: float | None = None
+    size: tuple[int, int] = (360, 480)
+    loss: str = field(default="jetloss", metadata={"choices": LOSS_NAMES})
+    batch_size: int = field(default=8, metadata={"min": 1, "max": 1024})
+    lr: float | None = None
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    train_images: int | None = None
+    val_images: int | None = None
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class SyntheticData:
+    """Size of the built-in synthetic dataset when the study has no ``data`` path."""
+
+    train_images: int = field(default=64, metadata={"min": 1, "max": 100000})
+    val_images: int = field(default=16, metadata={"min": 1, "max": 100000})
+
+
+@dataclass(frozen=True)
+class LatencySpec:
+    """Where latency comes from and what budget it must meet."""
+
+    input_size: tuple[int, int] = (360, 480)
+    budget_ms: float | None = None
+    providers: tuple[str, ...] = ("workers", "estimate")
+    workers: tuple[str, ...] = ()
+    token_file: str | None = None
+    precision: Literal["fp32", "fp16"] = "fp16"
+    execution_provider: Literal["cpu", "cuda", "tensorrt"] = "cpu"
+    threads: int = field(default=2, metadata={"min": 1, "max": 256})
+    warmup_s: float = 1.0
+    runs: int = field(default=50, metadata={"min": 3, "max": 100000})
+    cache: str | None = "jetsearch-latency.sqlite"
+    device_profile: str | None = None
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A whole study: target, space, data, per-trial budget, objectives, latency, storage."""
+
+    name: str
+    target: str
+    space: str = "jetseg"
+    data: str | None = None
+    synthetic: SyntheticData = SyntheticData()
+    mode: Literal["pareto", "budget"] = "pareto"
+    train: TrialBudget = TrialBudget()
+    latency: LatencySpec = LatencySpec()
+    storage: str | None = None
+    seed: int = 0
+    enqueue_presets: tuple[str, ...] = ("nano", "agx", "workstation")
+    pruner: Literal["median", "none"] = "median"
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        problems = []
+        for i, kind in enumerate(self.latency.providers):
+            if kind not in PROVIDER_KINDS:
+                problems.append(
+                    (
+                        f"latency.providers[{i}]",
+                        f"{kind!r} is not one of {', '.join(map(repr, PROVIDER_KINDS))}",
+                    )
+                )
+        if not self.latency.providers:
+            problems.append(("latency.providers", "name at least one latency provider"))
+        if self.mode == "budget" and self.latency.budget_ms is None:
+            problems.append(("latency.budget_ms", "budget mode needs a latency budget"))
+        for key, size in (
+            ("train.size", self.train.size),
+            ("latency.input_size", self.latency.input_size),
+        ):
+            if min(size) < 16 or max(size) > 8192:
+                problems.append((key, f"{list(size)} is out of range (16 to 8192 per side)"))
+        if self.latency.budget_ms is not None and not self.latency.budget_ms > 0:
+            problems.append(("latency.budget_ms", f"{self.latency.budget_ms} must be > 0"))
+        if problems:
+            raise ConfigError(problems, what="study")
+
+    @property
+    def objective_names(self) -> list[str]:
+        return OBJECTIVE_NAMES[self.mode]
+
+
+def studies_dir() -> Path:
+    """Where the built-in study files live (a checkout, an editable or a wheel install)."""
+    env = os.environ.get(STUDIES_DIR_ENV)
+    if env:
+        return Path(env)
+    repo = Path(__file__).resolve().parents[1] / "studies"
+    if repo.is_dir():
+        return repo
+    from importlib.resources import files
+
+    return Path(str(files("jetsearch") / "builtin" / "studies"))
+
+
+def study_names() -> list[str]:
+    return sorted(p.stem for p in studies_dir().glob("*.yaml"))
+
+
+def load_study_spec(name_or_path: str | Path, **overrides: Any) -> StudySpec:
+    """A StudySpec from a built-in name (``agx``, ``local``, ...) or a YAML path.
+
+    ``overrides`` replace top-level keys (``data``, ``storage``, ``mode``) or, for ``workers``,
+    the latency worker list.
+    """
+    path = Path(name_or_path)
+    if not (path.suffix in (".yaml", ".yml") or path.exists()):
+        path = studies_dir() / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{name_or_path!r} is neither a study file nor a built-in study "
+                f"({', '.join(study_names())})"
+            )
+    if not path.is_file():
+        raise FileNotFoundError(f"study file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError([("", f"not valid YAML: {err}")], str(path), "study") from err
+    if not isinstance(data, dict):
+        raise ConfigError([("", "the file must hold a mapping")], str(path), "study")
+    data = {"name": path.stem, **data}
+    workers = overrides.pop("workers", None)
+    for key, value in overrides.items():
+        if value is not None:
+            data[key] = value
+    if workers:
+        data.setdefault("latency", {})
+        data["latency"] = {**data["latency"], "workers": list(workers)}
+        if "workers" not in data["latency"].get("providers", ["workers"]):
+            data["latency"]["providers"] = ["workers", *data["latency"].get("providers", [])]
+    spec = parse_dataclass(StudySpec, data, source=str(path), what="study")
+    return spec
+
+
+# ---------------------------------------------------------------------------------------------
+# storage
+
+
+def storage_url(spec: StudySpec, override: str | None = None) -> str:
+    return override or spec.storage or DEFAULT_STORAGE
+
+
+def open_storage(url: str, *, heartbeat: bool = True):
+    """An Optuna storage for a URL or a path.
+
+    * ``postgresql://...`` / ``mysql://...``: RDB storage with heartbeats, so the trials of a
+      crashed process are failed and re-queued once their grace period is over;
+    * ``sqlite:///file.db``: RDB storage on one file (one process at a time);
+    * anything else is a journal file path: safe for several processes on one machine, and
+      ``optuna-dashboard FILE`` opens it.
+    """
+    import optuna
+
+    if "://" in url:
+        kwargs: dict[str, Any] = {}
+        if heartbeat and not url.startswith("sqlite"):
+            kwargs = {
+                "heartbeat_interval": 20,
+                "grace_period": 60,
+                "failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=1),
+            }
+        if url.startswith("sqlite"):
+            kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+        return optuna.storages.RDBStorage(url, **kwargs)
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    path = Path(url.removeprefix("journal:"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+# ---------------------------------------------------------------------------------------------
+# latency
+
+
+class LatencyChain:
+    """The spec's providers in order of preference; a failure falls through to the next.
+
+    Measured results are cached per (arch_hash, input shape, target); estimates are labelled.
+    A provider that cannot be set up (no workers listed, no token) is skipped with its reason.
+    """
+
+    def __init__(self, spec: StudySpec) -> None:
+        from jetsearch.latency import CachedProvider, LatencyCache
+
+        self.spec = spec
+        self.providers: list[tuple[str, Any]] = []
+        self.skipped: list[str] = []
+        cache = LatencyCache(spec.latency.cache) if spec.latency.cache else None
+        for kind in spec.latency.providers:
+            try:
+                provider = self._make(kind)
+            except (StudyError, OSError) as err:
+                self.skipped.append(f"{kind}: {err}")
+                continue
+            if cache is not None and kind != "estimate":
+                provider = CachedProvider(provider, cache)
+            self.providers.append((kind, provider))
+        if not self.providers:
+            raise StudyError("no latency provider is usable: " + "; ".join(self.skipped))
+
+    def _make(self, kind: str):
+        lat = self.spec.latency
+        if kind == "workers":
+            from jetsearch.latency import RemotePool
+
+            if not lat.workers:
+                raise StudyError("no workers listed (latency.workers or --workers)")
+            if not lat.token_file:
+                raise StudyError("latency.token_file is not set")
+            token = Path(lat.token_file).expanduser().read_text().strip()
+            return RemotePool(list(lat.workers), token=token, target=self.spec.target)
+        if kind == "local":
+            from jetsearch.latency import LocalProvider
+
+            precision = lat.precision if lat.execution_provider != "cpu" else "fp32"
+            return LocalProvider(
+                execution_provider=lat.execution_provider,
+                precision=precision,
+                threads=lat.threads,
+                warmup_s=lat.warmup_s,
+                min_runs=lat.runs,
+                max_runs=lat.runs,
+            )
+        from jetsearch.latency.estimate import EstimateProvider
+
+        return EstimateProvider(lat.device_profile or self.spec.target, cache_path=lat.cache)
+
+    def describe(self) -> str:
+        names = ", ".join(kind for kind, _ in self.providers)
+        skipped = f" (skipped: {'; '.join(self.skipped)})" if self.skipped else ""
+        return names + skipped
+
+    def measure(self, onnx_bytes: bytes, config: JetSegConfig, digest: str):
+        from jetsearch.latency import LatencyError
+
+        h, w = self.spec.latency.input_size
+        shape = (1, config.in_channels, h, w)
+        errors = []
+        for kind, provider in self.providers:
+            try:
+                if kind == "estimate":
+                    return provider.measure(onnx_bytes, shape, config=config), errors
+                return provider.measure(onnx_bytes, shape, arch_hash=digest), errors
+            except LatencyError as err:
+                errors.append(f"{kind}: {err}")
+        raise StudyError("every latency provider failed: " + "; ".join(errors))
+
+    def close(self) -> None:
+        for _, provider in self.providers:
+            provider.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# the objective
+
+
+@dataclass
+class _DataBundle:
+    train: Any
+    val: Any
+    info: Any
+    class_weights: Any
+
+
+def load_data(spec: StudySpec) -> _DataBundle:
+    """The study's datasets and class weights, built once per process."""
+    from jetseg.data import build_datasets
+    from jetseg.loss import cui_class_weights
+
+    train, val, info = build_datasets(
+        spec.data,
+        tuple(spec.train.size),
+        limit=None,
+        synthetic_images=(spec.synthetic.train_images, spec.synthetic.val_images),
+        seed=spec.seed,
+    )
+    if spec.train.train_images is not None or spec.train.val_images is not None:
+        import torch.utils.data as tud
+
+        if spec.train.train_images is not None:
+            train = tud.Subset(train, range(min(len(train), spec.train.train_images)))
+        if spec.train.val_images is not None:
+            val = tud.Subset(val, range(min(len(val), spec.train.val_images)))
+    base = train.dataset if hasattr(train, "dataset") else train
+    weights = cui_class_weights(base.class_pixel_counts())
+    return _DataBundle(train, val, info, weights)
+
+
+class Objective:
+    """One trial of a study (see the module docstring for the steps)."""
+
+    def __init__(self, spec: StudySpec, space, latency: LatencyChain, data: _DataBundle) -> None:
+        self.spec = spec
+        self.space = space
+        self.latency = latency
+        self.data = data
+
+    def __call__(self, trial):
+        import optuna
+
+        from jetseg.complexity import profile
+        from jetseg.export import export_onnx
+        from jetseg.model import build_model
+
+        spec = self.spec
+        config = self.space.sample(trial)
+        digest = arch_hash(config)
+        trial.set_user_attr("arch_hash", digest)
+        trial.set_user_attr("config_yaml", dump_config(config))
+        trial.set_user_attr("data", self.data.info.description)
+        trial.set_user_attr("synthetic_data", bool(self.data.info.synthetic))
+
+        duplicate = _find_completed(trial.study, digest, exclude=trial.number)
+        if duplicate is not None:
+            for key in ("params", "macs", "latency_ms", "latency", "per_class_iou", "val_miou"):
+                if key in duplicate.user_attrs:
+                    trial.set_user_attr(key, duplicate.user_attrs[key])
+            trial.set_user_attr("duplicate_of", duplicate.number)
+            for key, value in (duplicate.constraints or {}).items():
+                trial.set_constraint(key, value)
+            trial.set_user_attr("train_time_s", 0.0)
+            return duplicate.values if len(duplicate.values) > 1 else duplicate.values[0]
+
+        model = build_model(config)
+        h, w = spec.latency.input_size
+        report = profile(model, (h, w))
+        trial.set_user_attr("params", report.params)
+        trial.set_user_attr("macs", report.macs)
+        trial.set_user_attr("paper_flops", report.flops)
+        onnx_bytes = export_onnx(model, input_size=(h, w))
+
+        result, errors = self.latency.measure(onnx_bytes, config, digest)
+        if errors:
+            trial.set_user_attr("latency_fallbacks", errors)
+        latency_ms = result.median_ms
+        trial.set_user_attr("latency_ms", latency_ms)
+        trial.set_user_attr("latency_provenance", result.provenance.value)
+        trial.set_user_attr("latency", _compact_latency(result))
+        budget = spec.latency.budget_ms
+        if budget is not None:
+            trial.set_constraint("latency_ms", latency_ms - budget)
+            if latency_ms > budget:
+                trial.set_user_attr(
+                    "pruned_reason",
+                    f"over the latency budget before training: {latency_ms:.2f} ms > {budget} ms",
+                )
+                raise optuna.TrialPruned(f"latency {latency_ms:.2f} ms > budget {budget} ms")
+
+        outcome = self._train(trial, model)
+        trial.set_user_attr("val_miou", outcome.best_miou)
+        trial.set_user_attr("per_class_iou", _nan_to_none(outcome.per_class_iou))
+        trial.set_user_attr("train_time_s", round(outcome.train_time_s, 2))
+        trial.set_user_attr("epochs", outcome.epochs_done)
+        if spec.mode == "pareto":
+            return outcome.best_miou, latency_ms
+        return outcome.best_miou
+
+    def _train(self, trial, model):
+        import optuna
+
+        from jetseg.train import TrainConfig, Trainer
+
+        spec = self.spec
+        cfg = TrainConfig(
+            epochs=spec.train.epochs,
+            time_budget_s=spec.train.time_budget_s,
+            batch_size=spec.train.batch_size,
+            lr=spec.train.lr,
+            optimizer=spec.train.optimizer,
+            loss=spec.train.loss,
+            size=tuple(spec.train.size),
+            seed=spec.seed + trial.number,
+            progress=False,
+            export_onnx=False,
+            overlays=0,
+        )
+        callbacks: list[Callable] = []
+        if spec.mode == "budget":
+
+            def report(epoch_report) -> None:
+                trial.report(epoch_report.val.miou, epoch_report.epoch)
+                if trial.should_prune():
+                    trial.set_user_attr(
+                        "pruned_reason", f"pruned after epoch {epoch_report.epoch} by the pruner"
+                    )
+                    raise optuna.TrialPruned()
+
+            callbacks.append(report)
+        trainer = Trainer(
+            model,
+            self.data.train,
+            self.data.val,
+            cfg,
+            out_dir=None,
+            class_weights=self.data.class_weights,
+            callbacks=callbacks,
+        )
+        try:
+            return trainer.fit(resume=False)
+        except optuna.TrialPruned:
+            raise
+        except Exception as err:
+            trial.set_user_attr("failure_reason", f"{type(err).__name__}: {err}")
+            raise
+
+
+def _compact_latency(result) -> dict[str, Any]:
+    data = result.to_dict()
+    samples = data.get("samples_ms") or []
+    if len(samples) > 200:  # keep the stored attribute small; the cache keeps every sample
+        data["samples_ms"] = samples[:200]
+        data["samples_truncated"] = len(samples)
+    return data
+
+
+def _nan_to_none(values: Sequence[float]) -> list[float | None]:
+    return [None if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in values]
+
+
+def _find_completed(study, digest: str, exclude: int):
+    import optuna
+
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if t.number != exclude and t.user_attrs.get("arch_hash") == digest:
+            return t
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# create / resume / run
+
+
+def create_or_load_study(spec: StudySpec, storage: str, name: str | None = None, sampler=None):
+    """The Optuna study for a spec: created on first use, loaded (resumed) afterwards."""
+    import optuna
+
+    study_name = name or spec.name
+    directions = ["maximize", "minimize"] if spec.mode == "pareto" else ["maximize"]
+    pruner = None
+    if spec.mode == "budget" and spec.pruner == "median":
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=0)
+    study = optuna.create_study(
+        storage=open_storage(storage),
+        study_name=study_name,
+        directions=directions,
+        sampler=sampler or optuna.samplers.TPESampler(seed=spec.seed),
+        pruner=pruner or optuna.pruners.NopPruner(),
+        load_if_exists=True,
+    )
+    existing = [d.name.lower() for d in study.directions]
+    if existing != directions:
+        raise StudyError(
+            f"study {study_name!r} in {storage} was created with other objectives "
+            f"({existing}); use another --name"
+        )
+    if study.metric_names is None:
+        study.set_metric_names(spec.objective_names)
+    if "spec" not in study.user_attrs:
+        study.set_user_attr("spec", _spec_dict(spec))
+        study.set_user_attr("target", spec.target)
+        study.set_user_attr("mode", spec.mode)
+    return study
+
+
+def _spec_dict(spec: StudySpec) -> dict:
+    def convert(obj):
+        if dataclasses.is_dataclass(obj):
+            return {f.name: convert(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        if isinstance(obj, tuple):
+            return [convert(v) for v in obj]
+        return obj
+
+    return convert(spec)
+
+
+def enqueue_presets(study, spec: StudySpec, space) -> list[str]:
+    """Enqueue the spec's presets that lie in the space, once, on a new study."""
+    import optuna
+
+    from jetseg.config import load_config
+
+    if study.get_trials(deepcopy=False):
+        return []
+    queued = []
+    for name in spec.enqueue_presets:
+        try:
+            params = space.params_for(load_config(name))
+        except Exception as err:  # a preset outside this space is skipped, with the reason
+            warnings.warn(f"preset {name} is not in space {spec.space}: {err}", stacklevel=2)
+            continue
+        study.enqueue_trial(params, user_attrs={"preset": name}, skip_if_exists=True)
+        queued.append(name)
+    del optuna
+    return queued
+
+
+def finished_count(study) -> int:
+    import optuna
+
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+@dataclass
+class StudyRun:
+    """What one ``run_study`` call did."""
+
+    study_name: str
+    storage: str
+    finished_before: int
+    finished_after: int
+    wall_s: float
+    interrupted: bool = False
+    latency_sources: str = ""
+
+
+def run_worker_process(
+    spec: StudySpec,
+    storage: str,
+    study_name: str,
+    total_trials: int,
+    timeout_s: float | None,
+    job_index: int,
+    callbacks: Sequence[Callable] = (),
+    space=None,
+    latency: LatencyChain | None = None,
+) -> None:
+    """Run trials of one study until it holds ``total_trials`` finished trials (any process)."""
+    import optuna
+    import torch
+
+    from jetsearch.space import load_space
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if spec.train.threads:
+        torch.set_num_threads(spec.train.threads)
+    space = space or load_space(spec.space)
+    latency = latency or LatencyChain(spec)
+    data = load_data(spec)
+    sampler = optuna.samplers.TPESampler(seed=spec.seed + job_index)
+    study = create_or_load_study(spec, storage, study_name, sampler=sampler)
+    stop = optuna.study.MaxTrialsCallback(
+        total_trials, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    )
+    if finished_count(study) >= total_trials:
+        return
+    try:
+        study.optimize(
+            Objective(spec, space, latency, data),
+            n_trials=None,
+            timeout=timeout_s,
+            callbacks=[stop, *callbacks],
+            catch=(Exception,),
+            gc_after_trial=True,
+        )
+    finally:
+        latency.close()
+
+
+def _spawn_entry(args) -> None:  # runs in a child process
+    with contextlib.suppress(KeyboardInterrupt):
+        run_worker_process(*args)
+
+
+def run_study(
+    spec: StudySpec,
+    *,
+    trials: int,
+    storage: str | None = None,
+    name: str | None = None,
+    timeout_s: float | None = None,
+    jobs: int = 1,
+    callbacks: Sequence[Callable] = (),
+) -> StudyRun:
+    """Create or resume the study and run it until it holds ``trials`` finished trials.
+
+    Running the same call again continues the same study (nothing is repeated); a larger
+    ``trials`` adds trials. ``jobs`` > 1 starts more processes that share the storage.
+    KeyboardInterrupt stops cleanly: the trial in flight is marked failed, every completed trial
+    stays in the storage.
+    """
+    import multiprocessing as mp
+
+    from jetsearch.space import load_space
+
+    url = storage_url(spec, storage)
+    if jobs > 1 and url.startswith("sqlite"):
+        raise StudyError(
+            "SQLite storage cannot be shared safely by several processes (writers lock the "
+            "whole file and fail under contention); use the default journal file, a journal "
+            "path (e.g. --storage studies.log) or PostgreSQL"
+        )
+    space = load_space(spec.space)
+    latency = LatencyChain(spec)
+    study_name = name or spec.name
+    study = create_or_load_study(spec, url, study_name)
+    if spec.enqueue_presets:
+        enqueue_presets(study, spec, space)
+    before = finished_count(study)
+    start = time.time()
+    interrupted = False
+    children = []
+    try:
+        if jobs > 1:
+            ctx = mp.get_context("spawn")
+            for j in range(1, jobs):
+                args = (spec, url, study_name, trials, timeout_s, j)
+                p = ctx.Process(target=_spawn_entry, args=(args,), daemon=False)
+                p.start()
+                children.append(p)
+        run_worker_process(
+            spec, url, study_name, trials, timeout_s, 0, callbacks, space=space, latency=latency
+        )
+        for p in children:
+            p.join()
+    except KeyboardInterrupt:
+        interrupted = True
+        for p in children:
+            p.join(timeout=30)
+    finally:
+        for p in children:
+            if p.is_alive():
+                p.terminate()
+    after = finished_count(create_or_load_study(spec, url, study_name))
+    return StudyRun(
+        study_name, url, before, after, time.time() - start, interrupted, latency.describe()
+    )
