@@ -1,0 +1,1798 @@
+"""Training, evaluation, checkpoints and predictions for one JetSeg network.
+
+A plain loop you can read top to bottom (after torchvision's segmentation reference and
+detectron2's ``plain_train_net.py``)::
+
+    >>> from jetseg.config import load_config
+    >>> result = run_training(load_config("nano"), data="../shared/camvid",
+    ...                       out_dir=Path("runs/nano"), train_cfg=TrainConfig(epochs=50))
+    >>> print(result.headline())  # best val mIoU, its epoch, steps, time, why it stopped
+
+:func:`run_training` builds the datasets, the Cui class weights and the model, runs a
+:class:`Trainer`, and leaves a run directory behind::
+
+    config.yaml         the network (jetseg.config.save_config)
+    train_config.yaml   the TrainConfig
+    metrics.jsonl       one JSON object per epoch, appended and flushed as the run goes
+    last.pt, best.pt    full checkpoints (best by validation mIoU), written atomically
+    best.onnx           the best model, exported for onnxruntime / TensorRT
+    overlays/           validation frames: image | ground truth | prediction
+    run.json            the result, the data, the device
+
+Running the same command again in the same directory resumes from ``last.pt`` (see
+:meth:`Trainer.fit`). :func:`evaluate_checkpoint` and :func:`predict_images` work on the
+checkpoints afterwards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from jetseg.config import JetSegConfig, arch_hash, config_to_dict, load_config, save_config
+from jetseg.data import (
+    IGNORE_INDEX,
+    NUM_CLASSES,
+    CamVid,
+    DataInfo,
+    build_datasets,
+    build_transforms,
+    colorize,
+    overlay,
+    to_uint8_image,
+)
+from jetseg.loss import LOSS_NAMES, JetLossCE, build_loss, cui_class_weights
+from jetseg.metrics import ConfusionMatrix, SegMetrics
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "EpochReport",
+    "EvalMetrics",
+    "NonFiniteLossError",
+    "StopTraining",
+    "TrainConfig",
+    "TrainConfigError",
+    "TrainResult",
+    "Trainer",
+    "WarmupDecaySchedule",
+    "evaluate_checkpoint",
+    "load_checkpoint",
+    "metrics_table",
+    "predict_images",
+    "resolve_device",
+    "run_training",
+    "write_overlays",
+]
+
+CHECKPOINT_FORMAT = "jetseg-checkpoint-v1"
+DEFAULT_LR = {"adamw": 2e-3, "sgd": 0.05}
+POLY_POWER = 0.9  # DeepLab / RegSeg's poly schedule
+# History keys that measure the machine rather than the run: they differ between two runs
+# that are otherwise identical (an uninterrupted one and a resumed one).
+TIMING_KEYS = ("epoch_time_s", "eval_time_s", "train_time_s", "images_per_s")
+# TrainConfig keys that may change when a run is resumed without breaking it.
+RESUMABLE_CHANGES = frozenset(
+    {
+        "epochs",
+        "time_budget_s",
+        "device",
+        "num_workers",
+        "eval_every",
+        "overlays",
+        "export_onnx",
+        "progress",
+    }
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# configuration
+
+
+class TrainConfigError(ValueError):
+    """A TrainConfig with values that cannot work; the message lists every broken field."""
+
+
+@dataclass
+class TrainConfig:
+    """How to train one network. Validated on construction (:class:`TrainConfigError`).
+
+    Attributes:
+        epochs: passes over the training split (the run stops at ``epochs`` or
+            ``time_budget_s``, whichever comes first).
+        time_budget_s: seconds of training steps (data loading, forward, backward, update), not
+            counting evaluation and checkpoints, so that how often a run is evaluated does not
+            change how much it is trained. Checked after every step; see :meth:`Trainer.fit`.
+        batch_size: images per step (training and evaluation).
+        lr: peak learning rate; ``None`` takes 2e-3 for AdamW, 0.05 for SGD.
+        weight_decay: on conv / linear weights only (not on biases and norm parameters).
+        optimizer: ``"adamw"`` or ``"sgd"`` (with ``momentum``).
+        schedule: per-step decay after the warm-up, ``"poly"`` (power 0.9) or ``"cosine"``, to
+            0 at the last step. Under a time budget the decay follows whichever is further
+            along, the steps or the budget, so a budget-bound run also ends at a low rate.
+        warmup_epochs: linear warm-up length in epochs (fractions allowed), per step.
+        loss: one of :data:`jetseg.loss.LOSS_NAMES`.
+        ce_weight: factor on the cross-entropy term of ``"jetloss+ce"``.
+        cui_beta: beta of the Cui et al. class weights (training split pixel counts).
+        size: (H, W) of training and validation frames; ``None`` keeps the data's own size.
+        random_scale, crop, flip: training augmentation, off by default as in the JetSeg
+            paper. ``random_scale`` needs ``crop`` (or ``batch_size`` 1) so frames in a batch
+            share one size.
+        amp: mixed precision on CUDA (bfloat16 where supported, else float16 with a
+            GradScaler); ignored on the CPU.
+        channels_last: NHWC memory format on CUDA; ignored on the CPU.
+        deterministic: on CUDA, deterministic cuDNN kernels (slower); otherwise cuDNN
+            autotunes (``benchmark``).
+        seed: seeds Python, NumPy, torch and the shuffling of the training split.
+        device: ``"auto"`` (CUDA when available, else the CPU), ``"cpu"``, ``"cuda"``,
+            ``"cuda:1"``...
+        num_workers: DataLoader worker processes.
+        eval_every: evaluate on the validation split every this many epochs (and always after
+            the last one).
+        max_train_images, max_val_images: keep only the first N frames of each split.
+        overlays: number of validation frames drawn into ``overlays/`` by :func:`run_training`.
+        export_onnx: write ``best.onnx`` in :func:`run_training`.
+        progress: a progress bar (on a terminal) and one line per epoch on stderr.
+    """
+
+    epochs: int = 50
+    time_budget_s: float | None = None
+    batch_size: int = 8
+    lr: float | None = None
+    weight_decay: float = 1e-4
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    momentum: float = 0.9
+    schedule: Literal["poly", "cosine"] = "poly"
+    warmup_epochs: float = 1.0
+    loss: str = "jetloss"
+    ce_weight: float = 1.0
+    cui_beta: float = 0.999
+    size: tuple[int, int] | None = None
+    random_scale: tuple[float, float] | None = None
+    crop: tuple[int, int] | None = None
+    flip: bool = False
+    amp: bool = True
+    channels_last: bool = True
+    deterministic: bool = False
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = 0
+    eval_every: int = 1
+    max_train_images: int | None = None
+    max_val_images: int | None = None
+    overlays: int = 4
+    export_onnx: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        # YAML and JSON give lists where pairs are meant.
+        for name in ("size", "random_scale", "crop"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                setattr(self, name, tuple(value))
+        problems = _check_train_config(self)
+        if problems:
+            raise TrainConfigError("invalid TrainConfig:\n" + "\n".join(f"  {p}" for p in problems))
+
+    @property
+    def resolved_lr(self) -> float:
+        """The peak learning rate: ``lr``, or the optimizer's default when it is ``None``."""
+        return float(self.lr) if self.lr is not None else DEFAULT_LR[self.optimizer]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (tuples as lists), for YAML, JSON and checkpoints."""
+        return {
+            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+            for f in dataclasses.fields(self)
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str | None = None) -> TrainConfig:
+        """A TrainConfig from plain data; unknown keys are rejected with the allowed ones."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            where = f" in {source}" if source else ""
+            raise TrainConfigError(
+                f"unknown TrainConfig keys{where}: {', '.join(unknown)}; "
+                f"allowed: {', '.join(names)}"
+            )
+        return cls(**data)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float, np.integer, np.floating))
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+    )
+
+
+def _check_train_config(cfg: TrainConfig) -> list[str]:
+    """Every broken field of ``cfg`` as ``'name: rule, got value'``."""
+    problems: list[str] = []
+
+    def need(ok: bool, name: str, rule: str) -> None:
+        if not ok:
+            problems.append(f"{name}: {rule}, got {getattr(cfg, name)!r}")
+
+    def int_at_least(name: str, low: int, optional: bool = False) -> None:
+        value = getattr(cfg, name)
+        if optional and value is None:
+            return
+        rule = f"must be an integer >= {low}" + (" or None" if optional else "")
+        need(_is_int(value) and value >= low, name, rule)
+
+    def pair(name: str, check: Callable[[Any], bool], rule: str) -> None:
+        value = getattr(cfg, name)
+        if value is None:
+            return
+        ok = isinstance(value, tuple) and len(value) == 2 and all(check(v) for v in value)
+        need(ok, name, rule)
+
+    int_at_least("epochs", 1)
+    need(
+        cfg.time_budget_s is None or (_is_number(cfg.time_budget_s) and cfg.time_budget_s > 0),
+        "time_budget_s",
+        "must be a number of seconds > 0 or None",
+    )
+    int_at_least("batch_size", 1)
+    need(
+        cfg.lr is None or (_is_number(cfg.lr) and cfg.lr > 0),
+        "lr",
+        "must be a number > 0 or None (the optimizer's default)",
+    )
+    need(_is_number(cfg.weight_decay) and cfg.weight_decay >= 0, "weight_decay", "must be >= 0")
+    need(cfg.optimizer in DEFAULT_LR, "optimizer", "must be one of adamw, sgd")
+    need(_is_number(cfg.momentum) and 0 <= cfg.momentum < 1, "momentum", "must lie in [0, 1)")
+    need(cfg.schedule in ("poly", "cosine"), "schedule", "must be one of poly, cosine")
+    need(
+        _is_number(cfg.warmup_epochs) and cfg.warmup_epochs >= 0,
+        "warmup_epochs",
+        "must be a number >= 0",
+    )
+    need(cfg.loss in LOSS_NAMES, "loss", f"must be one of {', '.join(LOSS_NAMES)}")
+    need(_is_number(cfg.ce_weight) and cfg.ce_weight >= 0, "ce_weight", "must be >= 0")
+    need(_is_number(cfg.cui_beta) and 0 <= cfg.cui_beta < 1, "cui_beta", "must lie in [0, 1)")
+    pair("size", lambda v: _is_int(v) and v >= 16, "must be (height, width), each an int >= 16")
+    pair("crop", lambda v: _is_int(v) and v >= 16, "must be (height, width), each an int >= 16")
+    pair(
+        "random_scale",
+        lambda v: _is_number(v) and v > 0,
+        "must be (min_scale, max_scale) with 0 < min_scale <= max_scale",
+    )
+    if isinstance(cfg.random_scale, tuple) and len(cfg.random_scale) == 2:
+        low, high = cfg.random_scale
+        if _is_number(low) and _is_number(high) and low > high:
+            problems.append(
+                f"random_scale: 0 < min_scale <= max_scale must hold, got {low}, {high}"
+            )
+        if cfg.crop is None and cfg.batch_size != 1:
+            problems.append(
+                "random_scale: rescaled frames differ in size, so a batch needs a crop; "
+                f"set crop=(H, W) or batch_size=1 (got crop=None, batch_size={cfg.batch_size})"
+            )
+    for name in ("flip", "amp", "channels_last", "deterministic", "export_onnx", "progress"):
+        need(isinstance(getattr(cfg, name), bool), name, "must be true or false")
+    int_at_least("seed", 0)
+    if not isinstance(cfg.device, str):
+        need(False, "device", "must be a string such as auto, cpu, cuda, cuda:1")
+    elif cfg.device != "auto":
+        try:
+            torch.device(cfg.device)
+        except (RuntimeError, ValueError):
+            need(False, "device", "must be auto or a torch device such as cpu, cuda, cuda:1")
+    int_at_least("num_workers", 0)
+    int_at_least("eval_every", 1)
+    int_at_least("max_train_images", 1, optional=True)
+    int_at_least("max_val_images", 1, optional=True)
+    int_at_least("overlays", 0)
+    return problems
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else the CPU; any other name is checked to exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(
+            f"device {name!r} is not a torch device (auto, cpu, cuda, cuda:1...)"
+        ) from err
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {name!r} was asked for but CUDA is not available here "
+                f"(torch {torch.__version__}); use device='auto' or 'cpu'"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {name!r} does not exist: this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s)"
+            )
+    return device
+
+
+# ---------------------------------------------------------------------------------------------
+# results and callbacks
+
+
+class StopTraining(Exception):  # a signal, like StopIteration, not an error
+    """Raised by a callback to end the run cleanly after the current epoch.
+
+    ``fit`` then returns normally with ``stopped_reason == "callback"`` and the message in
+    ``TrainResult.stop_detail``.
+    """
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the message names the epoch, the step and the terms."""
+
+    def __init__(self, message: str, epoch: int, step: int, terms: dict[str, float]) -> None:
+        super().__init__(message)
+        self.epoch = epoch
+        self.step = step
+        self.terms = terms
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    """What a per-epoch callback receives, after an evaluated epoch.
+
+    Attributes:
+        epoch: 1-based epoch number.
+        step: optimizer steps taken since the start of the run.
+        train_loss: mean training loss of this epoch.
+        val: validation metrics after this epoch.
+        elapsed_s: training seconds since the start of the run (the clock of the time budget:
+            evaluation and checkpoints excluded).
+        images_per_s: training throughput of this epoch.
+        best_miou: best validation mIoU so far, this epoch included.
+        partial: the time budget cut this epoch short.
+    """
+
+    epoch: int
+    step: int
+    train_loss: float
+    val: SegMetrics
+    elapsed_s: float
+    images_per_s: float
+    best_miou: float
+    partial: bool = False
+
+
+def _json_number(value: float | None) -> float | None:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return None
+    return float(value)
+
+
+def _iou_dict(metrics: SegMetrics) -> dict[str, float | None]:
+    names = metrics.class_names or tuple(str(i) for i in range(len(metrics.per_class_iou)))
+    return {name: _json_number(iou) for name, iou in zip(names, metrics.per_class_iou, strict=True)}
+
+
+@dataclass
+class TrainResult:
+    """The outcome of :meth:`Trainer.fit` / :func:`run_training`.
+
+    ``best_miou``, ``per_class_iou`` and ``pixel_accuracy`` belong to the best epoch (the model
+    in ``best.pt``); ``per_class_iou`` follows ``class_names`` and holds NaN for a class absent
+    from both the ground truth and the prediction, as in :class:`SegMetrics`.
+    ``stopped_reason`` is ``"epochs"``, ``"time budget"`` or ``"callback"`` (a
+    :class:`StopTraining`, whose message is in ``stop_detail``). ``history`` holds one dict per
+    epoch, the same objects as the lines of ``metrics.jsonl``.
+    """
+
+    best_miou: float
+    best_epoch: int
+    per_class_iou: tuple[float, ...]
+    pixel_accuracy: float
+    epochs_done: int
+    steps: int
+    train_time_s: float
+    images_per_s: float
+    stopped_reason: str
+    history: list[dict[str, Any]]
+    out_dir: Path | None
+    data_description: str
+    synthetic_data: bool = False
+    stop_detail: str = ""
+    device: str = "cpu"
+    config_name: str = ""
+    class_names: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict (NaN becomes ``None``, paths strings)."""
+        data = dataclasses.asdict(self)
+        data["out_dir"] = None if self.out_dir is None else str(self.out_dir)
+        data["best_miou"] = _json_number(self.best_miou)
+        data["pixel_accuracy"] = _json_number(self.pixel_accuracy)
+        data["per_class_iou"] = [_json_number(v) for v in self.per_class_iou]
+        data["class_names"] = list(self.class_names)
+        return data
+
+    def headline(self) -> str:
+        """One line: best mIoU, where it was reached, how long, why it stopped."""
+        name = f"{self.config_name}: " if self.config_name else ""
+        stop = self.stopped_reason + (f" ({self.stop_detail})" if self.stop_detail else "")
+        return (
+            f"{name}best val mIoU {_percent(self.best_miou)} at epoch {self.best_epoch} "
+            f"(pixel accuracy {_percent(self.pixel_accuracy)}); {self.epochs_done} epochs, "
+            f"{self.steps} steps, {self.train_time_s:.1f} s training, "
+            f"{self.images_per_s:.1f} images/s on {self.device}; stopped: {stop}"
+        )
+
+    def summary(self) -> Any:
+        """A rich renderable: the headline, the data (flagged when synthetic), per-class IoU."""
+        from rich.console import Group
+        from rich.text import Text
+
+        metrics = SegMetrics(
+            per_class_iou=self.per_class_iou,
+            miou=self.best_miou,
+            pixel_accuracy=self.pixel_accuracy,
+            class_names=self.class_names or None,
+        )
+        parts: list[Any] = [Text(self.headline(), style="bold")]
+        if self.synthetic_data:
+            parts.append(
+                Text(
+                    "SYNTHETIC DATA: these scores say the code runs and learns, nothing about "
+                    "real scenes. Pass a CamVid root for real results.",
+                    style="bold red",
+                )
+            )
+        parts.append(Text(f"data: {self.data_description}"))
+        if self.out_dir is not None:
+            parts.append(Text(f"run directory: {self.out_dir}"))
+        parts.append(metrics_table(metrics, title=f"best epoch ({self.best_epoch}) on val"))
+        return Group(*parts)
+
+
+def _percent(value: float | None) -> str:
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    return f"{100 * value:.2f}%"
+
+
+@dataclass(frozen=True)
+class EvalMetrics(SegMetrics):
+    """:class:`SegMetrics` of one split, with what the split was (for tables and logs)."""
+
+    split: str = "val"
+    frames: int = 0
+    data_description: str = ""
+    synthetic_data: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **super().to_dict(),
+            "split": self.split,
+            "frames": self.frames,
+            "data_description": self.data_description,
+            "synthetic_data": self.synthetic_data,
+        }
+
+
+def metrics_table(metrics: SegMetrics, title: str) -> Any:
+    """A ``rich.table.Table``: IoU per class, then mIoU and pixel accuracy.
+
+    A class with no pixel in the ground truth and none predicted has no IoU ("absent"); it is
+    left out of the mean, as :class:`SegMetrics` defines.
+    """
+    from rich.table import Table
+
+    caption = None
+    if isinstance(metrics, EvalMetrics) and metrics.data_description:
+        caption = (
+            f"SYNTHETIC DATA, not real scenes: {metrics.frames} {metrics.split} frames"
+            if metrics.synthetic_data
+            else metrics.data_description
+        )
+    # Wide enough that the title and the caption stay on one line each (up to 100 columns).
+    width = min(100, max(len(title), len(caption or "")))
+    table = Table(
+        title=title,
+        title_justify="left",
+        caption=caption,
+        caption_justify="left",
+        min_width=width,
+    )
+    table.add_column("class")
+    table.add_column("IoU", justify="right")
+    names = metrics.class_names or tuple(str(i) for i in range(len(metrics.per_class_iou)))
+    for name, iou in zip(names, metrics.per_class_iou, strict=True):
+        table.add_row(name, "absent" if math.isnan(iou) else f"{100 * iou:.2f}")
+    table.add_section()
+    table.add_row("[bold]mIoU", f"[bold]{_percent(metrics.miou)}")
+    table.add_row("pixel accuracy", _percent(metrics.pixel_accuracy))
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# learning-rate schedule
+
+
+class WarmupDecaySchedule:
+    """Per-step learning rate: linear warm-up to ``base_lr``, then poly or cosine decay to 0.
+
+    Step ``s`` (0-based, the step about to be taken) gets ``base_lr * (s + 1) / warmup_steps``
+    during the warm-up, then ``base_lr * decay(p)`` with ``p`` the fraction of the run done
+    after the warm-up: ``(1 - p) ** 0.9`` (poly) or ``(1 + cos(pi p)) / 2`` (cosine). With a time
+    budget, ``p`` is the larger of the step fraction and the budget fraction.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        base_lr: float,
+        warmup_steps: int,
+        total_steps: int,
+        kind: str = "poly",
+        time_budget_s: float | None = None,
+    ) -> None:
+        if kind not in ("poly", "cosine"):
+            raise ValueError(f"schedule kind must be poly or cosine, got {kind!r}")
+        self.optimizer = optimizer
+        self.base_lr = float(base_lr)
+        self.warmup_steps = max(0, int(warmup_steps))
+        self.total_steps = max(1, int(total_steps))
+        self.kind = kind
+        self.time_budget_s = time_budget_s
+        self.last_lr = 0.0
+
+    def factor(self, step: int, train_time_s: float = 0.0) -> float:
+        """Multiplier of ``base_lr`` for step ``step``."""
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        decay_steps = max(1, self.total_steps - self.warmup_steps)
+        progress = (step - self.warmup_steps) / decay_steps
+        if self.time_budget_s:
+            progress = max(progress, train_time_s / self.time_budget_s)
+        progress = min(max(progress, 0.0), 1.0)
+        if self.kind == "poly":
+            return (1.0 - progress) ** POLY_POWER
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def apply(self, step: int, train_time_s: float = 0.0) -> float:
+        """Set the learning rate of every parameter group for ``step``; returns it."""
+        self.last_lr = self.base_lr * self.factor(step, train_time_s)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.last_lr
+        return self.last_lr
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "base_lr": self.base_lr,
+            "warmup_steps": self.warmup_steps,
+            "total_steps": self.total_steps,
+            "time_budget_s": self.time_budget_s,
+            "last_lr": self.last_lr,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        # The length and budget stay those of the current TrainConfig, so a finished run can be
+        # extended by resuming it with more epochs; only where the schedule stood is restored.
+        self.last_lr = float(state.get("last_lr", 0.0))
+
+
+# ---------------------------------------------------------------------------------------------
+# small helpers
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def _rng_state(loader_generator: torch.Generator) -> dict[str, Any]:
+    """Every random stream the run draws from, as tensors and plain data (weights_only-safe)."""
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "loader": loader_generator.get_state(),
+    }
+
+
+def _restore_rng_state(state: dict[str, Any], loader_generator: torch.Generator) -> None:
+    random.setstate(state["python"])
+    numpy_state = state["numpy"]
+    np.random.set_state(
+        (
+            numpy_state["kind"],
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["position"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
+    loader_generator.set_state(state["loader"])
+
+
+def _atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
+    """Write through a temporary file and ``os.replace``: readers see the old or the new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    _atomic_write_bytes(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def _base_dataset(dataset: Dataset) -> Dataset:
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return dataset
+
+
+def _limit(dataset: Dataset, count: int | None) -> Dataset:
+    """The first ``count`` frames of ``dataset`` (all of them when ``count`` is None)."""
+    if count is None or count >= len(dataset):
+        return dataset
+    return Subset(dataset, range(count))
+
+
+def _class_pixel_counts(dataset: Dataset, num_classes: int) -> np.ndarray | None:
+    """Pixels per class over the raw labels (void excluded), or None if the data cannot say."""
+    base = _base_dataset(dataset)
+    if not isinstance(dataset, Subset):
+        counter = getattr(dataset, "class_pixel_counts", None)
+        return None if counter is None else np.asarray(counter())
+    if not hasattr(base, "raw"):
+        return None
+    indices = _subset_indices(dataset)
+    counts = np.zeros(num_classes + 1, dtype=np.int64)
+    for index in indices:
+        _, label = base.raw(index)
+        counts += np.bincount(np.asarray(label).ravel(), minlength=num_classes + 1)[
+            : num_classes + 1
+        ]
+    return counts[:num_classes]
+
+
+def _subset_indices(dataset: Dataset) -> list[int]:
+    """Indices into the base dataset of a (possibly nested) Subset."""
+    if not isinstance(dataset, Subset):
+        return list(range(len(dataset)))
+    inner = _subset_indices(dataset.dataset)
+    return [inner[i] for i in dataset.indices]
+
+
+def _frame_name(dataset: Dataset, index: int) -> str:
+    """A file-name-safe name of frame ``index``: its file stem when the data has files."""
+    base = _base_dataset(dataset)
+    files = getattr(base, "files", None)
+    if files is None:
+        return f"{index:03d}"
+    stem = Path(files[_subset_indices(dataset)[index]][0]).stem
+    return f"{index:03d}_{stem}"
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation shared by the Trainer and evaluate_checkpoint
+
+
+@torch.no_grad()
+def _evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    *,
+    device: torch.device,
+    num_classes: int,
+    ignore_index: int,
+    class_names: Sequence[str] | None,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    loss_fn: nn.Module | None = None,
+) -> tuple[SegMetrics, float | None]:
+    """One confusion matrix over the whole split; also the mean loss per batch when asked."""
+    was_training = model.training
+    model.eval()
+    matrix = ConfusionMatrix(num_classes, ignore_index, class_names)
+    loss_sum, images = 0.0, 0
+    try:
+        for batch_images, labels in loader:
+            batch_images = batch_images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            if channels_last:
+                batch_images = batch_images.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(
+                device.type,
+                dtype=autocast_dtype or torch.float32,
+                enabled=autocast_dtype is not None,
+            ):
+                logits = model(batch_images)
+            matrix.update(logits.float(), labels)
+            if loss_fn is not None:
+                loss_sum += float(loss_fn(logits, labels)) * len(batch_images)
+            images += len(batch_images)
+    finally:
+        model.train(was_training)
+    val_loss = loss_sum / images if loss_fn is not None and images else None
+    return matrix.compute(), val_loss
+
+
+# ---------------------------------------------------------------------------------------------
+# the trainer
+
+
+class Trainer:
+    """Trains one model on one dataset pair; checkpoints, resumes, reports every epoch.
+
+    Args:
+        model: the network, normally from ``build_model`` (its ``config`` attribute is stored
+            in the checkpoints so that :func:`load_checkpoint` can rebuild it).
+        train_set, val_set: datasets of ``(image float (3, H, W), label int64 (H, W))``.
+        cfg: the training recipe.
+        out_dir: where ``last.pt``, ``best.pt`` and ``metrics.jsonl`` go; ``None`` keeps
+            everything in memory (no checkpoints, no resume).
+        class_weights: per-class loss weights; ``None`` computes Cui et al.'s weights from
+            ``train_set.class_pixel_counts()`` when the data can count its pixels, and uses
+            uniform weights otherwise.
+        callbacks: called with an :class:`EpochReport` after every evaluated epoch, after the
+            checkpoint and the ``metrics.jsonl`` line are written. A callback may raise
+            :class:`StopTraining` to end the run cleanly, or any other exception (e.g.
+            ``optuna.TrialPruned``), which propagates out of :meth:`fit` with the epoch
+            already saved, so the run can still be resumed or inspected.
+        data_info: what the data is (``build_datasets``' ``DataInfo``); stated in the history,
+            the checkpoints and the result. Without it the datasets' own descriptions are used.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_set: Dataset,
+        val_set: Dataset,
+        cfg: TrainConfig,
+        out_dir: Path | None,
+        class_weights: Tensor | None = None,
+        callbacks: Sequence[Callable[[EpochReport], None]] = (),
+        data_info: DataInfo | None = None,
+    ) -> None:
+        if not isinstance(cfg, TrainConfig):
+            raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
+        self.cfg = cfg
+        self.out_dir = None if out_dir is None else Path(out_dir)
+        self.callbacks = list(callbacks)
+        self.data_info = data_info
+        self.config: JetSegConfig | None = getattr(model, "config", None)
+
+        self.train_set = _limit(train_set, cfg.max_train_images)
+        self.val_set = _limit(val_set, cfg.max_val_images)
+        if len(self.train_set) == 0 or len(self.val_set) == 0:
+            raise ValueError(
+                f"need at least one training and one validation frame, got "
+                f"{len(self.train_set)} and {len(self.val_set)}"
+            )
+        base = _base_dataset(self.train_set)
+        self.ignore_index = int(getattr(base, "ignore_index", IGNORE_INDEX))
+        self.num_classes = self._num_classes(base)
+        names = (
+            data_info.class_names if data_info is not None else getattr(base, "class_names", None)
+        )
+        self.class_names = tuple(names) if names and len(names) == self.num_classes else None
+        self.synthetic_data, self.data_description = self._describe_data(base)
+
+        self.device = resolve_device(cfg.device)
+        on_cuda = self.device.type == "cuda"
+        self.channels_last = cfg.channels_last and on_cuda
+        self.autocast_dtype: torch.dtype | None = None
+        if cfg.amp and on_cuda:
+            self.autocast_dtype = (
+                torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            )
+        if on_cuda:
+            torch.backends.cudnn.deterministic = cfg.deterministic
+            torch.backends.cudnn.benchmark = not cfg.deterministic
+
+        self.model = model.to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+        if class_weights is None:
+            counts = _class_pixel_counts(self.train_set, self.num_classes)
+            if counts is not None:
+                class_weights = cui_class_weights(counts, beta=cfg.cui_beta)
+        self.class_weights = None if class_weights is None else torch.as_tensor(class_weights)
+        if cfg.loss == "jetloss+ce":
+            loss_fn: nn.Module = JetLossCE(
+                self.class_weights, self.num_classes, self.ignore_index, ce_weight=cfg.ce_weight
+            )
+        else:
+            loss_fn = build_loss(cfg.loss, self.class_weights, self.num_classes, self.ignore_index)
+        self.loss_fn = loss_fn.to(self.device)
+
+        # A generator of its own drives the shuffling; its state goes into every checkpoint,
+        # so a resumed run draws the same batches as an uninterrupted one.
+        self.loader_generator = torch.Generator().manual_seed(cfg.seed)
+        self.train_loader = DataLoader(
+            self.train_set,
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            generator=self.loader_generator,
+            num_workers=cfg.num_workers,
+            pin_memory=on_cuda,
+            # Full batches only when there is at least one: a tiny last batch gives noisy
+            # batch-norm statistics and a noisy JetLoss.
+            drop_last=len(self.train_set) >= cfg.batch_size,
+        )
+        self.val_loader = self._eval_loader(self.val_set)
+
+        self.optimizer = self._build_optimizer()
+        steps_per_epoch = len(self.train_loader)
+        self.schedule = WarmupDecaySchedule(
+            self.optimizer,
+            base_lr=cfg.resolved_lr,
+            warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
+            total_steps=cfg.epochs * steps_per_epoch,
+            kind=cfg.schedule,
+            time_budget_s=cfg.time_budget_s,
+        )
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.autocast_dtype == torch.float16
+        )
+
+        # Run state: everything below goes into the checkpoints.
+        self.epoch = 0
+        self.global_step = 0
+        self.train_time_s = 0.0
+        self.images_seen = 0
+        self.best_miou = -math.inf
+        self.best_epoch = 0
+        self.best_metrics: SegMetrics | None = None
+        self.history: list[dict[str, Any]] = []
+        self.stopped_reason = ""
+        self.stop_detail = ""
+        self._last_saved_epoch: int | None = None
+        self._progress: Any = None
+        self._progress_task: Any = None
+
+    # -- setup helpers ---------------------------------------------------------------------
+
+    def _num_classes(self, base: Dataset) -> int:
+        model_classes = self.config.num_classes if self.config is not None else None
+        data_classes = (
+            self.data_info.num_classes
+            if self.data_info is not None
+            else getattr(base, "num_classes", None)
+        )
+        if model_classes is not None and data_classes is not None and model_classes != data_classes:
+            raise ValueError(
+                f"the model predicts {model_classes} classes (config num_classes) but the data "
+                f"has {data_classes}; set num_classes: {data_classes} in the config"
+            )
+        classes = model_classes or data_classes
+        if classes is None:
+            raise ValueError(
+                "cannot tell the number of classes: give a model built by build_model (with "
+                "a config) or datasets with a num_classes attribute"
+            )
+        return int(classes)
+
+    def _describe_data(self, base: Dataset) -> tuple[bool, str]:
+        if self.data_info is not None:
+            return self.data_info.synthetic, self.data_info.description
+        from jetseg.data import SyntheticStreets
+
+        synthetic = isinstance(base, SyntheticStreets)
+        description = getattr(base, "description", type(base).__name__)
+        return synthetic, str(description)
+
+    def _eval_loader(self, dataset: Dataset) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.cfg.batch_size,
+            shuffle=False,
+            num_workers=self.cfg.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        # No weight decay on biases and norm parameters (all the 1-D ones): decaying them only
+        # fights the normalisation.
+        decay, no_decay = [], []
+        for param in self.model.parameters():
+            if param.requires_grad:
+                (decay if param.ndim > 1 else no_decay).append(param)
+        groups = [
+            {"params": decay, "weight_decay": self.cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        lr = self.cfg.resolved_lr
+        if self.cfg.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=lr, momentum=self.cfg.momentum)
+        return torch.optim.AdamW(groups, lr=lr)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def fit(self, resume: bool = True) -> TrainResult:
+        """Train until ``cfg.epochs`` or ``cfg.time_budget_s``; returns the result.
+
+        Resuming: with ``resume=True`` and a ``last.pt`` in ``out_dir``, the run continues from
+        the epoch after the one saved, with the model, optimizer, schedule, scaler, every random
+        stream (Python, NumPy, torch, CUDA, the shuffling) and the history as they were, so the
+        final weights equal those of an uninterrupted run with the same TrainConfig. A run
+        that already reached its end returns its result at once; resuming with more
+        ``epochs`` (or a larger budget) extends it. ``resume=False`` starts over and deletes
+        the old checkpoints and metrics of ``out_dir`` first.
+
+        Each epoch: train (:meth:`train_one_epoch`), evaluate when due, save ``best.pt`` if the
+        validation mIoU improved and ``last.pt`` always, append the ``metrics.jsonl`` line,
+        then call the callbacks.
+
+        Time budget: checked after every step; when it is used up, the epoch in progress is
+        cut there, evaluated, saved and marked ``partial`` in the history, and the run stops
+        with ``stopped_reason="time budget"``. (Resuming such a run with a larger budget goes
+        on with the next epoch.)
+
+        Raises:
+            NonFiniteLossError: the loss became NaN or infinite; ``last.pt`` still holds the
+                previous epoch.
+            KeyboardInterrupt: re-raised after a line on stderr says which epoch ``last.pt``
+                holds and how to resume; at most the epoch in progress is lost.
+            Exception: whatever a callback raised (other than :class:`StopTraining`), after
+                that epoch's checkpoint and metrics line were written.
+        """
+        cfg = self.cfg
+        checkpoint = self._last_checkpoint_path()
+        if resume and checkpoint is not None and checkpoint.is_file():
+            self._restore(checkpoint)
+        else:
+            self._start_fresh()
+        self.stopped_reason, self.stop_detail = "", ""
+        try:
+            with self._progress_display():
+                while not self.stopped_reason:
+                    if self.epoch >= cfg.epochs:
+                        self.stopped_reason = "epochs"
+                        break
+                    if self._budget_used():
+                        self.stopped_reason = "time budget"
+                        break
+                    self._run_epoch(self.epoch + 1)
+        except KeyboardInterrupt:
+            self._report_interrupt()
+            raise
+        return self.result()
+
+    def _run_epoch(self, epoch: int) -> None:
+        """Train, evaluate when due, save, log, call back: one epoch of :meth:`fit`."""
+        cfg = self.cfg
+        stats = self.train_one_epoch(epoch)
+        self.epoch = epoch
+        last = epoch >= cfg.epochs or stats["partial"] or self._budget_used()
+        metrics, val_loss, eval_time = None, None, 0.0
+        if epoch % cfg.eval_every == 0 or last:
+            started = time.perf_counter()
+            metrics, val_loss = _evaluate(
+                self.model,
+                self.val_loader,
+                device=self.device,
+                num_classes=self.num_classes,
+                ignore_index=self.ignore_index,
+                class_names=self.class_names,
+                autocast_dtype=self.autocast_dtype,
+                channels_last=self.channels_last,
+                loss_fn=self.loss_fn,
+            )
+            eval_time = time.perf_counter() - started
+            miou = metrics.miou if math.isfinite(metrics.miou) else -math.inf
+            improved = self.best_epoch == 0 or miou > self.best_miou
+            if improved:
+                self.best_miou, self.best_epoch, self.best_metrics = miou, epoch, metrics
+        else:
+            improved = False
+        record = self._history_record(epoch, stats, metrics, val_loss, eval_time)
+        self.history.append(record)
+        if stats["partial"]:
+            self.stopped_reason = "time budget"
+        if improved:
+            self.save_checkpoint("best")
+        self.save_checkpoint("last")
+        self._append_metrics_line(record)
+        self._log_epoch(record)
+        if metrics is None:
+            return
+        report = EpochReport(
+            epoch=epoch,
+            step=self.global_step,
+            train_loss=stats["train_loss"],
+            val=metrics,
+            elapsed_s=self.train_time_s,
+            images_per_s=stats["images_per_s"],
+            best_miou=self.best_miou,
+            partial=stats["partial"],
+        )
+        for callback in self.callbacks:
+            try:
+                callback(report)
+            except StopTraining as stop:
+                self.stopped_reason, self.stop_detail = "callback", str(stop)
+                # The checkpoint already holds this epoch; record why the run ended.
+                self.save_checkpoint("last")
+                return
+
+    def train_one_epoch(self, epoch: int) -> dict[str, Any]:
+        """One pass over the training split (cut short when the time budget runs out).
+
+        Returns ``train_loss`` (mean over images), ``steps``, ``images``, ``time_s``,
+        ``images_per_s``, ``lr`` (of the last step) and ``partial`` (cut by the budget).
+        """
+        cfg = self.cfg
+        self.model.train()
+        loss_sum, images, steps = 0.0, 0, 0
+        partial = False
+        started = time.perf_counter()
+        budget_left = None if cfg.time_budget_s is None else cfg.time_budget_s - self.train_time_s
+        self._progress_start(epoch)
+        for batch_images, labels in self.train_loader:
+            batch_images = batch_images.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            if self.channels_last:
+                batch_images = batch_images.contiguous(memory_format=torch.channels_last)
+            elapsed = time.perf_counter() - started
+            self.schedule.apply(self.global_step, self.train_time_s + elapsed)
+
+            with torch.autocast(
+                self.device.type,
+                dtype=self.autocast_dtype or torch.float32,
+                enabled=self.autocast_dtype is not None,
+            ):
+                logits = self.model(batch_images)
+            loss = self.loss_fn(logits, labels)  # the losses compute in float32 themselves
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise self._non_finite_error(
+                    epoch, steps + 1, loss_value, batch_images, logits, labels
+                )
+
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+
+            batch = len(batch_images)
+            self.global_step += 1
+            steps += 1
+            images += batch
+            loss_sum += loss_value * batch
+            elapsed = time.perf_counter() - started
+            self._progress_step(loss_sum / images, images / max(elapsed, 1e-9))
+            if budget_left is not None and elapsed >= budget_left:
+                partial = steps < len(self.train_loader)
+                break
+        elapsed = time.perf_counter() - started
+        self.train_time_s += elapsed
+        self.images_seen += images
+        return {
+            "train_loss": loss_sum / max(images, 1),
+            "steps": steps,
+            "images": images,
+            "time_s": elapsed,
+            "images_per_s": images / max(elapsed, 1e-9),
+            "lr": self.schedule.last_lr,
+            "partial": partial,
+        }
+
+    def evaluate(self, dataset: Dataset | None = None) -> SegMetrics:
+        """Per-class IoU, mIoU and pixel accuracy of the current model on a whole split
+        (``None``: the validation split), from one confusion matrix."""
+        loader = self.val_loader if dataset is None else self._eval_loader(dataset)
+        metrics, _ = _evaluate(
+            self.model,
+            loader,
+            device=self.device,
+            num_classes=self.num_classes,
+            ignore_index=self.ignore_index,
+            class_names=self.class_names,
+            autocast_dtype=self.autocast_dtype,
+            channels_last=self.channels_last,
+        )
+        return metrics
+
+    def _budget_used(self) -> bool:
+        return self.cfg.time_budget_s is not None and self.train_time_s >= self.cfg.time_budget_s
+
+    def _non_finite_error(
+        self,
+        epoch: int,
+        step_in_epoch: int,
+        loss_value: float,
+        images: Tensor,
+        logits: Tensor,
+        labels: Tensor,
+    ) -> NonFiniteLossError:
+        terms: dict[str, float] = {"loss": loss_value}
+        terms_of = getattr(self.loss_fn, "terms", None)
+        if terms_of is not None:
+            with torch.no_grad():
+                terms = {k: float(v) for k, v in terms_of(logits.detach(), labels).items()}
+        listed = ", ".join(f"{k}={v:.6g}" for k, v in terms.items())
+        inputs_ok = bool(torch.isfinite(images).all())
+        logits_ok = bool(torch.isfinite(logits.detach()).all())
+        saved = (
+            f"{self._last_checkpoint_path()} holds epoch {self._last_saved_epoch}"
+            if self._last_saved_epoch is not None
+            else "no checkpoint was written"
+        )
+        message = (
+            f"non-finite loss {loss_value} at epoch {epoch}, step {step_in_epoch} of the epoch "
+            f"(global step {self.global_step + 1}), loss {self.cfg.loss!r}: {listed}; "
+            f"input images finite: {inputs_ok}, logits finite: {logits_ok}, "
+            f"lr {self.schedule.last_lr:.3g}. "
+            + (
+                "The input batch holds NaN/inf: check the data. "
+                if not inputs_ok
+                else "Lower the learning rate (TrainConfig.lr) or turn off amp. "
+            )
+            + f"Training stopped; {saved}."
+        )
+        return NonFiniteLossError(message, epoch, self.global_step + 1, terms)
+
+    # -- history, logging, progress ----------------------------------------------------------
+
+    def _history_record(
+        self,
+        epoch: int,
+        stats: dict[str, Any],
+        metrics: SegMetrics | None,
+        val_loss: float | None,
+        eval_time: float,
+    ) -> dict[str, Any]:
+        return {
+            "epoch": epoch,
+            "step": self.global_step,
+            "partial": stats["partial"],
+            "train_loss": _json_number(stats["train_loss"]),
+            "lr": stats["lr"],
+            "val_miou": None if metrics is None else _json_number(metrics.miou),
+            "val_pixel_accuracy": None if metrics is None else _json_number(metrics.pixel_accuracy),
+            "val_loss": _json_number(val_loss),
+            "val_per_class_iou": None if metrics is None else _iou_dict(metrics),
+            "best_miou": _json_number(self.best_miou),
+            "best_epoch": self.best_epoch,
+            "epoch_time_s": stats["time_s"],
+            "eval_time_s": eval_time,
+            "train_time_s": self.train_time_s,
+            "images_per_s": stats["images_per_s"],
+            "synthetic_data": self.synthetic_data,
+            "data": self.data_description,
+        }
+
+    def _append_metrics_line(self, record: dict[str, Any]) -> None:
+        if self.out_dir is None:
+            return
+        with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+
+    def _console(self) -> Any:
+        from rich.console import Console
+
+        return Console(stderr=True)
+
+    def _log_epoch(self, record: dict[str, Any]) -> None:
+        if not self.cfg.progress:
+            return
+        val = (
+            f"val mIoU {_percent(record['val_miou'])} (best {_percent(record['best_miou'])} "
+            f"@ {record['best_epoch']})"
+            if record["val_miou"] is not None or record["val_per_class_iou"] is not None
+            else "not evaluated"
+        )
+        cut = " [time budget: epoch cut short]" if record["partial"] else ""
+        synthetic = " [synthetic data]" if self.synthetic_data else ""
+        line = (
+            f"epoch {record['epoch']}/{self.cfg.epochs} step {record['step']} "
+            f"loss {record['train_loss']:.4f} {val} {record['images_per_s']:.1f} img/s "
+            f"train {record['train_time_s']:.1f} s{cut}{synthetic}"
+        )
+        console = self._progress.console if self._progress is not None else self._console()
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    def _progress_display(self) -> Any:
+        """A rich progress bar on a terminal when ``cfg.progress``; otherwise nothing."""
+        from contextlib import nullcontext
+
+        if not self.cfg.progress:
+            return nullcontext()
+        console = self._console()
+        if not console.is_terminal:
+            return nullcontext()
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("{task.fields[speed]} img/s"),
+            TextColumn("val mIoU {task.fields[miou]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
+        self._progress_task = None
+        trainer = self
+
+        class _Display:
+            def __enter__(self) -> None:
+                trainer._progress.start()
+
+            def __exit__(self, *exc: object) -> None:
+                trainer._progress.stop()
+                trainer._progress = None
+
+        return _Display()
+
+    def _progress_start(self, epoch: int) -> None:
+        if self._progress is None:
+            return
+        fields = {
+            "epoch": f"{epoch}/{self.cfg.epochs}",
+            "loss": "-",
+            "speed": "-",
+            "miou": _percent(self.best_miou if self.history else None),
+        }
+        if self.history and self.history[-1]["val_miou"] is not None:
+            fields["miou"] = _percent(self.history[-1]["val_miou"])
+        if self._progress_task is None:
+            self._progress_task = self._progress.add_task(
+                "train", total=len(self.train_loader), **fields
+            )
+        else:
+            self._progress.reset(self._progress_task, total=len(self.train_loader), **fields)
+
+    def _progress_step(self, loss: float, images_per_s: float) -> None:
+        if self._progress is None:
+            return
+        self._progress.update(
+            self._progress_task, advance=1, loss=f"{loss:.4f}", speed=f"{images_per_s:.1f}"
+        )
+
+    def _report_interrupt(self) -> None:
+        path = self._last_checkpoint_path()
+        if path is None:
+            print(
+                "training interrupted; no out_dir was given, so there is nothing to resume",
+                file=sys.stderr,
+            )
+            return
+        tmp = path.with_name(path.name + ".tmp")
+        if tmp.exists():  # a save that the interrupt cut short; last.pt itself is untouched
+            tmp.unlink()
+        if path.is_file():
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            print(
+                f"training interrupted in epoch {saved['epoch'] + 1}: {path} holds epoch "
+                f"{saved['epoch']} (step {saved['step']}); run the same command again (or "
+                f"Trainer.fit(resume=True) with out_dir={self.out_dir}) to resume from epoch "
+                f"{saved['epoch'] + 1}",
+                file=sys.stderr,
+            )
+        else:
+            print(
+                f"training interrupted in epoch 1 before any checkpoint; nothing to resume in "
+                f"{self.out_dir}",
+                file=sys.stderr,
+            )
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def _last_checkpoint_path(self) -> Path | None:
+        return None if self.out_dir is None else self.out_dir / "last.pt"
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Everything a checkpoint holds (plain data and tensors: loads with weights_only)."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "step": self.global_step,
+            "train_time_s": self.train_time_s,
+            "images_seen": self.images_seen,
+            "rng": _rng_state(self.loader_generator),
+            "best_miou": self.best_miou,
+            "best_epoch": self.best_epoch,
+            "best_metrics": None if self.best_metrics is None else self.best_metrics.to_dict(),
+            "history": self.history,
+            "stopped_reason": self.stopped_reason,
+            "stop_detail": self.stop_detail,
+            "config": None if self.config is None else config_to_dict(self.config),
+            "arch_hash": None if self.config is None else arch_hash(self.config),
+            "train_config": self.cfg.to_dict(),
+            "data": {"description": self.data_description, "synthetic": self.synthetic_data},
+            "num_classes": self.num_classes,
+            "class_names": None if self.class_names is None else list(self.class_names),
+            "ignore_index": self.ignore_index,
+            "device": str(self.device),
+            "torch_version": str(torch.__version__),
+        }
+
+    def save_checkpoint(self, kind: str) -> Path | None:
+        """Write ``{kind}.pt`` (``"last"`` or ``"best"``) atomically; None without out_dir."""
+        if kind not in ("last", "best"):
+            raise ValueError(f"checkpoint kind must be 'last' or 'best', got {kind!r}")
+        if self.out_dir is None:
+            return None
+        path = self.out_dir / f"{kind}.pt"
+        state = self.checkpoint_state()
+        _atomic_write_bytes(path, lambda handle: torch.save(state, handle))
+        if kind == "last":
+            self._last_saved_epoch = self.epoch
+        return path
+
+    def _start_fresh(self) -> None:
+        _seed_everything(self.cfg.seed)
+        self.loader_generator.manual_seed(self.cfg.seed)
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            # An old run's files would otherwise be resumed or mixed with this run's.
+            for name in ("last.pt", "best.pt", "metrics.jsonl", "last.pt.tmp", "best.pt.tmp"):
+                (self.out_dir / name).unlink(missing_ok=True)
+
+    def _restore(self, path: Path) -> None:
+        state = _read_checkpoint(path)
+        if self.config is not None and state.get("config") is not None:
+            saved_hash = arch_hash(load_config(state["config"]))
+            if saved_hash != arch_hash(self.config):
+                raise ValueError(
+                    f"{path} was trained with another network (arch_hash {saved_hash}, this one "
+                    f"is {arch_hash(self.config)}); start over with resume=False (--restart) "
+                    f"or use another output directory"
+                )
+        changed = sorted(
+            key
+            for key, value in state["train_config"].items()
+            if key not in RESUMABLE_CHANGES and self.cfg.to_dict().get(key) != value
+        )
+        if changed:
+            warnings.warn(
+                f"resuming {path} with a different TrainConfig ({', '.join(changed)}); the run "
+                f"will not match an uninterrupted one",
+                UserWarning,
+                stacklevel=3,
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["scheduler"])
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch = int(state["epoch"])
+        self.global_step = int(state["step"])
+        self.train_time_s = float(state["train_time_s"])
+        self.images_seen = int(state["images_seen"])
+        self.best_miou = float(state["best_miou"])
+        self.best_epoch = int(state["best_epoch"])
+        best = state.get("best_metrics")
+        self.best_metrics = None if best is None else _metrics_from_dict(best)
+        self.history = list(state["history"])
+        _restore_rng_state(state["rng"], self.loader_generator)
+        self._last_saved_epoch = self.epoch
+        # metrics.jsonl is rewritten from the checkpoint: lines of an epoch that was cut
+        # short, or a line lost to a crash between the checkpoint and the log, are made right.
+        if self.out_dir is not None:
+            text = "".join(json.dumps(record) + "\n" for record in self.history)
+            _atomic_write_text(self.out_dir / "metrics.jsonl", text)
+
+    # -- the result --------------------------------------------------------------------------
+
+    def result(self) -> TrainResult:
+        """The :class:`TrainResult` of the run so far."""
+        best = self.best_metrics
+        return TrainResult(
+            best_miou=self.best_miou if best is not None else math.nan,
+            best_epoch=self.best_epoch,
+            per_class_iou=() if best is None else best.per_class_iou,
+            pixel_accuracy=math.nan if best is None else best.pixel_accuracy,
+            epochs_done=self.epoch,
+            steps=self.global_step,
+            train_time_s=self.train_time_s,
+            images_per_s=self.images_seen / self.train_time_s if self.train_time_s > 0 else 0.0,
+            stopped_reason=self.stopped_reason,
+            history=list(self.history),
+            out_dir=self.out_dir,
+            data_description=self.data_description,
+            synthetic_data=self.synthetic_data,
+            stop_detail=self.stop_detail,
+            device=str(self.device),
+            config_name="" if self.config is None else self.config.name,
+            class_names=self.class_names or (),
+        )
+
+
+def _metrics_from_dict(data: dict[str, Any]) -> SegMetrics:
+    def number(value: float | None) -> float:
+        return math.nan if value is None else float(value)
+
+    names = data.get("class_names")
+    return SegMetrics(
+        per_class_iou=tuple(number(v) for v in data["per_class_iou"]),
+        miou=number(data["miou"]),
+        pixel_accuracy=number(data["pixel_accuracy"]),
+        class_names=None if names is None else tuple(names),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints from outside the trainer
+
+
+def _read_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        raise ValueError(f"cannot read checkpoint {path}: {err}") from err
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{path} is not a JetSeg training checkpoint (expected format {CHECKPOINT_FORMAT!r})"
+        )
+    return state
+
+
+def load_checkpoint(
+    path: str | Path, device: str = "cpu"
+) -> tuple[nn.Module, JetSegConfig, dict[str, Any]]:
+    """Rebuild the network of a checkpoint: ``(model in eval mode, its config, the raw dict)``.
+
+    The raw dict holds everything :meth:`Trainer.checkpoint_state` lists (epoch, history,
+    ``train_config``, ``data``...).
+    """
+    from jetseg.model import build_model
+
+    state = _read_checkpoint(path)
+    if state.get("config") is None:
+        raise ValueError(f"{path} holds no network config; it cannot be rebuilt")
+    config = load_config(state["config"])
+    model = build_model(config)
+    model.load_state_dict(state["model"])
+    model = model.to(resolve_device(device)).eval()
+    return model, config, state
+
+
+def _checkpoint_size(state: dict[str, Any], size: tuple[int, int] | None) -> tuple[int, int] | None:
+    if size is not None:
+        return tuple(size)
+    trained = state.get("train_config", {}).get("size")
+    return None if trained is None else tuple(trained)
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data: str | Path | None,
+    split: str = "val",
+    size: tuple[int, int] | None = None,
+    *,
+    device: str = "auto",
+    batch_size: int = 8,
+) -> EvalMetrics:
+    """Per-class IoU, mIoU and pixel accuracy of a checkpoint on a whole split.
+
+    ``data`` is a CamVid root (any split it holds: train, val, test) or ``None`` /
+    ``"synthetic"`` for the synthetic street scenes (train or val; the returned metrics say
+    that they are synthetic). ``size`` ``None`` evaluates at the size the checkpoint was
+    trained at (the data's own size if it was trained at that).
+    """
+    model, config, state = load_checkpoint(checkpoint, device)
+    size = _checkpoint_size(state, size)
+    if data is None or str(data) == "synthetic":
+        if split not in ("train", "val"):
+            raise ValueError(f"the synthetic data has the splits train and val, not {split!r}")
+        train, val, info = build_datasets(None, size)
+        dataset = val if split == "val" else train
+        description, synthetic = info.description, True
+    else:
+        dataset = CamVid(data, split, transform=build_transforms(False, size))
+        description, synthetic = dataset.description, False
+    if config.num_classes != dataset.num_classes:
+        raise ValueError(
+            f"{checkpoint} predicts {config.num_classes} classes but {description} has "
+            f"{dataset.num_classes}"
+        )
+    torch_device = next(model.parameters()).device
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    metrics, _ = _evaluate(
+        model,
+        loader,
+        device=torch_device,
+        num_classes=config.num_classes,
+        ignore_index=dataset.ignore_index,
+        class_names=dataset.class_names,
+    )
+    return EvalMetrics(
+        per_class_iou=metrics.per_class_iou,
+        miou=metrics.miou,
+        pixel_accuracy=metrics.pixel_accuracy,
+        class_names=metrics.class_names,
+        split=split,
+        frames=len(dataset),
+        data_description=description,
+        synthetic_data=synthetic,
+    )
+
+
+def _read_image(path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return np.asarray(image.convert("RGB"))
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"image {path} does not exist") from err
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+        raise ValueError(f"cannot read image {path}: {err}") from err
+
+
+def _check_images(paths: Sequence[Path]) -> None:
+    """Fail before writing anything: every image exists, is readable, names are unique."""
+    from PIL import Image, UnidentifiedImageError
+
+    stems: dict[str, Path] = {}
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"image {path} does not exist")
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+            raise ValueError(f"cannot read image {path}: {err}") from err
+        if path.stem in stems:
+            raise ValueError(
+                f"images {stems[path.stem]} and {path} would write the same output files "
+                f"({path.stem}_mask.png); rename one"
+            )
+        stems[path.stem] = path
+
+
+@torch.no_grad()
+def predict_images(
+    checkpoint: str | Path,
+    images: Sequence[str | Path],
+    out_dir: str | Path,
+    size: tuple[int, int] | None = None,
+    *,
+    device: str = "auto",
+) -> list[Path]:
+    """Colour masks and overlays for images: writes ``NAME_mask.png`` and ``NAME_overlay.png``.
+
+    Each image is fed at ``size`` (``None``: its own size) and the prediction is resized back,
+    so the mask always matches the image. Masks use the CamVid colours. Every image is checked
+    before anything is written; a missing or unreadable one raises naming it.
+    """
+    paths = [Path(p) for p in images]
+    if not paths:
+        raise ValueError("no images given")
+    _check_images(paths)
+    model, config, _ = load_checkpoint(checkpoint, device)
+    if config.num_classes > NUM_CLASSES:
+        raise ValueError(
+            f"{checkpoint} predicts {config.num_classes} classes; the colour masks use the "
+            f"{NUM_CLASSES}-class CamVid palette"
+        )
+    torch_device = next(model.parameters()).device
+    transform = build_transforms(False, size)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    from PIL import Image
+
+    for path in paths:
+        rgb = _read_image(path)
+        height, width = rgb.shape[:2]
+        tensor, _ = transform(rgb, np.zeros((height, width), dtype=np.uint8))
+        logits = model(tensor.unsqueeze(0).to(torch_device))  # (1, C, h, w)
+        if logits.shape[-2:] != (height, width):
+            logits = F.interpolate(
+                logits, size=(height, width), mode="bilinear", align_corners=False
+            )
+        prediction = logits.argmax(dim=1)[0].cpu().numpy().astype(np.uint8)  # (H, W)
+        mask_path = out / f"{path.stem}_mask.png"
+        overlay_path = out / f"{path.stem}_overlay.png"
+        Image.fromarray(colorize(prediction)).save(mask_path)
+        Image.fromarray(overlay(rgb, prediction)).save(overlay_path)
+        written += [mask_path, overlay_path]
+    return written
+
+
+@torch.no_grad()
+def write_overlays(
+    model: nn.Module, dataset: Dataset, out_dir: str | Path, count: int
+) -> list[Path]:
+    """PNG panels ``image | ground truth | prediction`` (CamVid colours) of the first frames."""
+    from PIL import Image
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    written = []
+    try:
+        for index in range(min(count, len(dataset))):
+            image, label = dataset[index]
+            logits = model(image.unsqueeze(0).to(device))  # (1, C, H, W)
+            prediction = logits.argmax(dim=1)[0].cpu().numpy().astype(np.uint8)
+            panels = [
+                to_uint8_image(image),
+                colorize(label.numpy().astype(np.uint8)),
+                colorize(prediction),
+            ]
+            path = out / f"{_frame_name(dataset, index)}.png"
+            Image.fromarray(np.concatenate(panels, axis=1)).save(path)  # (H, 3W, 3)
+            written.append(path)
+    finally:
+        model.train(was_training)
+    return written
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole run
+
+
+def run_training(
+    config: JetSegConfig,
+    data: str | Path | None,
+    out_dir: Path,
+    train_cfg: TrainConfig,
+    resume: bool = True,
+    callbacks: Sequence[Callable[[EpochReport], None]] = (),
+) -> TrainResult:
+    """Train ``config`` on ``data`` and leave a complete run directory in ``out_dir``.
+
+    ``data`` is a CamVid root, or ``None`` for the embedded synthetic street scenes: then the
+    summary, every ``metrics.jsonl`` line and ``run.json`` say so. The loss is weighted with
+    Cui et al.'s class weights from the training split's pixel counts. What is written is
+    listed in the module docstring. An existing run in ``out_dir`` is resumed (``resume``).
+    Exceptions from callbacks propagate as in :meth:`Trainer.fit`.
+    """
+    from jetseg.export import export_onnx
+    from jetseg.model import build_model
+
+    if not isinstance(config, JetSegConfig):
+        raise TypeError(f"config must be a JetSegConfig, got {type(config).__name__}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = train_cfg
+    synthetic = data is None or str(data) == "synthetic"
+    # Frames past the limits are never decoded (CamVid decodes a split when it is opened).
+    limits = [n for n in (cfg.max_train_images, cfg.max_val_images) if n is not None]
+    limit = max(limits) if len(limits) == 2 and not synthetic else None
+    train_set, val_set, info = build_datasets(
+        data,
+        cfg.size,
+        random_scale=cfg.random_scale,
+        crop=cfg.crop,
+        flip=cfg.flip,
+        limit=limit,
+        synthetic_images=(cfg.max_train_images or 64, cfg.max_val_images or 16),
+    )
+    train_set = _limit(train_set, cfg.max_train_images)
+    val_set = _limit(val_set, cfg.max_val_images)
+    counts = _class_pixel_counts(train_set, info.num_classes)
+    with warnings.catch_warnings():
+        # A small training split may lack a class: it then weighs 0, which run.json records.
+        warnings.simplefilter("ignore", UserWarning)
+        class_weights = cui_class_weights(counts, beta=cfg.cui_beta)
+
+    _seed_everything(cfg.seed)  # the initial weights depend on the seed only
+    model = build_model(config)
+    save_config(config, out_dir / "config.yaml")
+    _atomic_write_text(
+        out_dir / "train_config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    )
+    trainer = Trainer(
+        model,
+        train_set,
+        val_set,
+        cfg,
+        out_dir,
+        class_weights=class_weights,
+        callbacks=callbacks,
+        data_info=info,
+    )
+    result = trainer.fit(resume=resume)
+
+    # The deliverables come from the best epoch, on a fresh CPU copy of the network.
+    best_model = build_model(config)
+    best_model.load_state_dict(_read_checkpoint(out_dir / "best.pt")["model"])
+    best_model.eval()
+    frame_size = tuple(val_set[0][0].shape[-2:])
+    files = ["config.yaml", "train_config.yaml", "metrics.jsonl", "best.pt", "last.pt"]
+    if cfg.export_onnx:
+        export_onnx(best_model, out_dir / "best.onnx", input_size=frame_size)
+        files.append("best.onnx")
+    overlays = write_overlays(best_model, val_set, out_dir / "overlays", cfg.overlays)
+    files += [str(p.relative_to(out_dir)) for p in overlays]
+    files.append("run.json")
+
+    run = {
+        "result": result.to_dict(),
+        "config_name": config.name,
+        "arch_hash": arch_hash(config),
+        "params": sum(p.numel() for p in best_model.parameters()),
+        "synthetic_data": info.synthetic,
+        "data": {
+            "name": info.name,
+            "root": None if info.root is None else str(info.root),
+            "description": info.description,
+            "train_frames": len(train_set),
+            "val_frames": len(val_set),
+            "frame_size": list(frame_size),
+        },
+        "class_weights": {
+            name: float(w) for name, w in zip(info.class_names, class_weights.tolist(), strict=True)
+        },
+        "class_pixel_counts": {
+            name: int(n) for name, n in zip(info.class_names, counts.tolist(), strict=True)
+        },
+        "train_config": cfg.to_dict(),
+        "device": str(trainer.device),
+        "amp": None
+        if trainer.autocast_dtype is None
+        else str(trainer.autocast_dtype).split(".")[-1],
+        "channels_last": trainer.channels_last,
+        "torch_version": str(torch.__version__),
+        "files": files,
+    }
+    if info.synthetic:
+        run["note"] = (
+            "trained and evaluated on synthetic street scenes (procedurally generated, not real "
+            "data); pass a CamVid root for real results"
+        )
+    _atomic_write_text(out_dir / "run.json", json.dumps(run, indent=2) + "\n")
+    return result
