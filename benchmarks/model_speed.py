@@ -82,9 +82,11 @@ def main() -> None:
             report = profile(model, (h, w))
             x = torch.randn(1, 3, h, w)
             with torch.inference_mode():
-                eager = _stats(_time(lambda: model(x), args.runs, args.warmup))
+                eager = _stats(_time(lambda m=model, x=x: m(x), args.runs, args.warmup))
             xn = x.numpy()
-            ort = _stats(_time(lambda: session.run(None, {"image": xn}), args.runs, args.warmup))
+            ort = _stats(
+                _time(lambda s=session, xn=xn: s.run(None, {"image": xn}), args.runs, args.warmup)
+            )
             row = {
                 "preset": name,
                 "size": [h, w],
@@ -106,7 +108,12 @@ def main() -> None:
                 xg = x.to("cuda")
                 with torch.inference_mode():
                     gpu = _stats(
-                        _time(lambda: gpu_model(xg), args.runs, args.warmup, torch.cuda.synchronize)
+                        _time(
+                            lambda m=gpu_model, x=xg: m(x),
+                            args.runs,
+                            args.warmup,
+                            torch.cuda.synchronize,
+                        )
                     )
                 model.to("cpu")
                 row["cuda_eager"] = gpu

@@ -17,6 +17,7 @@ that build the same network share a hash whatever their key order or origin.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -31,6 +32,7 @@ import yaml
 ACTIVATIONS = ("reu", "tanhexp", "relu", "hardswish", "silu")
 ATTENTIONS = ("none", "cbam", "sam", "eca")
 KERNELS = (3, 5, 7)
+DILATION_RANGE = (1, 16)
 STEM_KINDS = ("jetconv", "conv3x3")
 
 Activation = Literal["reu", "tanhexp", "relu", "hardswish", "silu"]
@@ -69,7 +71,7 @@ class BranchConfig:
     """One CDDC branch: depthwise ``k x 1`` and ``1 x k`` with dilation ``d``, then ``k2 x k2``."""
 
     kernel: int = field(default=3, metadata=_choices(*KERNELS))
-    dilation: int = field(default=1, metadata=_rng(1, 16))
+    dilation: int = field(default=1, metadata=_rng(*DILATION_RANGE))
     square_kernel: int = field(default=3, metadata=_choices(*KERNELS))
 
 
@@ -302,8 +304,13 @@ def _join(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix else key
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
 def _from_mapping(cls: type, data: dict, path: str, problems: list[tuple[str, str]]) -> Any:
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in data if k not in names]
     for key in unknown:
@@ -348,7 +355,7 @@ def _check_meta(f: dataclasses.Field, value: Any, key: str) -> list[tuple[str, s
 def _check_tree(obj: Any, path: str) -> list[tuple[str, str]]:
     """Types, ranges and choices of every field below ``obj`` (for configs built in Python)."""
     problems: list[tuple[str, str]] = []
-    hints = typing.get_type_hints(type(obj))
+    hints = _hints(type(obj))
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         key = _join(path, f.name)
@@ -428,8 +435,11 @@ def _check_rules(cfg: JetSegConfig) -> list[tuple[str, str]]:
                     )
                 )
             for j, d in enumerate(stage.dilations):
-                if not 1 <= d <= 16:
-                    problems.append((f"{path}.dilations[{j}]", f"{d} is out of range 1..16"))
+                if not DILATION_RANGE[0] <= d <= DILATION_RANGE[1]:
+                    low, high = DILATION_RANGE
+                    problems.append(
+                        (f"{path}.dilations[{j}]", f"{d} is out of range {low}..{high}")
+                    )
         # Every block's JetConv works on the expanded width of that block.
         hidden_widths = {in_width * stage.expansion, stage.width * stage.expansion}
         for hidden in sorted(hidden_widths):

@@ -4,8 +4,6 @@ import torch
 
 from jetseg.config import JetSegConfig, load_config
 
-torch.set_num_threads(2)
-
 PRESETS = ("nano", "agx", "workstation")
 
 
