@@ -104,6 +104,7 @@ class StudySpec:
     seed: int = 0
     enqueue_presets: tuple[str, ...] = ("nano", "agx", "workstation")
     pruner: Literal["median", "none"] = "median"
+    sampler: Literal["tpe", "random"] = "tpe"
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -488,9 +489,21 @@ def _find_completed(study, digest: str, exclude: int):
 # create / resume / run
 
 
+def make_sampler(spec: StudySpec, job_index: int = 0):
+    """The spec's sampler; each parallel process gets its own seed."""
+    import optuna
+
+    seed = spec.seed + job_index
+    if spec.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
 def create_or_load_study(spec: StudySpec, storage: str, name: str | None = None, sampler=None):
     """The Optuna study for a spec: created on first use, loaded (resumed) afterwards."""
     import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     study_name = name or spec.name
     directions = ["maximize", "minimize"] if spec.mode == "pareto" else ["maximize"]
@@ -501,7 +514,7 @@ def create_or_load_study(spec: StudySpec, storage: str, name: str | None = None,
         storage=open_storage(storage),
         study_name=study_name,
         directions=directions,
-        sampler=sampler or optuna.samplers.TPESampler(seed=spec.seed),
+        sampler=sampler or make_sampler(spec),
         pruner=pruner or optuna.pruners.NopPruner(),
         load_if_exists=True,
     )
@@ -512,7 +525,9 @@ def create_or_load_study(spec: StudySpec, storage: str, name: str | None = None,
             f"({existing}); use another --name"
         )
     if study.metric_names is None:
-        study.set_metric_names(spec.objective_names)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(spec.objective_names)
     if "spec" not in study.user_attrs:
         study.set_user_attr("spec", _spec_dict(spec))
         study.set_user_attr("target", spec.target)
@@ -595,8 +610,7 @@ def run_worker_process(
     space = space or load_space(spec.space)
     latency = latency or LatencyChain(spec)
     data = load_data(spec)
-    sampler = optuna.samplers.TPESampler(seed=spec.seed + job_index)
-    study = create_or_load_study(spec, storage, study_name, sampler=sampler)
+    study = create_or_load_study(spec, storage, study_name, sampler=make_sampler(spec, job_index))
     stop = optuna.study.MaxTrialsCallback(
         total_trials, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     )
