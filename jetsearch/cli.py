@@ -10,12 +10,14 @@ Examples::
     jetsearch predict --checkpoint runs/nano/best.pt frame.png -o predictions/
     jetsearch worker --target agx --port 8765 --token-file token.txt
 
-Exit codes: 0 success, 1 the work failed, 2 bad arguments or bad input files.
+Exit codes: 0 success, 1 the work failed, 2 bad arguments or bad input files, 130 interrupted.
+Set JETSEARCH_DEBUG=1 to see tracebacks for input errors.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -640,6 +642,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return args.func(args, extra)
         return args.func(args)
     except UsageError as err:
+        print(f"jetsearch {args.command}: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except (FileNotFoundError, ValueError) as err:
+        # Bad input (a config, a data folder, an image, a checkpoint): one clear message, no
+        # traceback; JETSEARCH_DEBUG=1 shows the traceback.
+        if os.environ.get("JETSEARCH_DEBUG"):
+            raise
         print(f"jetsearch {args.command}: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
