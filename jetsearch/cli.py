@@ -628,6 +628,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_dashboard(sub)
     _add_worker(sub)
+    from jetsearch.latency.commands import add_latency_parser
+
+    add_latency_parser(sub)
     return parser
 
 
@@ -654,6 +657,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"jetsearch {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        from jetsearch.latency.base import LatencyError
+
+        if not isinstance(err, LatencyError) or os.environ.get("JETSEARCH_DEBUG"):
+            raise
+        print(f"jetsearch {args.command}: latency measurement failed: {err}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

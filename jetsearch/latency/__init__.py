@@ -17,12 +17,24 @@ from jetsearch.latency.base import (
     fingerprint_key,
 )
 from jetsearch.latency.cache import CachedProvider, LatencyCache
+from jetsearch.latency.estimate import (
+    PROFILES,
+    Calibration,
+    DeviceProfile,
+    EstimateProvider,
+    calibrate,
+    get_profile,
+)
 from jetsearch.latency.local import LocalProvider
 from jetsearch.latency.remote import RemotePool
 from jetsearch.latency.worker import run_worker, worker_path
 
 __all__ = [
+    "PROFILES",
     "CachedProvider",
+    "Calibration",
+    "DeviceProfile",
+    "EstimateProvider",
     "InvalidModelError",
     "LatencyCache",
     "LatencyError",
@@ -32,7 +44,9 @@ __all__ = [
     "Provenance",
     "ProviderFallbackError",
     "RemotePool",
+    "calibrate",
     "fingerprint_key",
+    "get_profile",
     "onnx_sha256",
     "run_worker",
     "worker_path",

@@ -1,0 +1,434 @@
+"""``jetsearch latency measure|estimate|calibrate``: latency of one network from the shell.
+
+Examples::
+
+    jetsearch latency measure nano --size 360x480 --threads 2 --runs 50
+    jetsearch latency measure agx --provider worker --workers http://agx:8765 \\
+        --token-file ~/.jetsearch/agx.token --target agx --precision fp16
+    jetsearch latency estimate nano --profile agx-xavier --cache jetsearch-latency.sqlite
+    jetsearch latency calibrate --profile local --cache jetsearch-latency.sqlite
+
+``measure`` stores every result in the latency cache together with the network's config, so
+that ``calibrate`` can later fit the estimate of a device profile to those measurements; an
+``estimate`` with the same ``--cache`` then uses that calibration.
+
+Bad input raises ``ValueError`` or ``FileNotFoundError`` with the offending file or option in
+the message; handlers return the exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from jetsearch.latency.base import LatencyResult
+    from jetseg.config import JetSegConfig
+
+DEFAULT_CACHE = "jetsearch-latency.sqlite"
+DEFAULT_SIZE = (360, 480)
+
+
+def _size(text: str) -> tuple[int, int]:
+    """``HxW`` (e.g. ``360x480``) as a pair of ints, each within 16 to 8192."""
+    parts = text.lower().replace("*", "x").split("x")
+    try:
+        height, width = (int(part) for part in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"size must look like HxW (e.g. 360x480), got {text!r}"
+        ) from None
+    if not (16 <= height <= 8192 and 16 <= width <= 8192):
+        raise argparse.ArgumentTypeError(
+            f"size {height}x{width} is out of range (16 to 8192 per side)"
+        )
+    return height, width
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:  # pipes and logs: wide enough that tables never wrap
+        console = Console(width=140)
+    return console
+
+
+def _load_config(name_or_path: str) -> JetSegConfig:
+    """A preset or YAML config; FileNotFoundError / ConfigError (a ValueError) name the file."""
+    from jetseg.config import load_config
+
+    return load_config(name_or_path)
+
+
+def _device_summary(fingerprint: dict[str, Any]) -> str:
+    """One line naming the device and runtime of a fingerprint."""
+    device = (
+        fingerprint.get("board_model")
+        or fingerprint.get("gpu_model")
+        or fingerprint.get("device")
+        or fingerprint.get("cpu_model")
+        or "unknown device"
+    )
+    parts = [str(device)]
+    runtime = fingerprint.get("runtime") or fingerprint.get("backend")
+    if runtime:
+        version = fingerprint.get("runtime_version")
+        parts.append(f"{runtime} {version}" if version else str(runtime))
+    for key, label in (
+        ("execution_provider", ""),
+        ("precision", ""),
+        ("threads", "threads "),
+        ("power_mode", "power "),
+    ):
+        if fingerprint.get(key) not in (None, ""):
+            parts.append(f"{label}{fingerprint[key]}")
+    return ", ".join(parts)
+
+
+def _result_table(title: str, result: LatencyResult, extra_rows: list[tuple[str, str]]) -> Any:
+    import rich.table
+
+    table = rich.table.Table(title=title, title_justify="left", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    for key, value in extra_rows:
+        table.add_row(key, value)
+    table.add_row("median", f"{result.median_ms:.3f} ms")
+    table.add_row("p90", f"{result.p90_ms:.3f} ms")
+    table.add_row("cv", f"{result.cv:.3f}")
+    table.add_row("timed runs", str(result.timed_runs))
+    table.add_row("warm-up runs", str(result.warmup_runs))
+    table.add_row("provenance", result.provenance.value)
+    table.add_row("device", _device_summary(result.fingerprint))
+    table.add_row("flags", ", ".join(result.flags) or "-")
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# measure
+
+
+def _measuring_provider(args: argparse.Namespace) -> Any:
+    from jetsearch.latency import LocalProvider, RemotePool
+
+    if args.provider == "local":
+        precision = args.precision or "fp32"
+        return LocalProvider(
+            execution_provider=args.execution_provider,
+            precision=precision,
+            threads=args.threads,
+            warmup_s=args.warmup,
+            min_runs=args.runs,
+            max_runs=args.runs,
+        )
+    urls = [url.strip() for url in (args.workers or "").split(",") if url.strip()]
+    if not urls:
+        raise ValueError("--provider worker needs --workers URL[,URL...]")
+    if not args.token_file:
+        raise ValueError("--provider worker needs --token-file (the workers' shared token)")
+    if not args.target:
+        raise ValueError("--provider worker needs --target (the target the workers serve)")
+    token_file = Path(args.token_file).expanduser()
+    if not token_file.is_file():
+        raise FileNotFoundError(f"token file {token_file} does not exist")
+    token = token_file.read_text().strip()
+    if not token:
+        raise ValueError(f"token file {token_file} is empty")
+    return RemotePool(
+        urls,
+        token,
+        args.target,
+        precision=args.precision,
+        warmup_s=args.warmup,
+        runs=args.runs,
+    )
+
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    """Export the network, measure it (or take the cached result), print and store it."""
+    from jetsearch.latency import LatencyCache
+    from jetsearch.latency.base import FROM_CACHE_FLAG
+    from jetsearch.latency.estimate import record_config
+    from jetseg.config import arch_hash, dump_config
+    from jetseg.export import export_onnx
+    from jetseg.model import build_model
+
+    config = _load_config(args.config)
+    height, width = args.size
+    shape = (1, config.in_channels, height, width)
+    digest = arch_hash(config)
+    console = _console()
+    provider = _measuring_provider(args)
+    with provider:
+        target_key = provider.target_fingerprint_key()
+        cache = LatencyCache(args.cache) if args.cache else None
+        result = None
+        if cache is not None and not args.fresh:
+            result = cache.get(digest, shape, target_key, provenance=provider.kind)
+            if result is not None:
+                result = result.with_flags(FROM_CACHE_FLAG)
+        if result is None:
+            onnx_bytes = export_onnx(build_model(config), input_size=(height, width))
+            result = provider.measure(onnx_bytes, shape)
+            if cache is not None:
+                extra = {"config_yaml": dump_config(config), "name": config.name}
+                cache.put(digest, shape, target_key, result, extra=extra)
+        if cache is not None:
+            record_config(cache, config)
+    rows = [
+        ("network", f"{config.name} (arch_hash {digest})"),
+        ("input", "x".join(str(value) for value in shape)),
+        ("target key", target_key),
+        ("cache", str(args.cache) if args.cache else "not stored (--cache '')"),
+    ]
+    console.print(_result_table("latency measurement", result, rows))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# estimate
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    """Print the estimate of one network on a device profile, labelled, with its top layers."""
+    import rich.table
+
+    from jetsearch.latency.estimate import EstimateProvider
+    from jetseg.config import arch_hash
+
+    config = _load_config(args.config)
+    if args.cache and not Path(args.cache).is_file():
+        raise FileNotFoundError(f"latency cache {args.cache} does not exist")
+    provider = EstimateProvider(args.profile, cache_path=args.cache, precision=args.precision)
+    height, width = args.size
+    estimate = provider.explain(config, (height, width))
+    calibration = provider.calibration
+    console = _console()
+    label = "calibrated" if calibration is not None else "UNCALIBRATED"
+    console.print(
+        f"[bold]ESTIMATE[/bold] (not a measurement) of [bold]{config.name}[/bold] "
+        f"(arch_hash {arch_hash(config)}) at {height}x{width} on {provider.profile.name} "
+        f"({provider.profile.description}), {provider.precision}: "
+        f"[bold]{estimate.total_ms:.3f} ms[/bold], {label}"
+    )
+    if calibration is not None:
+        console.print(
+            f"calibration {provider.calibration_file} ({calibration.created_at}, "
+            f"{calibration.parameters.combine} roofline): fit {calibration.fit.describe()}"
+        )
+    else:
+        console.print(
+            "no calibration: the profile's rough efficiencies are used; run "
+            "`jetsearch latency calibrate` on measurements of this device to correct them"
+        )
+    console.print(f"profile figures: {provider.profile.source}")
+    groups = rich.table.Table(title="by layer group", title_justify="left")
+    for column in ("group", "ms", "share"):
+        groups.add_column(column, justify="left" if column == "group" else "right")
+    for group, ms in estimate.by_group().items():
+        if ms > 0:
+            groups.add_row(group, f"{ms:.3f}", f"{100 * ms / estimate.total_ms:.1f}%")
+    if estimate.constant_ms > 0:
+        share = 100 * estimate.constant_ms / estimate.total_ms
+        groups.add_row("(per inference)", f"{estimate.constant_ms:.3f}", f"{share:.1f}%")
+    console.print(groups)
+    top = rich.table.Table(title=f"top {args.top} layers", title_justify="left")
+    for column in ("layer", "type", "group", "ms", "share", "bound"):
+        top.add_column(column, justify="right" if column in ("ms", "share") else "left")
+    for layer in estimate.top(args.top):
+        top.add_row(
+            layer.name or "(model)",
+            layer.kind,
+            layer.group,
+            f"{layer.total_ms:.3f}",
+            f"{100 * layer.total_ms / estimate.total_ms:.1f}%",
+            layer.bound,
+        )
+    console.print(top)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# calibrate
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Fit a profile's calibration to the cache's measurements, save it, print the fit."""
+    import rich.table
+
+    from jetsearch.latency.estimate import (
+        GROUPS,
+        FitQuality,
+        calibrate,
+        calibration_path,
+        get_profile,
+        measured_pairs,
+        network_cost,
+        roofline,
+    )
+
+    profile = get_profile(args.profile)
+    precision = args.precision or profile.default_precision
+    profile.check_precision(precision)
+    read = measured_pairs(args.cache, args.target_key, precision=precision)
+    console = _console()
+    console.print(
+        f"cache {args.cache}: {len(read.pairs)} measured networks of target {read.target_key}"
+        + (f", {len(read.skipped)} skipped" if read.skipped else "")
+    )
+    for reason in read.skipped[:10]:
+        console.print(f"  skipped {reason}")
+    if len(read.skipped) > 10:
+        console.print(f"  ... and {len(read.skipped) - 10} more")
+    if len(read.pairs) < 3:
+        raise ValueError(
+            f"latency cache {args.cache} has {len(read.pairs)} usable measurements of target "
+            f"{read.target_key}; calibration needs at least 3 (measure more networks with "
+            "`jetsearch latency measure ... --cache`)"
+        )
+    calibration = calibrate(read.pairs, profile, precision, target_key=read.target_key)
+    path = calibration.save(calibration_path(args.cache, profile.name, precision))
+    measured = [ms for _, _, ms in read.pairs]
+    uncalibrated = FitQuality.of(
+        [
+            roofline(network_cost(config, size), profile, precision).total_ms
+            for config, size, _ in read.pairs
+        ],
+        measured,
+    )
+    quality = rich.table.Table(title="fit on the measured networks", title_justify="left")
+    for column in ("estimate", "Kendall tau", "within +-10%", "median |error|", "max |error|"):
+        quality.add_column(column, justify="left" if column == "estimate" else "right")
+    for label, fit in (("uncalibrated", uncalibrated), ("calibrated", calibration.fit)):
+        quality.add_row(
+            label,
+            f"{fit.kendall_tau:.3f}",
+            f"{100 * fit.within_10pct:.0f}%",
+            f"{100 * fit.median_abs_error:.1f}%",
+            f"{100 * fit.max_abs_error:.1f}%",
+        )
+    console.print(quality)
+    parameters = calibration.parameters
+    table = rich.table.Table(
+        title=f"fitted parameters ({parameters.combine} roofline, constant "
+        f"{parameters.constant_ms:.3f} ms per inference)",
+        title_justify="left",
+    )
+    for column in ("group", "compute x", "memory x", "us per kernel"):
+        table.add_column(column, justify="left" if column == "group" else "right")
+    for group in GROUPS:
+        table.add_row(
+            group,
+            f"{parameters.compute_scale[group]:.3g}",
+            f"{parameters.memory_scale[group]:.3g}",
+            f"{parameters.launch_us[group]:.3g}",
+        )
+    console.print(table)
+    console.print(
+        f"saved {path}; `EstimateProvider({profile.name!r}, cache_path={str(args.cache)!r})` "
+        "and `jetsearch latency estimate --cache` now use it"
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# the parser
+
+
+def add_latency_parser(subparsers: Any) -> None:
+    """Register ``latency`` with its ``measure``, ``estimate`` and ``calibrate`` subcommands.
+
+    Each sets ``func``, a handler taking the parsed arguments and returning the exit code.
+    """
+    from jetsearch.latency.estimate import PRECISIONS, profile_names
+
+    latency = subparsers.add_parser(
+        "latency",
+        help="measure, estimate or calibrate the latency of one network",
+        description="Measure a network's latency here or on board workers, estimate it from a "
+        "device profile, or calibrate a profile's estimates on cached measurements.",
+        epilog=__doc__.split("Examples::", 1)[1].split("``measure``")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = latency.add_subparsers(dest="latency_command", required=True, metavar="ACTION")
+
+    measure = actions.add_parser(
+        "measure",
+        help="export a network to ONNX and time it (here or on workers); store it in the cache",
+    )
+    measure.add_argument("config", help="preset name (nano, agx, workstation) or config YAML")
+    measure.add_argument(
+        "--size", type=_size, default=DEFAULT_SIZE, help="input HxW (default 360x480)"
+    )
+    measure.add_argument(
+        "--provider",
+        choices=("local", "worker"),
+        default="local",
+        help="local: onnxruntime on this machine; worker: board workers (default local)",
+    )
+    measure.add_argument("--workers", help="worker: comma-separated worker URLs")
+    measure.add_argument("--token-file", help="worker: file holding the workers' token")
+    measure.add_argument("--target", help="worker: the target the workers serve (e.g. agx)")
+    measure.add_argument(
+        "--precision", choices=PRECISIONS, help="fp32 or fp16 (default: fp32 here, else workers')"
+    )
+    measure.add_argument(
+        "--execution-provider",
+        choices=("cpu", "cuda", "tensorrt"),
+        default="cpu",
+        help="local: onnxruntime execution provider (default cpu)",
+    )
+    measure.add_argument(
+        "--threads", type=int, default=2, help="local: onnxruntime threads (default 2)"
+    )
+    measure.add_argument("--runs", type=int, default=50, help="timed runs (default 50)")
+    measure.add_argument(
+        "--warmup", type=float, default=1.0, metavar="S", help="warm-up seconds (default 1)"
+    )
+    measure.add_argument(
+        "--cache",
+        default=DEFAULT_CACHE,
+        help=f"latency cache (default {DEFAULT_CACHE}; '' to not store)",
+    )
+    measure.add_argument(
+        "--fresh", action="store_true", help="measure even when the cache holds a result"
+    )
+    measure.set_defaults(func=cmd_measure)
+
+    estimate = actions.add_parser(
+        "estimate", help="estimate a network's latency from a device profile (labelled as such)"
+    )
+    estimate.add_argument("config", help="preset name (nano, agx, workstation) or config YAML")
+    estimate.add_argument(
+        "--size", type=_size, default=DEFAULT_SIZE, help="input HxW (default 360x480)"
+    )
+    estimate.add_argument(
+        "--profile", required=True, help=f"device profile: {', '.join(profile_names())}"
+    )
+    estimate.add_argument(
+        "--precision", choices=PRECISIONS, help="default: the profile's (fp16 on Jetsons)"
+    )
+    estimate.add_argument(
+        "--cache", help="latency cache whose calibration of the profile to use (if any)"
+    )
+    estimate.add_argument(
+        "--top", type=int, default=8, help="how many top layers to list (default 8)"
+    )
+    estimate.set_defaults(func=cmd_estimate)
+
+    calibrate = actions.add_parser(
+        "calibrate", help="fit a profile's estimates to the cache's measurements and save it"
+    )
+    calibrate.add_argument(
+        "--profile", required=True, help=f"device profile: {', '.join(profile_names())}"
+    )
+    calibrate.add_argument("--cache", required=True, help="latency cache holding measurements")
+    calibrate.add_argument(
+        "--target-key", help="which measured target to fit (needed when the cache holds several)"
+    )
+    calibrate.add_argument(
+        "--precision", choices=PRECISIONS, help="default: the profile's (fp16 on Jetsons)"
+    )
+    calibrate.set_defaults(func=cmd_calibrate)
