@@ -40,6 +40,12 @@ STUDIES_DIR_ENV = "JETSEARCH_STUDIES_DIR"
 DEFAULT_STORAGE = "jetsearch-studies.log"
 PROVIDER_KINDS = ("workers", "local", "estimate")
 OBJECTIVE_NAMES = {"pareto": ["val_miou", "latency_ms"], "budget": ["val_miou"]}
+# Heartbeats of RDB storages (PostgreSQL, MySQL): a trial whose process stopped beating for the
+# grace period is failed and re-queued by the next process that starts a trial.
+HEARTBEAT_ENV = "JETSEARCH_HEARTBEAT_S"
+HEARTBEAT_GRACE_ENV = "JETSEARCH_HEARTBEAT_GRACE_S"
+DEFAULT_HEARTBEAT_S = 20
+DEFAULT_HEARTBEAT_GRACE_S = 60
 
 
 class StudyError(RuntimeError):
@@ -198,6 +204,40 @@ def storage_url(spec: StudySpec, override: str | None = None) -> str:
     return override or spec.storage or DEFAULT_STORAGE
 
 
+def heartbeat_settings() -> tuple[int, int]:
+    """Heartbeat interval and grace period (whole seconds) for RDB storages.
+
+    ``JETSEARCH_HEARTBEAT_S`` sets the interval (default 20) and ``JETSEARCH_HEARTBEAT_GRACE_S``
+    the grace period (default 60, or three intervals when only the interval is set). Short values
+    make a crashed process's trial fail sooner, at the cost of more writes to the database.
+    """
+    values = {}
+    for key, default in (
+        (HEARTBEAT_ENV, DEFAULT_HEARTBEAT_S),
+        (HEARTBEAT_GRACE_ENV, None),
+    ):
+        raw = os.environ.get(key, "").strip()
+        if not raw:
+            values[key] = default
+            continue
+        try:
+            values[key] = int(raw)
+        except ValueError:
+            raise StudyError(f"{key}={raw!r}: expected a whole number of seconds >= 1") from None
+        if values[key] < 1:
+            raise StudyError(f"{key}={raw!r}: expected a whole number of seconds >= 1")
+    interval = values[HEARTBEAT_ENV]
+    grace = values[HEARTBEAT_GRACE_ENV]
+    if grace is None:
+        grace = DEFAULT_HEARTBEAT_GRACE_S if HEARTBEAT_ENV not in os.environ else 3 * interval
+    if grace <= interval:
+        raise StudyError(
+            f"{HEARTBEAT_GRACE_ENV}={grace} must be longer than {HEARTBEAT_ENV}={interval}, or "
+            "live trials are failed between two heartbeats"
+        )
+    return interval, grace
+
+
 def open_storage(url: str, *, heartbeat: bool = True):
     """An Optuna storage for a URL or a path.
 
@@ -212,9 +252,10 @@ def open_storage(url: str, *, heartbeat: bool = True):
     if "://" in url:
         kwargs: dict[str, Any] = {}
         if heartbeat and not url.startswith("sqlite"):
+            interval_s, grace_s = heartbeat_settings()
             kwargs = {
-                "heartbeat_interval": 20,
-                "grace_period": 60,
+                "heartbeat_interval": interval_s,
+                "grace_period": grace_s,
                 "failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=1),
             }
         if url.startswith("sqlite"):
@@ -245,6 +286,7 @@ class LatencyChain:
         self.providers: list[tuple[str, Any]] = []
         self.skipped: list[str] = []
         cache = LatencyCache(spec.latency.cache) if spec.latency.cache else None
+        self.cache = cache
         for kind in spec.latency.providers:
             try:
                 provider = self._make(kind)
@@ -280,9 +322,11 @@ class LatencyChain:
                 min_runs=lat.runs,
                 max_runs=lat.runs,
             )
-        from jetsearch.latency.estimate import EstimateProvider
+        from jetsearch.latency.estimate import EstimateProvider, get_profile
 
-        return EstimateProvider(lat.device_profile or self.spec.target, cache_path=lat.cache)
+        profile = get_profile(lat.device_profile or self.spec.target)
+        precision = lat.precision if lat.precision in profile.precisions else None
+        return EstimateProvider(profile.name, cache_path=lat.cache, precision=precision)
 
     def describe(self) -> str:
         names = ", ".join(kind for kind, _ in self.providers)
@@ -299,7 +343,13 @@ class LatencyChain:
             try:
                 if kind == "estimate":
                     return provider.measure(onnx_bytes, shape, config=config), errors
-                return provider.measure(onnx_bytes, shape, arch_hash=digest), errors
+                result = provider.measure(onnx_bytes, shape, arch_hash=digest)
+                if self.cache is not None:
+                    from jetsearch.latency.estimate import record_config
+
+                    # `jetsearch latency calibrate` fits estimates from these measurements.
+                    record_config(self.cache, config)
+                return result, errors
             except LatencyError as err:
                 errors.append(f"{kind}: {err}")
         raise StudyError("every latency provider failed: " + "; ".join(errors))
@@ -356,6 +406,7 @@ class Objective:
 
     def __call__(self, trial):
         import optuna
+        import torch
 
         from jetseg.complexity import profile
         from jetseg.export import export_onnx
@@ -380,6 +431,10 @@ class Objective:
             trial.set_user_attr("train_time_s", 0.0)
             return duplicate.values if len(duplicate.values) > 1 else duplicate.values[0]
 
+        # The initial weights depend on the trial's training seed only (as in run_training), not
+        # on what this process ran before: repeated, resumed and parallel studies, and two
+        # samplers compared trial by trial, then train an architecture from the same start.
+        torch.manual_seed(spec.seed + trial.number)
         model = build_model(config)
         h, w = spec.latency.input_size
         report = profile(model, (h, w))

@@ -6,8 +6,8 @@ a real SQLite cache that the test fills with stored results of small sampled net
 
 from __future__ import annotations
 
-import argparse
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +17,6 @@ import yaml
 from latency_cases import WorkerProcess
 
 from jetsearch.latency import LatencyCache, LatencyResult, Provenance
-from jetsearch.latency.commands import add_latency_parser
 from jetsearch.latency.estimate import (
     calibration_path,
     network_cost,
@@ -37,27 +36,19 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(previous)
 
 
-def _cli_knows_latency() -> bool:
-    from jetsearch import cli
-
-    parser = cli.build_parser()
-    try:
-        parser.parse_known_args(["latency", "estimate", "nano", "--profile", "agx"])
-    except SystemExit:
-        return False
-    return True
-
-
 def run(argv: list[str]) -> int:
-    """Run ``jetsearch ARGV``: through the real CLI once it has ``latency``, else its parser."""
-    if _cli_knows_latency():
-        from jetsearch.cli import main
+    """Run ``jetsearch ARGV`` through the real CLI, in-process."""
+    from jetsearch.cli import main
 
-        return main(argv)
-    parser = argparse.ArgumentParser(prog="jetsearch")
-    add_latency_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return main(argv)
+
+
+def run_error(argv: list[str], capsys: pytest.CaptureFixture[str], pattern: str) -> None:
+    """The command exits 2 (bad input) and its one-line message matches ``pattern``."""
+    capsys.readouterr()
+    assert run(argv) == 2
+    err = capsys.readouterr().err
+    assert re.search(pattern, err), err
 
 
 def test_measure_prints_a_table_and_writes_the_cache(
@@ -102,17 +93,20 @@ def test_measure_on_a_worker(
     assert shape == (1, 3, 64, 64) and result.provenance is Provenance.MEASURED_REMOTE
 
 
-def test_measure_rejects_incomplete_worker_options(tmp_path: Path) -> None:
+def test_measure_rejects_incomplete_worker_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     base = ["latency", "measure", "nano", "--provider", "worker", "--cache", ""]
-    with pytest.raises(ValueError, match="needs --workers"):
-        run(base)
-    with pytest.raises(ValueError, match="needs --token-file"):
-        run([*base, "--workers", "http://127.0.0.1:9"])
+    run_error(base, capsys, "needs --workers")
+    run_error([*base, "--workers", "http://127.0.0.1:9"], capsys, "needs --token-file")
     missing = str(tmp_path / "missing-token")
-    with pytest.raises(FileNotFoundError, match="token file .*missing-token does not exist"):
-        run([*base, "--workers", "http://127.0.0.1:9", "--token-file", missing, "--target", "agx"])
-    with pytest.raises(FileNotFoundError, match="neither a config file nor a built-in preset"):
-        run(["latency", "measure", "no-such-preset", "--cache", ""])
+    worker_args = ["--workers", "http://127.0.0.1:9", "--token-file", missing, "--target", "agx"]
+    run_error([*base, *worker_args], capsys, "token file .*missing-token does not exist")
+    run_error(
+        ["latency", "measure", "no-such-preset", "--cache", ""],
+        capsys,
+        "neither a config file nor a built-in preset",
+    )
 
 
 def test_estimate_is_labelled_and_lists_top_layers(capsys: pytest.CaptureFixture[str]) -> None:
@@ -124,8 +118,11 @@ def test_estimate_is_labelled_and_lists_top_layers(capsys: pytest.CaptureFixture
     expected = roofline(network_cost(load_config("nano"), (96, 128)), "agx").total_ms
     assert f"{expected:.3f} ms" in out
 
-    with pytest.raises(ValueError, match="unknown device profile 'tx2'.*agx-orin"):
-        run(["latency", "estimate", "nano", "--profile", "tx2"])
+    run_error(
+        ["latency", "estimate", "nano", "--profile", "tx2"],
+        capsys,
+        "unknown device profile 'tx2'.*agx-orin",
+    )
 
 
 def fill_cache(path: Path, configs: list[JetSegConfig], target_key: str) -> None:
@@ -172,26 +169,22 @@ def test_calibrate_then_estimate_through_the_cli(
     assert printed == pytest.approx(expected, rel=0.15)
 
 
-def test_calibrate_reports_bad_caches(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="latency cache .*missing.sqlite does not exist"):
-        run(
-            [
-                "latency",
-                "calibrate",
-                "--profile",
-                "local",
-                "--cache",
-                str(tmp_path / "missing.sqlite"),
-            ]
-        )
+def test_calibrate_reports_bad_caches(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = str(tmp_path / "missing.sqlite")
+    run_error(
+        ["latency", "calibrate", "--profile", "local", "--cache", missing],
+        capsys,
+        "latency cache .*missing.sqlite does not exist",
+    )
     cache_path = tmp_path / "latency.sqlite"
     configs = load_space("tiny").random_configs(4, seed=6)
     fill_cache(cache_path, configs[:2], "key-a")
     argv = ["latency", "calibrate", "--profile", "local", "--cache", str(cache_path)]
-    with pytest.raises(ValueError, match="has 2 usable measurements .* needs at least 3"):
-        run(argv)
+    run_error(argv, capsys, "has 2 usable measurements .* needs at least 3")
     fill_cache(cache_path, configs[2:], "key-b")
-    with pytest.raises(ValueError, match="2 targets; pick one with --target-key: key-a \\(2\\)"):
-        run(argv)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        run(["latency", "estimate", "nano", "--profile", "local", "--cache", str(tmp_path / "x")])
+    run_error(argv, capsys, "2 targets; pick one with --target-key: key-a \\(2\\)")
+    run_error(
+        ["latency", "estimate", "nano", "--profile", "local", "--cache", str(tmp_path / "x")],
+        capsys,
+        "does not exist",
+    )
