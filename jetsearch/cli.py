@@ -379,6 +379,23 @@ def cmd_study(args: argparse.Namespace) -> int:
         storage_url,
     )
 
+    if args.backend == "ray" and args.jobs > 1:
+        raise UsageError("--jobs is for the local backend; with --backend ray use --max-concurrent")
+    ray_only = [
+        flag
+        for flag, used in (
+            ("--address", args.address is not None),
+            ("--resume", args.resume),
+            ("--ray-results", args.ray_results is not None),
+            ("--max-concurrent", args.max_concurrent != 1),
+            ("--cpus-per-trial", args.cpus_per_trial != 1),
+            ("--gpus-per-trial", args.gpus_per_trial != 0),
+            ("--max-failures", args.max_failures != 2),
+        )
+        if used
+    ]
+    if args.backend == "local" and ray_only:
+        raise UsageError(f"{', '.join(ray_only)}: only with --backend ray")
     workers = [w for w in (args.workers or "").split(",") if w]
     try:
         spec = load_study_spec(args.target, data=args.data, mode=args.mode, workers=workers)
@@ -405,27 +422,43 @@ def cmd_study(args: argparse.Namespace) -> int:
     )
     view = LiveView(console, name, args.trials, before) if not args.quiet else None
     callbacks = [view] if view else []
-    try:
-        if view:
-            with view:
-                run = run_study(
-                    spec,
-                    trials=args.trials,
-                    storage=url,
-                    name=name,
-                    timeout_s=args.timeout,
-                    jobs=args.jobs,
-                    callbacks=callbacks,
-                )
-        else:
-            run = run_study(
+
+    def run_backend():
+        if args.backend == "ray":
+            from jetsearch.distributed import run_study_ray
+
+            return run_study_ray(
                 spec,
                 trials=args.trials,
                 storage=url,
                 name=name,
+                address=args.address,
+                gpus_per_trial=args.gpus_per_trial,
+                cpus_per_trial=args.cpus_per_trial,
+                max_concurrent=args.max_concurrent,
+                resume=args.resume,
                 timeout_s=args.timeout,
-                jobs=args.jobs,
+                storage_path=args.ray_results,
+                max_failures=args.max_failures,
+                callbacks=callbacks,
+                verbose=0 if view else 1,
             )
+        return run_study(
+            spec,
+            trials=args.trials,
+            storage=url,
+            name=name,
+            timeout_s=args.timeout,
+            jobs=args.jobs,
+            callbacks=callbacks,
+        )
+
+    try:
+        if view:
+            with view:
+                run = run_backend()
+        else:
+            run = run_backend()
     except StudyError as err:
         raise UsageError(str(err)) from None
     study = create_or_load_study(spec, url, name)
@@ -435,6 +468,10 @@ def cmd_study(args: argparse.Namespace) -> int:
     console.print(f"latency from: {run.latency_sources}")
     for note in study_notes(rows):
         console.print(f"note: {note}")
+    if getattr(run, "requeued", None):
+        console.print(f"queued again (interrupted earlier): trials {run.requeued}")
+    if args.backend == "ray" and run.interrupted:
+        console.print("note: add --resume to the same command to restore the Ray experiment")
     word = "interrupted" if run.interrupted else "done"
     console.print(
         f"{word}: {run.finished_after - run.finished_before} new trials in "
@@ -478,6 +515,51 @@ def _add_study(sub) -> None:
         "--jobs", type=int, default=1, help="parallel trial processes sharing the storage"
     )
     p.add_argument("--quiet", action="store_true", help="no live view; print the front at the end")
+    p.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="local: Optuna in this process (and --jobs); ray: Ray Tune trials "
+        "(pip install 'jetsearch[ray]')",
+    )
+    ray = p.add_argument_group("Ray backend (--backend ray)")
+    ray.add_argument(
+        "--address",
+        help="Ray cluster: auto (the cluster of this machine) or ray://HOST:10001; "
+        "default: start Ray on this machine",
+    )
+    ray.add_argument(
+        "--max-concurrent", type=int, default=1, metavar="N", help="trials running at once"
+    )
+    ray.add_argument(
+        "--cpus-per-trial",
+        type=float,
+        default=1,
+        metavar="N",
+        help="CPUs reserved per trial (also its training threads unless train.threads is set)",
+    )
+    ray.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="GPUs per trial; fractions share a GPU (0.5: two trials per GPU)",
+    )
+    ray.add_argument(
+        "--max-failures",
+        type=int,
+        default=2,
+        metavar="N",
+        help="times a trial whose worker process or node died is run again",
+    )
+    ray.add_argument(
+        "--resume", action="store_true", help="restore the Ray Tune experiment of a stopped driver"
+    )
+    ray.add_argument(
+        "--ray-results",
+        metavar="DIR",
+        help="where Tune keeps its experiment, DIR/jetsearch-<study> (default ~/ray_results)",
+    )
     p.set_defaults(func=cmd_study)
 
 

@@ -253,11 +253,15 @@ def open_storage(url: str, *, heartbeat: bool = True):
         kwargs: dict[str, Any] = {}
         if heartbeat and not url.startswith("sqlite"):
             interval_s, grace_s = heartbeat_settings()
-            kwargs = {
-                "heartbeat_interval": interval_s,
-                "grace_period": grace_s,
-                "failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=1),
-            }
+            kwargs = {"heartbeat_interval": interval_s, "grace_period": grace_s}
+            if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):  # Optuna >= 4.9
+                kwargs["heartbeat_stale_trial_callback"] = (
+                    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
+                )
+            else:
+                kwargs["failed_trial_callback"] = optuna.storages.RetryFailedTrialCallback(
+                    max_retry=1
+                )
         if url.startswith("sqlite"):
             kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
         return optuna.storages.RDBStorage(url, **kwargs)
@@ -334,7 +338,7 @@ class LatencyChain:
         return names + skipped
 
     def measure(self, onnx_bytes: bytes, config: JetSegConfig, digest: str):
-        from jetsearch.latency import LatencyError
+        from jetsearch.latency import CachedProvider, LatencyError
 
         h, w = self.spec.latency.input_size
         shape = (1, config.in_channels, h, w)
@@ -343,7 +347,10 @@ class LatencyChain:
             try:
                 if kind == "estimate":
                     return provider.measure(onnx_bytes, shape, config=config), errors
-                result = provider.measure(onnx_bytes, shape, arch_hash=digest)
+                if isinstance(provider, CachedProvider):
+                    result = provider.measure(onnx_bytes, shape, arch_hash=digest)
+                else:
+                    result = provider.measure(onnx_bytes, shape)
                 if self.cache is not None:
                     from jetsearch.latency.estimate import record_config
 
@@ -671,17 +678,45 @@ def run_worker_process(
     )
     if finished_count(study) >= total_trials:
         return
+    guard = FailureGuard()
     try:
         study.optimize(
             Objective(spec, space, latency, data),
             n_trials=None,
             timeout=timeout_s,
-            callbacks=[stop, *callbacks],
+            callbacks=[stop, guard, *callbacks],
             catch=(Exception,),
             gc_after_trial=True,
         )
     finally:
         latency.close()
+    if guard.stopped_reason:
+        raise StudyError(f"study stopped: {guard.stopped_reason}")
+
+
+class FailureGuard:
+    """Stops a study after ``limit`` failed trials in a row in this process (a broken setup).
+
+    Without it a study whose every trial fails (no data, a latency worker that refuses every
+    model) would run forever, since failed trials never count towards the target.
+    """
+
+    def __init__(self, limit: int = 5) -> None:
+        self.limit = limit
+        self.in_a_row = 0
+        self.stopped_reason: str | None = None
+
+    def __call__(self, study, trial) -> None:
+        import optuna
+
+        if trial.state == optuna.trial.TrialState.FAIL:
+            self.in_a_row += 1
+        else:
+            self.in_a_row = 0
+        if self.in_a_row >= self.limit:
+            reason = trial.user_attrs.get("failure_reason", "see the trial's failure_reason")
+            self.stopped_reason = f"{self.limit} trials failed in a row; the last: {reason}"
+            study.stop()
 
 
 def _spawn_entry(args) -> None:  # runs in a child process
