@@ -673,6 +673,11 @@ def run_worker_process(
     latency = latency or LatencyChain(spec)
     data = load_data(spec)
     study = create_or_load_study(spec, storage, study_name, sampler=make_sampler(spec, job_index))
+    # A resumed study must not replay the seeded sampler's stream from the start (it would
+    # propose the same architectures again): offset the seed by the trials already there.
+    already = len(study.get_trials(deepcopy=False))
+    if already:
+        study.sampler = make_sampler(spec, job_index + 1000 * already)
     stop = optuna.study.MaxTrialsCallback(
         total_trials, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     )

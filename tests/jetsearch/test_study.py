@@ -1,0 +1,304 @@
+"""Studies as a user runs them: ``jetsearch study|show|export`` in a subprocess.
+
+Every study here is ``studies/local.yaml`` made tiny: the tiny space, 8 synthetic training and 4
+validation frames at 48x64, one epoch, latency measured by onnxruntime on this machine at 64x64
+with 5 timed runs, and the latency cache and the journal storage inside ``tmp_path``. A trial
+takes a second or two.
+"""
+
+from __future__ import annotations
+
+import copy
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from jetsearch.report import pareto_front, pick, trial_rows
+from jetsearch.study import open_storage
+from jetseg.config import arch_hash, config_to_dict, load_config
+from jetseg.model import build_model
+
+REPO = Path(__file__).resolve().parents[2]
+COMPLETE = optuna.trial.TrialState.COMPLETE
+PRUNED = optuna.trial.TrialState.PRUNED
+
+
+def _jetsearch(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "jetsearch.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
+
+
+def _merge(base: dict, changes: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def write_study(directory: Path, name: str = "small", **changes) -> Path:
+    """``studies/local.yaml`` shrunk to a seconds-long study, with ``changes`` merged in."""
+    base = yaml.safe_load((REPO / "studies" / "local.yaml").read_text())
+    small = _merge(
+        base,
+        {
+            "space": "tiny",
+            "data": None,
+            "synthetic": {"train_images": 8, "val_images": 4},
+            "train": {"epochs": 1, "size": [48, 64], "batch_size": 8, "threads": 1},
+            "latency": {
+                "input_size": [64, 64],
+                "budget_ms": 60,
+                "runs": 5,
+                "warmup_s": 0.05,
+                "threads": 1,
+                "cache": str(directory / "latency.sqlite"),
+            },
+            "enqueue_presets": [],
+        },
+    )
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(_merge(small, changes), sort_keys=False))
+    return path
+
+
+def _study(name: str, storage: Path) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=open_storage(str(storage)))
+
+
+def _run_study(spec: Path, storage: Path, trials: int, *extra: str) -> subprocess.CompletedProcess:
+    out = _jetsearch(
+        "study", "--target", str(spec), "--trials", str(trials), "--storage", str(storage), *extra
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_study(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """A three-trial study run once, with the live view, for the tests that read it back."""
+    directory = tmp_path_factory.mktemp("small_study")
+    storage = directory / "s.log"
+    out = _run_study(write_study(directory), storage, 3)
+    return storage, out
+
+
+def test_a_whole_study_completes_and_stores_every_trial(small_study):
+    storage, out = small_study
+    assert "3 new trials" in out.stdout and "Pareto front" in out.stdout
+    assert "SYNTHETIC" in out.stdout
+    trials = _study("small", storage).get_trials()
+    assert [t.number for t in trials] == [0, 1, 2]
+    for t in trials:
+        assert t.state == COMPLETE
+        miou, latency = t.values
+        assert 0.0 <= miou <= 1.0 and latency > 0
+        attrs = t.user_attrs
+        assert attrs["latency_ms"] == latency
+        assert attrs["latency_provenance"] == "measured-local"
+        assert attrs["val_miou"] == miou
+        assert attrs["train_time_s"] > 0 and attrs["epochs"] == 1
+        assert attrs["params"] > 0 and attrs["macs"] > 0
+        assert attrs["synthetic_data"] is True
+        assert attrs["arch_hash"] == arch_hash(load_config(yaml.safe_load(attrs["config_yaml"])))
+        assert t.constraints["latency_ms"] == pytest.approx(latency - 60)
+
+
+def test_show_prints_the_front_and_plots_it(small_study, tmp_path):
+    storage, _ = small_study
+    png = tmp_path / "front.png"
+    out = _jetsearch("show", "--study", "small", "--storage", str(storage), "--plot", str(png))
+    assert out.returncode == 0, out.stderr
+    front = pareto_front(trial_rows(_study("small", storage)))
+    assert front
+    assert f"Pareto front of {len(front)}" in out.stdout
+    for row in front:
+        assert row.arch_hash in out.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+
+    with Image.open(png) as image:
+        assert image.size[0] > 300 and image.size[1] > 200
+
+
+@pytest.mark.parametrize("which", ["--trial=0", "--pick=max-miou", "--pick=knee", "--pick=fastest"])
+def test_export_writes_a_config_that_builds(small_study, tmp_path, which):
+    storage, _ = small_study
+    target = tmp_path / "cfg.yaml"
+    out = _jetsearch(
+        "export", "--study", "small", "--storage", str(storage), which, "-o", str(target)
+    )
+    assert out.returncode == 0, out.stderr
+    config = load_config(target)
+    model = build_model(config)
+    assert sum(p.numel() for p in model.parameters()) > 0
+    study = _study("small", storage)
+    how = which.split("=", 1)[1]
+    number = 0 if how == "0" else pick(trial_rows(study), how).number
+    expected = study.trials[number].user_attrs
+    assert arch_hash(config) == expected["arch_hash"]
+    assert sum(p.numel() for p in model.parameters()) == expected["params"]
+    assert f"trial {number}" in out.stdout
+
+
+def test_resume_adds_trials_instead_of_restarting(tmp_path):
+    spec = write_study(tmp_path)
+    storage = tmp_path / "s.log"
+    _run_study(spec, storage, 2, "--quiet")
+    first = {t.number: (t.params, t.values, t.user_attrs) for t in _study("small", storage).trials}
+    assert sorted(first) == [0, 1]
+    out = _run_study(spec, storage, 4, "--quiet")
+    assert "2 new trials" in out.stdout and "4 finished in the study" in out.stdout
+    trials = _study("small", storage).trials
+    assert [t.number for t in trials] == [0, 1, 2, 3]
+    assert all(t.state == COMPLETE for t in trials)
+    for number, (params, values, attrs) in first.items():
+        assert (trials[number].params, trials[number].values) == (params, values)
+        assert trials[number].user_attrs == attrs
+
+
+def test_an_over_budget_trial_is_pruned_before_training(tmp_path):
+    spec = write_study(tmp_path, latency={"budget_ms": 0.001})
+    storage = tmp_path / "s.log"
+    _run_study(spec, storage, 3, "--quiet")
+    trials = _study("small", storage).trials
+    assert len(trials) == 3
+    for t in trials:
+        assert t.state == PRUNED
+        assert "budget" in t.user_attrs["pruned_reason"]
+        assert "train_time_s" not in t.user_attrs and "val_miou" not in t.user_attrs
+        assert t.constraints["latency_ms"] > 0
+        assert t.constraints["latency_ms"] == pytest.approx(t.user_attrs["latency_ms"] - 0.001)
+
+
+def test_a_repeated_architecture_is_not_trained_again(tmp_path):
+    from jetsearch.space import load_space
+
+    # A space with no dimension: every trial samples the same network.
+    config = load_space("tiny").random_configs(1, seed=3)[0]
+    space = tmp_path / "one_point.yaml"
+    space.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    spec = write_study(tmp_path, space=str(space))
+    storage = tmp_path / "s.log"
+    _run_study(spec, storage, 3, "--quiet")
+    first, *repeats = _study("small", storage).trials
+    assert first.state == COMPLETE and "duplicate_of" not in first.user_attrs
+    assert first.user_attrs["train_time_s"] > 0
+    assert first.user_attrs["arch_hash"] == arch_hash(config)
+    assert len(repeats) == 2
+    for t in repeats:
+        assert t.state == COMPLETE
+        assert t.user_attrs["duplicate_of"] == 0
+        assert t.user_attrs["train_time_s"] == 0
+        assert t.values == first.values
+        assert t.user_attrs["arch_hash"] == first.user_attrs["arch_hash"]
+    rows = trial_rows(_study("small", storage))
+    assert [r.number for r in pareto_front(rows)] == [0]
+
+
+def test_presets_are_enqueued_first(tmp_path):
+    spec = write_study(tmp_path, space="nano", enqueue_presets=["nano"])
+    storage = tmp_path / "s.log"
+    _run_study(spec, storage, 1, "--quiet")
+    (trial,) = _study("small", storage).trials
+    assert trial.state == COMPLETE
+    assert trial.user_attrs["preset"] == "nano"
+    assert trial.user_attrs["arch_hash"] == arch_hash(load_config("nano"))
+    assert trial.user_attrs["train_time_s"] > 0
+
+
+@pytest.mark.parametrize(
+    ("mistake", "key"),
+    [
+        ({"train": {"epochs": 0}}, "train.epochs"),
+        ({"latency": {"providers": ["gpu"]}}, "latency.providers[0]"),
+    ],
+)
+def test_a_study_file_with_a_mistake_names_its_key(tmp_path, mistake, key):
+    spec = write_study(tmp_path, **mistake)
+    storage = tmp_path / "s.log"
+    out = _jetsearch("study", "--target", str(spec), "--trials", "1", "--storage", str(storage))
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert key in out.stderr and str(spec) in out.stderr
+    assert not storage.exists()
+
+
+def _wait_for_complete_trial(
+    storage: Path, process: subprocess.Popen, log: Path, timeout: float
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()
+        if storage.exists():
+            try:
+                trials = _study("small", storage).get_trials(states=(COMPLETE,))
+            except KeyError:  # the study is not created yet
+                trials = []
+            if trials:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"no trial completed within {timeout} s")
+
+
+def test_a_killed_study_keeps_its_completed_trials_and_continues(tmp_path):
+    spec = write_study(tmp_path)
+    storage = tmp_path / "s.log"
+    cmd = [sys.executable, "-m", "jetsearch.cli", "study", "--target", str(spec)]
+    cmd += ["--trials", "100", "--storage", str(storage), "--quiet"]
+    log = tmp_path / "stderr.txt"
+    with log.open("w") as stderr:
+        process = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            _wait_for_complete_trial(storage, process, log, timeout=120)
+        finally:
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+
+    before = _study("small", storage).trials
+    complete = [t for t in before if t.state == COMPLETE]
+    assert complete
+    for t in complete:
+        assert len(t.values) == 2
+        for key in ("arch_hash", "config_yaml", "latency_ms", "val_miou", "train_time_s"):
+            assert key in t.user_attrs, key
+    finished = sum(t.state in (COMPLETE, PRUNED) for t in before)
+
+    _run_study(spec, storage, finished + 1, "--quiet")
+    after = _study("small", storage).trials
+    assert sum(t.state in (COMPLETE, PRUNED) for t in after) == finished + 1
+    new = [t for t in after if t.number > max(t.number for t in before)]
+    assert len(new) == 1 and new[0].state == COMPLETE
+    for old in complete:
+        assert after[old.number].values == old.values
+        assert after[old.number].user_attrs == old.user_attrs
+
+
+def test_a_trial_trains_from_the_same_weights_whatever_the_process_ran_before(tmp_path):
+    import torch
+
+    from jetsearch.study import load_study_spec, run_study
+
+    # Paired comparisons (two samplers, a resumed or a parallel study) need trial n of one
+    # spec to start from the same weights in any process, after any earlier work.
+    spec = load_study_spec(write_study(tmp_path))
+    values = []
+    for noise_seed, storage in ((1, "a.log"), (2, "b.log")):
+        torch.manual_seed(noise_seed)
+        torch.rand(noise_seed)
+        run_study(spec, trials=1, storage=str(tmp_path / storage))
+        values.append([t.values for t in _study("small", tmp_path / storage).trials])
+    assert values[0] == values[1]
