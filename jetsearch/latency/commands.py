@@ -7,10 +7,14 @@ Examples::
         --token-file ~/.jetsearch/agx.token --target agx --precision fp16
     jetsearch latency estimate nano --profile agx-xavier --cache jetsearch-latency.sqlite
     jetsearch latency calibrate --profile local --cache jetsearch-latency.sqlite
+    jetsearch latency measure my-net.yaml --layers --cache jetsearch-latency.sqlite
 
 ``measure`` stores every result in the latency cache together with the network's config, so
 that ``calibrate`` can later fit the estimate of a device profile to those measurements; an
-``estimate`` with the same ``--cache`` then uses that calibration.
+``estimate`` with the same ``--cache`` then uses that calibration. ``measure --layers`` also
+profiles onnxruntime's nodes and stores the per-node table; ``calibrate`` then fits the
+layer-level model (for the ``local`` profile) instead of the roofline (``--totals`` forces the
+roofline).
 
 Bad input raises ``ValueError`` or ``FileNotFoundError`` with the offending file or option in
 the message; handlers return the exit code.
@@ -146,6 +150,26 @@ def _measuring_provider(args: argparse.Namespace) -> Any:
     )
 
 
+def _record_layers(
+    args: argparse.Namespace,
+    config: JetSegConfig,
+    shape: tuple[int, ...],
+    digest: str,
+    target_key: str,
+) -> int:
+    """Profile the network's onnxruntime nodes and store the table in the cache; node count."""
+    from jetsearch.latency.estimate import profiled_network, record_layer_profile
+    from jetsearch.latency.local import profile_layers
+    from jetseg.export import export_onnx
+    from jetseg.model import build_model
+
+    onnx_bytes = export_onnx(build_model(config), input_size=shape[2:])
+    profile = profile_layers(onnx_bytes, shape, threads=args.threads)
+    network = profiled_network(onnx_bytes, profile, name=config.name)
+    record_layer_profile(args.cache, digest, shape, target_key, network)
+    return len(network.nodes)
+
+
 def cmd_measure(args: argparse.Namespace) -> int:
     """Export the network, measure it (or take the cached result), print and store it."""
     from jetsearch.latency import LatencyCache
@@ -159,6 +183,13 @@ def cmd_measure(args: argparse.Namespace) -> int:
     height, width = args.size
     shape = (1, config.in_channels, height, width)
     digest = arch_hash(config)
+    if args.layers and (args.provider != "local" or args.execution_provider != "cpu"):
+        raise ValueError(
+            "--layers profiles onnxruntime's nodes on this CPU; it needs --provider local and "
+            "--execution-provider cpu"
+        )
+    if args.layers and not args.cache:
+        raise ValueError("--layers stores per-node tables in the cache; give --cache FILE")
     console = _console()
     provider = _measuring_provider(args)
     with provider:
@@ -177,6 +208,13 @@ def cmd_measure(args: argparse.Namespace) -> int:
                 cache.put(digest, shape, target_key, result, extra=extra)
         if cache is not None:
             record_config(cache, config)
+        if args.layers:
+            nodes = _record_layers(args, config, shape, digest, target_key)
+    if args.layers:
+        console.print(
+            f"per-node table: {nodes} onnxruntime nodes profiled, stored in {args.cache} "
+            "(`jetsearch latency calibrate --layers` fits the layer model on them)"
+        )
     rows = [
         ("network", f"{config.name} (arch_hash {digest})"),
         ("input", "x".join(str(value) for value in shape)),
@@ -214,9 +252,14 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         f"[bold]{estimate.total_ms:.3f} ms[/bold], {label}"
     )
     if calibration is not None:
+        model = (
+            "per-node layer model"
+            if calibration.parameters is None
+            else f"{calibration.parameters.combine} roofline"
+        )
         console.print(
             f"calibration {provider.calibration_file} ({calibration.created_at}, "
-            f"{calibration.parameters.combine} roofline): fit {calibration.fit.describe()}"
+            f"{model}): fit {calibration.fit.describe()}"
         )
     else:
         console.print(
@@ -254,6 +297,81 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 # calibrate
 
 
+def _calibrate_layers(args: argparse.Namespace, profile: Any, precision: str) -> int | None:
+    """The layer calibration, when asked for or when the cache holds per-node tables.
+
+    Returns the exit code, or None when the roofline calibration should run instead.
+    """
+    import rich.table
+
+    from jetsearch.latency import LatencyCache
+    from jetsearch.latency.estimate import (
+        calibrate_layers,
+        calibration_path,
+        layer_networks,
+        measured_target_keys,
+    )
+
+    if not Path(args.cache).is_file():
+        raise FileNotFoundError(f"latency cache {args.cache} does not exist")
+    keys = measured_target_keys(args.cache)
+    target_key = args.target_key
+    if target_key is None:
+        if len(keys) != 1:
+            if not args.layers:
+                return None  # measured_pairs explains the choice of target
+            listing = ", ".join(f"{key} ({count})" for key, count in keys.items()) or "none"
+            raise ValueError(
+                f"latency cache {args.cache} holds measurements of {len(keys)} targets; pick one "
+                f"with --target-key: {listing}"
+            )
+        target_key = next(iter(keys))
+    networks, skipped = layer_networks(args.cache, target_key)
+    if not networks and not args.layers:
+        return None
+    if precision != "fp32":
+        raise ValueError(
+            f"per-node tables are fp32 onnxruntime profiles; got --precision {precision}"
+        )
+    if len(networks) < 3:
+        raise ValueError(
+            f"latency cache {args.cache} has {len(networks)} per-node tables of target "
+            f"{target_key}; the layer calibration needs at least 3 (measure more networks with "
+            "`jetsearch latency measure ... --layers --cache`)"
+        )
+    results = LatencyCache(args.cache).all_results(target_key)
+    threads = next((r.fingerprint.get("threads") for _, _, r, _ in results), None)
+    calibration = calibrate_layers(networks, profile, target_key=target_key, threads=threads)
+    path = calibration.save(calibration_path(args.cache, profile.name, precision))
+    console = _console()
+    with_totals = sum(network.measured_ms is not None for network in networks)
+    console.print(
+        f"cache {args.cache}: {len(networks)} per-node tables of target {target_key} "
+        f"({sum(len(n.nodes) for n in networks)} nodes, {with_totals} with a measured total)"
+        + (f", {len(skipped)} skipped" if skipped else "")
+    )
+    for reason in skipped[:10]:
+        console.print(f"  skipped {reason}")
+    assert calibration.layers is not None
+    model = calibration.layers
+    console.print(
+        f"layer model: node errors weighted by time^-{model.weighting:g}; network = "
+        f"{model.scale:.3f} x sum(nodes) + {model.constant_ms:.3f} ms; fit "
+        f"{calibration.fit.describe()}"
+    )
+    table = rich.table.Table(title="per-node coefficients", title_justify="left")
+    for column in ("nodes of", "us/MFLOP", "us/MB", "us/weight MB", "us/node"):
+        table.add_column(column, justify="left" if column == "nodes of" else "right")
+    for key, values in sorted(model.coefficients.items()):
+        table.add_row(key, *(f"{value:.4g}" for value in values))
+    console.print(table)
+    console.print(
+        f"saved {path}; `EstimateProvider({profile.name!r}, cache_path={str(args.cache)!r})` "
+        "and `jetsearch latency estimate --cache` now use it"
+    )
+    return 0
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Fit a profile's calibration to the cache's measurements, save it, print the fit."""
     import rich.table
@@ -272,6 +390,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     profile = get_profile(args.profile)
     precision = args.precision or profile.default_precision
     profile.check_precision(precision)
+    if args.layers and args.totals:
+        raise ValueError("--layers and --totals exclude each other")
+    if not args.totals:
+        done = _calibrate_layers(args, profile, precision)
+        if done is not None:
+            return done
     read = measured_pairs(args.cache, args.target_key, precision=precision)
     console = _console()
     console.print(
@@ -395,6 +519,12 @@ def add_latency_parser(subparsers: Any) -> None:
     measure.add_argument(
         "--fresh", action="store_true", help="measure even when the cache holds a result"
     )
+    measure.add_argument(
+        "--layers",
+        action="store_true",
+        help="local: also profile onnxruntime's nodes and store the per-node table in the cache "
+        "(for `calibrate --layers`)",
+    )
     measure.set_defaults(func=cmd_measure)
 
     estimate = actions.add_parser(
@@ -430,5 +560,16 @@ def add_latency_parser(subparsers: Any) -> None:
     )
     calibrate.add_argument(
         "--precision", choices=PRECISIONS, help="default: the profile's (fp16 on Jetsons)"
+    )
+    calibrate.add_argument(
+        "--layers",
+        action="store_true",
+        help="fit the per-node (layer) model to the cache's per-node tables (`measure --layers`); "
+        "the default when the cache holds such tables for the target",
+    )
+    calibrate.add_argument(
+        "--totals",
+        action="store_true",
+        help="fit the roofline to network totals even when per-node tables exist",
     )
     calibrate.set_defaults(func=cmd_calibrate)

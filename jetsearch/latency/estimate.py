@@ -38,6 +38,22 @@ measurements picks one. :class:`EstimateProvider` loads the calibration saved ne
     jetsearch latency calibrate --profile agx-xavier --cache lat.sqlite
     jetsearch latency estimate my-net.yaml --profile agx-xavier --cache lat.sqlite
 
+**Layer calibration (onnxruntime targets).** A few dozen totals cannot pin down two dozen
+group coefficients, and a CPU has large implementation effects the roofline cannot see (a 1x1
+convolution runs several times faster in onnxruntime's channel-blocked NCHWc layout; a
+channel-multiplier step is far slower per FLOP than a depthwise one). So for a target that runs
+onnxruntime (the ``local`` profile) calibration can work at the kernel level, as nn-Meter does:
+:func:`jetsearch.latency.local.profile_layers` times every node of onnxruntime's optimised graph;
+:func:`node_features` reads each node's group, layout, FLOPs and bytes from that graph (shapes by
+inference, nothing run); :func:`fit_layer_model` fits per-node coefficients on thousands of
+nodes (:class:`LayerModel`) and maps node sums to measured totals; :func:`calibrate_layers` stores
+it as a ``kind="layers"`` :class:`Calibration`, which :class:`EstimateProvider` then uses to
+predict a network from its ONNX graph alone::
+
+    jetsearch latency measure net.yaml --layers --threads 2 --cache lat.sqlite   # per network
+    jetsearch latency calibrate --profile local --cache lat.sqlite   # layers when tables exist
+    jetsearch latency estimate other.yaml --profile local --cache lat.sqlite
+
 **Where the configs come from.** The latency cache stores ``arch_hash -> result``; to recompute
 layer costs calibration needs the config itself. It is read from the entry's ``extra``
 (``extra["config_yaml"]``) or from a sidecar table ``jetseg_configs (arch_hash, config_yaml)``
@@ -48,6 +64,7 @@ it; a study should call it for every network it measures).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import platform
@@ -481,6 +498,15 @@ def _input_shape(config: JetSegConfig, input_size: Sequence[int]) -> tuple[int, 
     return size  # type: ignore[return-value]
 
 
+def _export(config: JetSegConfig, input_size: Sequence[int]) -> bytes:
+    """The deployed ONNX graph of `config` (traced at `input_size`)."""
+    from jetseg.export import export_onnx
+    from jetseg.model import build_model
+
+    shape = _input_shape(config, input_size)
+    return export_onnx(build_model(config), input_size=shape[2:], in_channels=shape[1])
+
+
 def network_cost(config: JetSegConfig, input_size: Sequence[int]) -> NetworkCost:
     """Per-layer costs of the network `config` builds at `input_size` ((H, W) or (B, C, H, W)).
 
@@ -646,8 +672,8 @@ class Estimate:
     def by_group(self) -> dict[str, float]:
         """Estimated ms per layer group."""
         totals = dict.fromkeys(GROUPS, 0.0)
-        for layer in self.layers:
-            totals[layer.group] += layer.total_ms
+        for layer in self.layers:  # a layer-calibrated estimate has onnxruntime's groups too
+            totals[layer.group] = totals.get(layer.group, 0.0) + layer.total_ms
         return totals
 
 
@@ -769,8 +795,11 @@ class FitQuality:
 
 @dataclass(frozen=True)
 class Calibration:
-    """Roofline parameters fitted to one device's measurements, with how well they fit.
+    """A device's estimate fitted to its measurements, with how well it fits.
 
+    ``kind`` says which: ``"roofline"`` (roofline ``parameters`` fitted to network totals, any
+    device) or ``"layers"`` (a :class:`LayerModel` fitted to onnxruntime's per-node times, for
+    targets that run onnxruntime: the ``local`` profile; ``parameters`` is then None).
     ``profile`` and ``precision`` say which estimates it corrects; ``target_key`` names the
     measured target it was fitted to (the cache's key), ``fit`` the quality on the fitting set.
     Save with :meth:`save`, read back with :meth:`load`.
@@ -778,25 +807,42 @@ class Calibration:
 
     profile: str
     precision: str
-    parameters: RooflineParameters
+    parameters: RooflineParameters | None
     fit: FitQuality
     target_key: str | None = None
     created_at: str = field(
         default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds")
     )
+    kind: str = "roofline"
+    layers: LayerModel | None = None
+    threads: int | None = None
 
     FORMAT = "jetsearch-calibration/1"
+    KINDS = ("roofline", "layers")
+
+    def __post_init__(self) -> None:
+        if self.kind not in self.KINDS:
+            raise ValueError(f"calibration key 'kind' must be one of {list(self.KINDS)}")
+        if self.kind == "roofline" and self.parameters is None:
+            raise ValueError("a roofline calibration needs its 'parameters'")
+        if self.kind == "layers" and self.layers is None:
+            raise ValueError("a layer calibration needs its 'layers' model")
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "format": self.FORMAT,
+            "kind": self.kind,
             "profile": self.profile,
             "precision": self.precision,
             "target_key": self.target_key,
             "created_at": self.created_at,
-            "parameters": self.parameters.to_dict(),
+            "parameters": None if self.parameters is None else self.parameters.to_dict(),
             "fit": self.fit.to_dict(),
         }
+        if self.layers is not None:
+            data["layers"] = self.layers.to_dict()
+            data["threads"] = self.threads
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "calibration") -> Calibration:
@@ -804,13 +850,20 @@ class Calibration:
             found = data.get("format") if isinstance(data, Mapping) else type(data).__name__
             raise ValueError(f"{source}: key 'format' must be {cls.FORMAT!r}, got {found!r}")
         try:
+            kind = str(data.get("kind", "roofline"))
+            parameters = data["parameters"] if kind == "roofline" else data.get("parameters")
+            layers = data["layers"] if kind == "layers" else None
+            threads = data.get("threads")
             return cls(
                 profile=str(data["profile"]),
                 precision=str(data["precision"]),
-                parameters=RooflineParameters.from_dict(data["parameters"]),
+                parameters=None if parameters is None else RooflineParameters.from_dict(parameters),
                 fit=FitQuality(**data["fit"]),
                 target_key=data.get("target_key"),
                 created_at=str(data["created_at"]),
+                kind=kind,
+                layers=None if layers is None else LayerModel.from_dict(layers),
+                threads=None if threads is None else int(threads),
             )
         except KeyError as error:
             raise ValueError(f"{source}: missing key {error.args[0]!r}") from None
@@ -1121,6 +1174,631 @@ def calibrate(
 
 
 # ---------------------------------------------------------------------------------------------
+# the kernel-level model: onnxruntime's own nodes, timed one by one
+
+
+NODE_GROUPS = (
+    "conv",
+    "pointwise",
+    "grouped",
+    "depthwise",
+    "multiplier",
+    "activation",
+    "attention",
+    "elementwise",
+    "resize",
+    "shuffle",
+    "concat",
+    "reorder",
+    "shape",
+)
+_CONV_GROUPS = frozenset({"conv", "pointwise", "grouped", "depthwise", "multiplier"})
+NCHWC_DOMAIN = "com.microsoft.nchwc"
+_ACTIVATION_OPS = frozenset(
+    {"Relu", "Clip", "HardSigmoid", "HardSwish", "Sigmoid", "Tanh", "Exp", "Softplus", "Div",
+     "Erf", "Sqrt", "Pow", "Log", "LeakyRelu", "Elu", "Gelu", "QuickGelu", "Neg", "Abs"}
+)  # fmt: skip
+_ATTENTION_OPS = frozenset(
+    {"ReduceMean", "ReduceMax", "ReduceSum", "GlobalAveragePool", "GlobalMaxPool", "MaxPool",
+     "AveragePool", "Softmax"}
+)  # fmt: skip
+_ELEMENTWISE_OPS = frozenset({"Mul", "Add", "Sub", "Where", "Min", "Max"})
+_RESIZE_OPS = frozenset({"Resize", "Upsample"})
+_SHUFFLE_OPS = frozenset({"Reshape", "Transpose", "Flatten", "Squeeze", "Identity", "Expand"})
+_CONCAT_OPS = frozenset({"Concat", "Split", "Slice", "Pad"})
+_REORDER_OPS = frozenset({"ReorderInput", "ReorderOutput"})
+# Reductions and the like whose work is their input; everything else: their output.
+_INPUT_SIZED_OPS = _ATTENTION_OPS
+
+
+@dataclass(frozen=True)
+class NodeFeatures:
+    """One node of onnxruntime's optimised graph and the work it does (fp32 bytes).
+
+    ``group`` is one of :data:`NODE_GROUPS`, read from the node itself: a convolution's group
+    from its weight (Cout, Cin/g, kh, kw) and group count (depthwise: g == Cin == Cout,
+    multiplier: g == Cin < Cout, pointwise: 1x1 with g == 1, grouped: g > 1, conv: dense kxk);
+    ``nchwc`` says onnxruntime runs it in its channel-blocked layout (domain
+    ``com.microsoft.nchwc``), which on this CPU changes a kernel's speed several-fold.
+    ``flops`` counts multiply-adds twice (convolutions) or one per output element;
+    ``act_bytes`` are the non-constant inputs and the outputs, ``weight_bytes`` the constant
+    inputs.
+    """
+
+    name: str
+    op: str
+    group: str
+    nchwc: bool
+    flops: float
+    act_bytes: float
+    weight_bytes: float
+    in_channels: int
+    out_channels: int
+
+    @property
+    def key(self) -> str:
+        """The coefficient set the node is predicted with: its group, split by layout for convs."""
+        if self.group in _CONV_GROUPS:
+            return f"{self.group}/{'nchwc' if self.nchwc else 'nchw'}"
+        return self.group
+
+    @property
+    def aligned(self) -> bool:
+        """Both channel counts are multiples of 16 (onnxruntime's blocked layout on AVX-512)."""
+        return self.in_channels % 16 == 0 and self.out_channels % 16 == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> NodeFeatures:
+        return cls(
+            name=str(data["name"]),
+            op=str(data["op"]),
+            group=str(data["group"]),
+            nchwc=bool(data["nchwc"]),
+            flops=float(data["flops"]),
+            act_bytes=float(data["act_bytes"]),
+            weight_bytes=float(data["weight_bytes"]),
+            in_channels=int(data["in_channels"]),
+            out_channels=int(data["out_channels"]),
+        )
+
+
+def optimized_graph(onnx_model: bytes | str | Path, threads: int = DEFAULT_LOCAL_THREADS) -> bytes:
+    """The graph onnxruntime (CPU, all optimisations) runs for `onnx_model`, as ONNX bytes.
+
+    Builds a session exactly as a local measurement does, without running it, and returns the
+    optimised model it saves (fused convolutions, the channel-blocked NCHWc layout and its
+    reorders, folded constants).
+    """
+    import tempfile
+
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ImportError(
+            "the layer-level estimate needs onnxruntime: pip install onnxruntime"
+        ) from None
+    model = read_onnx_bytes(onnx_model)
+    with tempfile.TemporaryDirectory(prefix="jetsearch-optimize-") as workdir:
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # the "optimised model is hardware specific" warning
+        path = Path(workdir) / "optimized.onnx"
+        options.optimized_model_filepath = str(path)
+        try:
+            onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime raises its own exception types
+            raise LatencyError(f"onnxruntime could not load the model: {error}") from None
+        return path.read_bytes()
+
+
+def _attribute(node: Any, name: str, default: Any) -> Any:
+    import onnx
+
+    for attribute in node.attribute:
+        if attribute.name == name:
+            value = onnx.helper.get_attribute_value(attribute)
+            return value.decode() if isinstance(value, bytes) else value
+    return default
+
+
+def _conv_output(node: Any, x: Sequence[int], w: Sequence[int]) -> tuple[int, ...]:
+    """Output shape of a convolution (any domain) from its input and weight shapes."""
+    spatial = len(w) - 2
+    if len(x) != len(w):  # an input whose shape is not known right: keep the weight's rank
+        x = (*x[:2], *([1] * spatial))[: len(w)]
+    kernel = list(_attribute(node, "kernel_shape", list(w[2:])))
+    strides = list(_attribute(node, "strides", [1] * spatial))
+    dilations = list(_attribute(node, "dilations", [1] * spatial))
+    pads = list(_attribute(node, "pads", [])) or [0] * (2 * spatial)
+    kernel = kernel or list(w[2:])
+    strides = strides or [1] * spatial
+    dilations = dilations or [1] * spatial
+    same = _attribute(node, "auto_pad", "NOTSET").startswith("SAME")
+    sizes = []
+    for axis in range(spatial):
+        if same:
+            sizes.append(-(-x[2 + axis] // strides[axis]))
+            continue
+        span = dilations[axis] * (kernel[axis] - 1) + 1
+        padded = x[2 + axis] + pads[axis] + pads[axis + spatial]
+        sizes.append((padded - span) // strides[axis] + 1)
+    return (x[0], w[0], *sizes)
+
+
+@functools.lru_cache(maxsize=1)
+def nchwc_block() -> int:
+    """Channels per block of onnxruntime's NCHWc layout here: 16 with AVX-512, else 8."""
+    return 16 if "avx512f" in _cpuinfo()[2] else 8
+
+
+def _static_shapes(original: Any, optimized: Any, input_shape: Sequence[int]) -> dict[str, tuple]:
+    """Every tensor's shape in the optimised graph at `input_shape`, without running it.
+
+    Tensors the original graph has get their shape from onnx shape inference of it (with the
+    input fixed to `input_shape`; data propagation resolves the shape arithmetic of dynamic
+    axes). Tensors onnxruntime made (fused outputs, NCHWc tensors) are propagated node by node:
+    convolutions from their weights, reorders keep the logical shape, anything else broadcasts
+    its inputs.
+    """
+    import onnx
+
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(original)
+    graph_input = fixed.graph.input[0]
+    dims = graph_input.type.tensor_type.shape.dim
+    for dim, value in zip(dims, input_shape, strict=True):
+        dim.Clear()
+        dim.dim_value = int(value)
+    inferred = onnx.shape_inference.infer_shapes(fixed, data_prop=True)
+    shapes: dict[str, tuple] = {}
+    batch = int(input_shape[0])
+    for info in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]:
+        if not info.type.tensor_type.HasField("shape"):
+            continue
+        dims = [
+            d.dim_value if d.HasField("dim_value") else None
+            for d in info.type.tensor_type.shape.dim
+        ]
+        # Inference loses the symbolic batch axis now and then; it is the input's batch.
+        if dims and dims[0] is None and len(dims) >= 2:
+            dims[0] = batch
+        if None not in dims:
+            shapes[info.name] = tuple(int(value) for value in dims)
+    constants = {
+        tensor.name: onnx.numpy_helper.to_array(tensor) for tensor in optimized.graph.initializer
+        if tensor.data_type == onnx.TensorProto.INT64 and len(tensor.dims) == 1
+    }  # fmt: skip
+    for tensor in optimized.graph.initializer:
+        shapes[tensor.name] = tuple(int(v) for v in tensor.dims)
+    for node in optimized.graph.node:
+        inputs = [shapes.get(name) for name in node.input]
+        for output in node.output:
+            if output in shapes or not output:
+                continue
+            x = inputs[0] if inputs else None
+            if node.op_type in ("Conv", "FusedConv") and x and len(inputs) > 1 and inputs[1]:
+                shapes[output] = _conv_output(node, x, inputs[1])
+            elif (
+                node.op_type == "Reshape"
+                and x
+                and len(node.input) > 1
+                and node.input[1] in constants
+            ):
+                target = [int(v) for v in constants[node.input[1]]]
+                target = [x[i] if v == 0 else v for i, v in enumerate(target)]
+                if -1 in target:
+                    known_part = math.prod(v for v in target if v != -1)
+                    target[target.index(-1)] = math.prod(x) // max(known_part, 1)
+                shapes[output] = tuple(target)
+            elif node.op_type == "ReorderInput" and x and len(x) >= 2:
+                block = nchwc_block()
+                shapes[output] = (x[0], -(-x[1] // block) * block, *x[2:])
+            elif node.op_type == "ReorderOutput" and x:
+                shapes[output] = (x[0], int(_attribute(node, "channels", x[1])), *x[2:])
+            elif node.op_type in ("GlobalAveragePool", "GlobalMaxPool") and x:
+                shapes[output] = (*x[:2], *[1] * (len(x) - 2))
+            elif node.op_type == "Upsample" and x and node.domain == NCHWC_DOMAIN:
+                scales = _attribute(node, "scales", [1] * (len(x) - 2))
+                shapes[output] = (*x[:2], *(d * s for d, s in zip(x[2:], scales, strict=False)))
+            else:
+                known = [shape for shape in inputs if shape is not None]
+                try:
+                    shapes[output] = tuple(np.broadcast_shapes(*known)) if known else ()
+                except ValueError:
+                    shapes[output] = known[0]
+    return shapes
+
+
+def _node_group(node: Any, weight: Sequence[int] | None) -> tuple[str, int, int]:
+    """(group, input channels, output channels) of one optimised-graph node."""
+    op = node.op_type
+    if op in ("Conv", "FusedConv") and weight is not None and len(weight) >= 3:
+        groups = int(_attribute(node, "group", 1))
+        out_channels, per_group = int(weight[0]), int(weight[1])
+        in_channels = per_group * groups
+        pointwise = all(k == 1 for k in weight[2:])
+        if groups == 1:
+            group = "pointwise" if pointwise else "conv"
+        elif per_group == 1 and out_channels == groups:
+            group = "depthwise"
+        elif per_group == 1:
+            group = "multiplier"
+        else:
+            group = "grouped"
+        return group, in_channels, out_channels
+    for group, ops in (
+        ("activation", _ACTIVATION_OPS),
+        ("attention", _ATTENTION_OPS),
+        ("elementwise", _ELEMENTWISE_OPS),
+        ("resize", _RESIZE_OPS),
+        ("shuffle", _SHUFFLE_OPS),
+        ("concat", _CONCAT_OPS),
+        ("reorder", _REORDER_OPS),
+    ):
+        if op in ops:
+            return group, 0, 0
+    return "shape", 0, 0
+
+
+def node_features(
+    onnx_model: bytes | str | Path,
+    input_shape: Sequence[int],
+    optimized_model: bytes | None = None,
+    *,
+    threads: int = DEFAULT_LOCAL_THREADS,
+) -> list[NodeFeatures]:
+    """Features of every node onnxruntime runs for `onnx_model` at `input_shape`, in graph order.
+
+    `optimized_model` is the graph onnxruntime saved for it (a :class:`LayerProfile`'s
+    ``optimized_model``); without it the graph is optimised here (:func:`optimized_graph`).
+    Nothing is run or timed: shapes come from shape inference (see :func:`_static_shapes`).
+    """
+    import onnx
+
+    shape = validate_input_shape(tuple(input_shape))
+    original = onnx.load_from_string(read_onnx_bytes(onnx_model))
+    optimized = onnx.load_from_string(
+        optimized_model if optimized_model is not None else optimized_graph(onnx_model, threads)
+    )
+    shapes = _static_shapes(original, optimized, shape)
+    constants = {tensor.name for tensor in optimized.graph.initializer}
+    features = []
+    for node in optimized.graph.node:
+        out_shapes = [shapes.get(name, ()) for name in node.output if name]
+        weight = shapes.get(node.input[1]) if len(node.input) > 1 else None
+        group, in_channels, out_channels = _node_group(node, weight)
+        activation = [math.prod(shapes.get(n, ())) for n in node.input if n and n not in constants]
+        constant = [math.prod(shapes.get(n, ())) for n in node.input if n in constants]
+        outputs = [math.prod(s) for s in out_shapes]
+        if group in _CONV_GROUPS and out_shapes and weight is not None:
+            # Weight (Cout, Cin/g, kh, kw): each output element takes Cin/g * kh * kw MACs.
+            flops = 2.0 * math.prod(out_shapes[0]) * math.prod(weight[1:])
+        elif node.op_type in _INPUT_SIZED_OPS:
+            flops = float(sum(activation))
+        else:
+            flops = float(sum(outputs))
+        if group not in _CONV_GROUPS and out_shapes and len(out_shapes[0]) >= 2:
+            in_channels = out_channels = int(out_shapes[0][1])
+        features.append(
+            NodeFeatures(
+                name=node.name,
+                op=node.op_type,
+                group=group,
+                nchwc=node.domain == NCHWC_DOMAIN,
+                flops=flops,
+                act_bytes=4.0 * (sum(activation) + sum(outputs)),
+                weight_bytes=4.0 * sum(constant),
+                in_channels=in_channels,
+                out_channels=out_channels,
+            )
+        )
+    return features
+
+
+LAYER_FEATURES = ("us_per_mflop", "us_per_mb", "us_per_weight_mb", "us_per_node")
+_MIN_NODES_PER_KEY = 8
+_LAYER_CV_FOLDS = 5
+
+
+def _fallback_keys(features: NodeFeatures) -> list[str]:
+    """The coefficient sets a node may be predicted with, most specific first."""
+    keys = []
+    if features.group in _CONV_GROUPS:
+        keys.append(f"{features.key}/{'a16' if features.aligned else 'u16'}")
+    keys += [features.key, features.group, "all"]
+    return list(dict.fromkeys(keys))
+
+
+def _node_row(features: NodeFeatures) -> np.ndarray:
+    return np.array(
+        [features.flops / 1e6, features.act_bytes / 1e6, features.weight_bytes / 1e6, 1.0]
+    )
+
+
+@dataclass(frozen=True)
+class ProfiledNetwork:
+    """Calibration input of the layer model: one network's nodes, their times and its total.
+
+    ``times_us`` are the profiled median times of ``nodes`` (same order); ``measured_ms`` the
+    network's ordinary (unprofiled) measured latency, None when only the profile is known.
+    """
+
+    name: str
+    nodes: tuple[NodeFeatures, ...]
+    times_us: tuple[float, ...]
+    measured_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.nodes) != len(self.times_us):
+            raise ValueError(
+                f"network {self.name!r}: {len(self.nodes)} nodes but {len(self.times_us)} times"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "nodes": [node.to_dict() for node in self.nodes],
+            "times_us": list(self.times_us),
+            "measured_ms": self.measured_ms,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ProfiledNetwork:
+        measured = data.get("measured_ms")
+        return cls(
+            name=str(data["name"]),
+            nodes=tuple(NodeFeatures.from_dict(node) for node in data["nodes"]),
+            times_us=tuple(float(value) for value in data["times_us"]),
+            measured_ms=None if measured is None else float(measured),
+        )
+
+
+def profiled_network(
+    onnx_model: bytes | str | Path,
+    profile: Any,
+    measured_ms: float | None = None,
+    name: str = "",
+) -> ProfiledNetwork:
+    """Join a :class:`~jetsearch.latency.local.LayerProfile` of `onnx_model` to its node features.
+
+    Features come from the optimised graph the profile saved, times by node name; a node the
+    profile did not time (none, normally) counts as 0 us.
+    """
+    nodes = node_features(onnx_model, profile.input_shape, profile.optimized_model)
+    times = _match_times(nodes, profile.nodes)
+    missing = [node.op for node, time_us in zip(nodes, times, strict=True) if time_us is None]
+    if len(missing) > len(nodes) // 10:
+        raise LatencyError(
+            f"network {name!r}: {len(missing)} of {len(nodes)} nodes of the optimised graph have "
+            f"no time in the profile (ops {sorted(set(missing))[:5]}); the profile is of another "
+            "graph"
+        )
+    return ProfiledNetwork(
+        name=name,
+        nodes=tuple(nodes),
+        times_us=tuple(0.0 if time_us is None else time_us for time_us in times),
+        measured_ms=measured_ms,
+    )
+
+
+def _match_times(nodes: Sequence[NodeFeatures], timed: Sequence[Any]) -> list[float | None]:
+    """Each node's profiled time: by name, else (for nodes the saved graph left unnamed, which
+    onnxruntime names ``<op>_<index>`` itself) by operator and output size, in order."""
+    by_name = {node.name: node for node in timed}
+    times: list[float | None] = [
+        by_name[node.name].median_us if node.name and node.name in by_name else None
+        for node in nodes
+    ]
+    graph_names = {node.name for node in nodes}
+    spare: dict[str, list[Any]] = {}
+    for node in timed:
+        if node.name not in graph_names:
+            spare.setdefault(node.op, []).append(node)
+    for index, node in enumerate(nodes):
+        candidates = spare.get(node.op)
+        if times[index] is not None or not candidates:
+            continue
+        # The same size first (a hard-swish's pieces come in many sizes), else the next one.
+        size = node.flops if node.group not in _CONV_GROUPS else None
+        pick = next(
+            (c for c in candidates if c.output_shapes and math.prod(c.output_shapes[0]) == size),
+            candidates[0],
+        )
+        candidates.remove(pick)
+        times[index] = pick.median_us
+    return times
+
+
+@dataclass(frozen=True)
+class LayerModel:
+    """Per-node latency model of one onnxruntime target (nn-Meter's kernel-level predictor).
+
+    A node's time is ``a * MFLOPs + b * MB moved + c * weight MB + d`` microseconds with the
+    coefficients ``(a, b, c, d)`` of the most specific set fitted for it: its group, layout
+    (NCHWc or not) and channel alignment (``"grouped/nchw/a16"``), else its group and layout,
+    else its group, else ``"all"``. A network's time is ``scale * sum(nodes) + constant_ms``:
+    ``scale`` and ``constant_ms`` carry what the per-node times miss (the executor between
+    nodes, the profiler's own cost, the input and output copies).
+    """
+
+    coefficients: dict[str, tuple[float, float, float, float]]
+    scale: float = 1.0
+    constant_ms: float = 0.0
+    weighting: float = 1.0
+
+    def node_us(self, node: NodeFeatures) -> float:
+        """Predicted microseconds of one node."""
+        for key in _fallback_keys(node):
+            if key in self.coefficients:
+                return float(_node_row(node) @ np.asarray(self.coefficients[key]))
+        return 0.0
+
+    def network_ms(self, nodes: Sequence[NodeFeatures]) -> float:
+        """Predicted milliseconds of a network made of `nodes`."""
+        return self.scale * sum(self.node_us(node) for node in nodes) / 1e3 + self.constant_ms
+
+    def explain(
+        self, nodes: Sequence[NodeFeatures], profile: str, input_shape: Sequence[int]
+    ) -> Estimate:
+        """The estimate of a network made of `nodes`, one :class:`LayerEstimate` per node.
+
+        A node's FLOP term is its ``compute_ms``, its byte terms its ``memory_ms`` and its
+        per-node cost its ``launch_ms`` (all times ``scale``; they add up, ``combine="sum"``).
+        """
+        layers = []
+        for node in nodes:
+            terms = np.zeros(len(LAYER_FEATURES))
+            for key in _fallback_keys(node):
+                if key in self.coefficients:
+                    terms = _node_row(node) * np.asarray(self.coefficients[key])
+                    break
+            terms = terms * self.scale / 1e3
+            layers.append(
+                LayerEstimate(
+                    name=node.name,
+                    kind=node.op,
+                    group=node.group,
+                    compute_ms=float(terms[0]),
+                    memory_ms=float(terms[1] + terms[2]),
+                    launch_ms=float(terms[3]),
+                    combine="sum",
+                )
+            )
+        return Estimate(
+            profile=profile,
+            precision="fp32",
+            input_shape=tuple(int(value) for value in input_shape),
+            calibrated=True,
+            constant_ms=self.constant_ms,
+            layers=tuple(layers),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "coefficients": {key: list(value) for key, value in self.coefficients.items()},
+            "features": list(LAYER_FEATURES),
+            "scale": self.scale,
+            "constant_ms": self.constant_ms,
+            "weighting": self.weighting,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LayerModel:
+        coefficients = {}
+        for key, values in data["coefficients"].items():
+            if len(values) != len(LAYER_FEATURES):
+                raise ValueError(
+                    f"layer coefficients {key!r} must hold {len(LAYER_FEATURES)} numbers "
+                    f"({', '.join(LAYER_FEATURES)}), got {len(values)}"
+                )
+            coefficients[str(key)] = tuple(float(value) for value in values)
+        return cls(
+            coefficients=coefficients,
+            scale=float(data.get("scale", 1.0)),
+            constant_ms=float(data.get("constant_ms", 0.0)),
+            weighting=float(data.get("weighting", 1.0)),
+        )
+
+
+def _fit_node_coefficients(
+    networks: Sequence[ProfiledNetwork], weighting: float
+) -> dict[str, tuple[float, float, float, float]]:
+    """NNLS per coefficient set on every node it may predict, errors weighted by time^-w.
+
+    ``weighting`` 1 minimises relative errors (every node counts alike), 0 absolute errors (the
+    big nodes that make up a network's time count most); between the two, both matter.
+    """
+    rows: dict[str, list[np.ndarray]] = {}
+    targets: dict[str, list[float]] = {}
+    for network in networks:
+        for node, time_us in zip(network.nodes, network.times_us, strict=True):
+            if time_us <= 0:
+                continue
+            for key in _fallback_keys(node):
+                rows.setdefault(key, []).append(_node_row(node))
+                targets.setdefault(key, []).append(time_us)
+    coefficients = {}
+    for key, key_rows in rows.items():
+        if len(key_rows) < _MIN_NODES_PER_KEY and key != "all":
+            continue
+        matrix, target = np.array(key_rows), np.array(targets[key])
+        # Columns scaled to unit norm so that NNLS's tolerance means the same for each.
+        norms = np.linalg.norm(matrix, axis=0)
+        norms[norms == 0] = 1.0
+        weights = target ** (-weighting)
+        solution = nnls((matrix / norms) * weights[:, None], target * weights) / norms
+        coefficients[key] = tuple(float(value) for value in solution)
+    return coefficients
+
+
+def _fit_totals(
+    networks: Sequence[ProfiledNetwork], coefficients: dict[str, tuple[float, ...]]
+) -> tuple[float, float]:
+    """(scale, constant_ms) mapping summed node predictions to measured totals (relative NNLS)."""
+    model = LayerModel(dict(coefficients))  # type: ignore[arg-type]
+    measured = [n for n in networks if n.measured_ms is not None]
+    if len(measured) < 2:
+        return 1.0, 0.0
+    sums = np.array([model.network_ms(n.nodes) for n in measured])
+    totals = np.array([n.measured_ms for n in measured], dtype=float)
+    matrix = np.column_stack([sums, np.ones_like(sums)]) / totals[:, None]
+    scale, constant = nnls(matrix, np.ones(len(totals)))
+    if scale <= 0:
+        return 1.0, 0.0
+    return float(scale), float(constant)
+
+
+LAYER_WEIGHTINGS = (0.0, 0.5, 1.0)
+
+
+def fit_layer_model(
+    networks: Sequence[ProfiledNetwork], *, weighting: float | None = None
+) -> LayerModel:
+    """Fit a :class:`LayerModel` to profiled networks (thousands of nodes from a few networks).
+
+    With ``weighting=None`` each of :data:`LAYER_WEIGHTINGS` is tried and the one whose
+    network totals have the smallest k-fold (by network) relative error is kept (0, absolute
+    errors, with fewer than 3 networks); totals are the
+    measured ones where known, else the sums of the profiled node times.
+    """
+    if len(networks) < 2:
+        raise ValueError(f"a layer model needs at least 2 profiled networks, got {len(networks)}")
+    if weighting is None and len(networks) < 3:
+        weighting = 0.0  # too few networks to cross-validate: absolute errors
+    if weighting is None:
+        truth = np.array([_network_truth(n) for n in networks])
+        folds = min(_LAYER_CV_FOLDS, len(networks))
+        errors = {}
+        for candidate in LAYER_WEIGHTINGS:
+            predicted = np.zeros(len(networks))
+            for fold in range(folds):
+                train = [n for i, n in enumerate(networks) if i % folds != fold]
+                model = fit_layer_model(train, weighting=candidate)
+                for i, network in enumerate(networks):
+                    if i % folds == fold:
+                        predicted[i] = model.network_ms(network.nodes)
+            errors[candidate] = float(np.mean((predicted / truth - 1.0) ** 2))
+        weighting = min(errors, key=lambda w: errors[w])
+    coefficients = _fit_node_coefficients(networks, weighting)
+    if not any(n.measured_ms is not None for n in networks):
+        return LayerModel(coefficients, weighting=weighting)
+    scale, constant = _fit_totals(networks, coefficients)
+    return LayerModel(coefficients, scale=scale, constant_ms=constant, weighting=weighting)
+
+
+def _network_truth(network: ProfiledNetwork) -> float:
+    if network.measured_ms is not None:
+        return network.measured_ms
+    return sum(network.times_us) / 1e3
+
+
+# ---------------------------------------------------------------------------------------------
 # configs beside the cache, and the measured pairs calibration reads
 
 
@@ -1262,6 +1940,126 @@ def measured_pairs(
     return MeasuredPairs(target_key, pairs, skipped)
 
 
+LAYER_TABLE = "jetseg_layer_profiles"
+
+
+def record_layer_profile(
+    cache: LatencyCache | str | Path,
+    arch_hash: str,
+    input_shape: Sequence[int],
+    target_key: str,
+    network: ProfiledNetwork,
+) -> None:
+    """Store one network's per-node table (features and profiled times) beside the cache.
+
+    Layer calibration (:func:`layer_networks`) joins it to the network's measured total.
+    """
+    from jetsearch.latency.cache import LatencyCache
+
+    path = _cache_file(cache)
+    LatencyCache(path)
+    shape = "x".join(str(int(value)) for value in input_shape)
+    connection = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+    try:
+        connection.execute("PRAGMA busy_timeout=30000")
+        connection.execute(
+            f"CREATE TABLE IF NOT EXISTS {LAYER_TABLE} (arch_hash TEXT NOT NULL, input_shape TEXT "
+            "NOT NULL, target_key TEXT NOT NULL, network_json TEXT NOT NULL, created_at TEXT NOT "
+            "NULL, PRIMARY KEY (arch_hash, input_shape, target_key))"
+        )
+        connection.execute(
+            f"INSERT OR REPLACE INTO {LAYER_TABLE} VALUES (?, ?, ?, ?, ?)",
+            (
+                arch_hash,
+                shape,
+                target_key,
+                json.dumps(network.to_dict()),
+                datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            ),
+        )
+    finally:
+        connection.close()
+
+
+def layer_networks(
+    cache: LatencyCache | str | Path, target_key: str
+) -> tuple[list[ProfiledNetwork], list[str]]:
+    """The cache's per-node tables of `target_key`, each with its measured total where stored.
+
+    Returns (networks, skipped reasons); a table without a measured total is still used for
+    the per-node fit but not for mapping node sums to totals.
+    """
+    from jetsearch.latency.cache import LatencyCache
+
+    path = _cache_file(cache)
+    if not path.is_file():
+        return [], []
+    connection = sqlite3.connect(path, timeout=30.0)
+    try:
+        exists = connection.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (LAYER_TABLE,)
+        ).fetchone()
+        rows = []
+        if exists:
+            rows = connection.execute(
+                f"SELECT arch_hash, input_shape, network_json FROM {LAYER_TABLE} "
+                "WHERE target_key=? ORDER BY created_at, arch_hash",
+                (target_key,),
+            ).fetchall()
+    finally:
+        connection.close()
+    totals = {
+        (digest, tuple(shape)): result.median_ms
+        for digest, shape, result, _ in LatencyCache(path).all_results(target_key)
+    }
+    networks, skipped = [], []
+    for digest, shape_text, text in rows:
+        try:
+            network = ProfiledNetwork.from_dict(json.loads(text))
+        except (KeyError, TypeError, ValueError) as error:
+            skipped.append(f"{digest} {shape_text}: stored layer table does not load: {error}")
+            continue
+        shape = tuple(int(value) for value in shape_text.split("x"))
+        networks.append(
+            ProfiledNetwork(
+                network.name, network.nodes, network.times_us, totals.get((digest, shape))
+            )
+        )
+    return networks, skipped
+
+
+def calibrate_layers(
+    networks: Sequence[ProfiledNetwork],
+    profile: DeviceProfile | str = "local",
+    *,
+    target_key: str | None = None,
+    threads: int | None = None,
+    weighting: float | None = None,
+) -> Calibration:
+    """A ``kind="layers"`` :class:`Calibration` of `profile` from profiled networks.
+
+    For targets that run onnxruntime (the ``local`` profile, an onnxruntime board worker):
+    see :class:`LayerModel`. ``fit`` reports the fitting networks' measured totals against
+    their predictions (the node sums where no total was measured). `threads` is the
+    onnxruntime thread count the profiles were taken with (predictions optimise the graph the
+    same way).
+    """
+    profile = get_profile(profile) if isinstance(profile, str) else profile
+    model = fit_layer_model(networks, weighting=weighting)
+    predicted = [model.network_ms(network.nodes) for network in networks]
+    truth = [_network_truth(network) for network in networks]
+    return Calibration(
+        profile=profile.name,
+        precision="fp32",
+        parameters=None,
+        fit=FitQuality.of(predicted, truth),
+        target_key=target_key,
+        kind="layers",
+        layers=model,
+        threads=threads,
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # the provider
 
@@ -1278,9 +2076,11 @@ class EstimateProvider(LatencyProvider):
 
     ``measure(onnx_model, input_shape, config=config)`` checks the model and shape like every
     provider, then estimates the network `config` describes; without a config it raises
-    :class:`LatencyError` (an estimate needs the network's layers). Results are always
-    labelled: provenance ``estimated``, one sample, flags ``"estimate"`` and ``"calibrated"``
-    or ``"uncalibrated"``, and a fingerprint naming the profile, its source and the calibration.
+    :class:`LatencyError` (an estimate needs the network's layers); with a layer calibration
+    (``kind="layers"``) the ONNX graph itself is estimated and the config is optional. Results
+    are always labelled: provenance ``estimated``, one sample, flags ``"estimate"`` and
+    ``"calibrated"`` or ``"uncalibrated"``, and a fingerprint naming the profile, its source and
+    the calibration.
     Thread-safe: nothing is shared but a small cache of layer costs.
     """
 
@@ -1310,6 +2110,7 @@ class EstimateProvider(LatencyProvider):
         self._explicit = calibration
         self._loaded: tuple[float, Calibration] | None = None
         self._lock = threading.Lock()
+        self._nodes: dict[tuple[bytes, tuple[int, ...], int | None], list[NodeFeatures]] = {}
 
     @property
     def calibration_file(self) -> Path | None:
@@ -1338,7 +2139,9 @@ class EstimateProvider(LatencyProvider):
         calibration = self.calibration
         return {
             "provider": "estimate",
-            "model": "roofline",
+            "model": "layers"
+            if calibration is not None and calibration.kind == "layers"
+            else "roofline",
             "profile": self.profile.name,
             "device": self.profile.description,
             "device_type": self.profile.device_type,
@@ -1376,9 +2179,42 @@ class EstimateProvider(LatencyProvider):
         label = f"estimate-{self.profile.name}-{self.precision}"
         return fingerprint_key(label, fingerprint, keys)
 
-    def explain(self, config: JetSegConfig, input_size: Sequence[int]) -> Estimate:
-        """The full estimate (per layer) of `config` at `input_size` ((H, W) or (B, C, H, W))."""
+    def explain(
+        self,
+        config: JetSegConfig | None,
+        input_size: Sequence[int],
+        *,
+        onnx_model: bytes | str | Path | None = None,
+    ) -> Estimate:
+        """The full estimate (per layer) of `config` at `input_size` ((H, W) or (B, C, H, W)).
+
+        With a layer calibration (``kind="layers"``) the network's ONNX graph is what is
+        estimated: `onnx_model` when given, else `config` exported; its nodes are those
+        onnxruntime would run (nothing is run or timed). Otherwise the roofline of `config`.
+        """
         calibration = self.calibration
+        if calibration is not None and calibration.kind == "layers":
+            assert calibration.layers is not None
+            if onnx_model is None:
+                if config is None:
+                    raise ValueError("an estimate needs the network's config or its ONNX model")
+                onnx_model = _export(config, input_size)
+            shape = tuple(int(v) for v in input_size)
+            if len(shape) == 2:
+                if config is None:
+                    raise ValueError("input size (H, W) needs the config; pass (B, C, H, W)")
+                shape = _input_shape(config, shape)
+            key = (read_onnx_bytes(onnx_model), shape, calibration.threads)
+            with self._lock:
+                nodes = self._nodes.get(key)
+            if nodes is None:
+                threads = calibration.threads or DEFAULT_LOCAL_THREADS
+                nodes = node_features(onnx_model, shape, threads=threads)
+                with self._lock:
+                    self._nodes = {key: nodes}  # one network at a time: the last one asked
+            return calibration.layers.explain(nodes, self.profile.name, shape)
+        if config is None:
+            raise ValueError("a roofline estimate needs the network's config")
         parameters = calibration.parameters if calibration is not None else None
         cost = network_cost(config, input_size)
         return roofline(cost, self.profile, self.precision, parameters)
@@ -1398,7 +2234,9 @@ class EstimateProvider(LatencyProvider):
         model = read_onnx_bytes(onnx_model)
         shape = validate_input_shape(input_shape)
         inspect_model(model, shape)
-        if config is None:
+        calibration = self.calibration
+        by_layers = calibration is not None and calibration.kind == "layers"
+        if config is None and not by_layers:
             raise LatencyError(
                 f"an estimate on profile {self.profile.name!r} needs the network's config: "
                 "call measure(onnx_model, input_shape, config=config); the ONNX graph alone "
@@ -1407,9 +2245,10 @@ class EstimateProvider(LatencyProvider):
         if len(shape) != 4:
             raise LatencyError(f"an estimate needs a (B, C, H, W) input shape, got {shape}")
         try:
-            estimate = self.explain(config, shape)
+            estimate = self.explain(config, shape, onnx_model=model if by_layers else None)
         except ValueError as error:
-            raise LatencyError(f"cannot estimate {config.name!r}: {error}") from None
+            name = config.name if config is not None else "the model"
+            raise LatencyError(f"cannot estimate {name!r}: {error}") from None
         fingerprint = self.fingerprint()
         fingerprint["by_group_ms"] = {g: round(v, 6) for g, v in estimate.by_group().items()}
         flags = (ESTIMATE_FLAG, CALIBRATED_FLAG if estimate.calibrated else UNCALIBRATED_FLAG)
@@ -1425,6 +2264,18 @@ class EstimateProvider(LatencyProvider):
 
 __all__ = [
     "GROUPS",
+    "NODE_GROUPS",
+    "LayerModel",
+    "NodeFeatures",
+    "ProfiledNetwork",
+    "calibrate_layers",
+    "fit_layer_model",
+    "layer_networks",
+    "nchwc_block",
+    "node_features",
+    "optimized_graph",
+    "profiled_network",
+    "record_layer_profile",
     "PRECISIONS",
     "PROFILES",
     "PROFILE_ALIASES",
