@@ -7,14 +7,13 @@ journal file in ``tmp_path``. Failures are injected with ``JETSEARCH_RAY_FAULTS`
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import sys
 from pathlib import Path
 
 import optuna
 import pytest
-import yaml
+import study_cases
 
 from jetsearch.distributed import (
     FAULTS_ENV,
@@ -47,40 +46,8 @@ except StudyError as err:
 needs_ray = pytest.mark.skipif(RAY_MISSING is not None, reason=RAY_MISSING or "")
 
 
-def _merge(base: dict, changes: dict) -> dict:
-    merged = copy.deepcopy(base)
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 def write_study(directory: Path, name: str = "tiny-ray", **changes) -> Path:
-    """``studies/local.yaml`` shrunk to trials of a few seconds, with ``changes`` merged in."""
-    base = yaml.safe_load((REPO / "studies" / "local.yaml").read_text())
-    small = _merge(
-        base,
-        {
-            "space": "tiny",
-            "data": None,
-            "synthetic": {"train_images": 8, "val_images": 4},
-            "train": {"epochs": 1, "size": [48, 64], "batch_size": 8, "threads": 1},
-            "latency": {
-                "input_size": [64, 64],
-                "budget_ms": 1000,
-                "runs": 5,
-                "warmup_s": 0.05,
-                "threads": 1,
-                "cache": str(directory / "latency.sqlite"),
-            },
-            "enqueue_presets": [],
-        },
-    )
-    path = directory / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(_merge(small, changes), sort_keys=False))
-    return path
+    return study_cases.write_study(directory, name, **changes)
 
 
 @pytest.fixture(scope="module")

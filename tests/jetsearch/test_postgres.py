@@ -12,7 +12,6 @@ to 1 s with a 2 s grace period (``JETSEARCH_HEARTBEAT_S``, ``JETSEARCH_HEARTBEAT
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import signal
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-import yaml
+from study_cases import write_study
 
 from jetsearch.cli import main
 from jetsearch.study import StudyError, heartbeat_settings, open_storage
@@ -57,42 +56,6 @@ def postgres_url() -> str:
     except Exception as err:  # set but unusable: a broken setup, never a reason to skip
         pytest.fail(f"{POSTGRES_ENV}={url} is set but the server does not answer: {err}")
     return url
-
-
-def _merge(base: dict, changes: dict) -> dict:
-    merged = copy.deepcopy(base)
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def write_study(directory: Path, name: str, **changes) -> Path:
-    """``studies/local.yaml`` shrunk to trials of a second or two, with ``changes`` merged in."""
-    base = yaml.safe_load((REPO / "studies" / "local.yaml").read_text())
-    small = _merge(
-        base,
-        {
-            "space": "tiny",
-            "data": None,
-            "synthetic": {"train_images": 8, "val_images": 4},
-            "train": {"epochs": 1, "size": [48, 64], "batch_size": 8, "threads": 1},
-            "latency": {
-                "input_size": [64, 64],
-                "budget_ms": 1000,
-                "runs": 5,
-                "warmup_s": 0.05,
-                "threads": 1,
-                "cache": str(directory / f"{name}-latency.sqlite"),
-            },
-            "enqueue_presets": [],
-        },
-    )
-    path = directory / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(_merge(small, changes), sort_keys=False))
-    return path
 
 
 def _study_process(study_file: Path, url: str, name: str, trials: int, log: Path):

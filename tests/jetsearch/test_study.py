@@ -8,7 +8,6 @@ takes a second or two.
 
 from __future__ import annotations
 
-import copy
 import signal
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from study_cases import write_study
 
 from jetsearch.report import pareto_front, pick, trial_rows
 from jetsearch.study import open_storage
@@ -39,42 +39,6 @@ def _jetsearch(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     )
 
 
-def _merge(base: dict, changes: dict) -> dict:
-    merged = copy.deepcopy(base)
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def write_study(directory: Path, name: str = "small", **changes) -> Path:
-    """``studies/local.yaml`` shrunk to a seconds-long study, with ``changes`` merged in."""
-    base = yaml.safe_load((REPO / "studies" / "local.yaml").read_text())
-    small = _merge(
-        base,
-        {
-            "space": "tiny",
-            "data": None,
-            "synthetic": {"train_images": 8, "val_images": 4},
-            "train": {"epochs": 1, "size": [48, 64], "batch_size": 8, "threads": 1},
-            "latency": {
-                "input_size": [64, 64],
-                "budget_ms": 60,
-                "runs": 5,
-                "warmup_s": 0.05,
-                "threads": 1,
-                "cache": str(directory / "latency.sqlite"),
-            },
-            "enqueue_presets": [],
-        },
-    )
-    path = directory / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(_merge(small, changes), sort_keys=False))
-    return path
-
-
 def _study(name: str, storage: Path) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=open_storage(str(storage)))
 
@@ -92,7 +56,7 @@ def small_study(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """A three-trial study run once, with the live view, for the tests that read it back."""
     directory = tmp_path_factory.mktemp("small_study")
     storage = directory / "s.log"
-    out = _run_study(write_study(directory), storage, 3)
+    out = _run_study(write_study(directory, latency={"budget_ms": 60}), storage, 3)
     return storage, out
 
 
