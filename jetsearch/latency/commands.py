@@ -26,37 +26,14 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from jetsearch.cli import _console, parse_size
+
 if TYPE_CHECKING:
     from jetsearch.latency.base import LatencyResult
     from jetseg.config import JetSegConfig
 
 DEFAULT_CACHE = "jetsearch-latency.sqlite"
 DEFAULT_SIZE = (360, 480)
-
-
-def _size(text: str) -> tuple[int, int]:
-    """``HxW`` (e.g. ``360x480``) as a pair of ints, each within 16 to 8192."""
-    parts = text.lower().replace("*", "x").split("x")
-    try:
-        height, width = (int(part) for part in parts)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"size must look like HxW (e.g. 360x480), got {text!r}"
-        ) from None
-    if not (16 <= height <= 8192 and 16 <= width <= 8192):
-        raise argparse.ArgumentTypeError(
-            f"size {height}x{width} is out of range (16 to 8192 per side)"
-        )
-    return height, width
-
-
-def _console() -> Any:
-    from rich.console import Console
-
-    console = Console()
-    if not console.is_terminal:  # pipes and logs: wide enough that tables never wrap
-        console = Console(width=140)
-    return console
 
 
 def _load_config(name_or_path: str) -> JetSegConfig:
@@ -484,7 +461,7 @@ def add_latency_parser(subparsers: Any) -> None:
     )
     measure.add_argument("config", help="preset name (nano, agx, workstation) or config YAML")
     measure.add_argument(
-        "--size", type=_size, default=DEFAULT_SIZE, help="input HxW (default 360x480)"
+        "--size", type=parse_size, default=DEFAULT_SIZE, help="input HxW (default 360x480)"
     )
     measure.add_argument(
         "--provider",
@@ -532,7 +509,7 @@ def add_latency_parser(subparsers: Any) -> None:
     )
     estimate.add_argument("config", help="preset name (nano, agx, workstation) or config YAML")
     estimate.add_argument(
-        "--size", type=_size, default=DEFAULT_SIZE, help="input HxW (default 360x480)"
+        "--size", type=parse_size, default=DEFAULT_SIZE, help="input HxW (default 360x480)"
     )
     estimate.add_argument(
         "--profile", required=True, help=f"device profile: {', '.join(profile_names())}"
