@@ -6,6 +6,18 @@ from jetseg.config import JetSegConfig, load_config
 
 PRESETS = ("nano", "agx", "workstation")
 
+# The smallest sensible network: for training tests that must run in a second or two.
+TINY_CONFIG = {
+    "name": "tiny",
+    "stem": {"width": 8},
+    "stages": [
+        {"depth": 1, "width": 8, "attention": "cbam"},
+        {"depth": 1, "width": 16, "attention": "sam"},
+        {"depth": 1, "width": 16, "attention": "eca"},
+    ],
+    "decoder": {"low_width": 8, "head_width": 8, "fuse_width": 8, "out_width": 8},
+}
+
 
 def _small(**over) -> dict:
     """A small config as a mapping, to which edge-case tests apply their one change."""
@@ -117,4 +129,12 @@ def randomize_bn(model: torch.nn.Module, seed: int = 0) -> None:
             m.bias.data.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
 
 
-__all__ = ["ALL_CONFIGS", "EDGE_CONFIGS", "PRESETS", "JetSegConfig", "get_config", "randomize_bn"]
+__all__ = [
+    "TINY_CONFIG",
+    "ALL_CONFIGS",
+    "EDGE_CONFIGS",
+    "PRESETS",
+    "JetSegConfig",
+    "get_config",
+    "randomize_bn",
+]

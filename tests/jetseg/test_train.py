@@ -12,6 +12,7 @@ import optuna
 import pytest
 import torch
 import yaml
+from jetseg_cases import TINY_CONFIG
 from PIL import Image
 from rich.console import Console
 from torch.utils.data import Dataset
@@ -39,30 +40,10 @@ from jetseg.train import (
 
 CAMVID_ROOT = Path(__file__).resolve().parents[2] / ".." / "shared" / "camvid"
 SIZE = (48, 64)
-TINY = {
-    "name": "tiny",
-    "stem": {"width": 8},
-    "stages": [
-        {"depth": 1, "width": 8, "attention": "cbam"},
-        {"depth": 1, "width": 16, "attention": "sam"},
-        {"depth": 1, "width": 16, "attention": "eca"},
-    ],
-    "decoder": {"low_width": 8, "head_width": 8, "fuse_width": 8, "out_width": 8},
-}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors: one thread is several times faster than two on a shared 2-core machine,
-    # where OpenMP threads spin against other processes.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_config():
-    return load_config(TINY)
+    return load_config(TINY_CONFIG)
 
 
 @pytest.fixture(scope="module")
@@ -281,7 +262,7 @@ def test_keyboard_interrupt_from_a_callback_leaves_a_resumable_checkpoint(
 
 def test_resume_refuses_a_checkpoint_of_another_network(data, uninterrupted, tmp_path):
     make_trainer(data, tmp_path, epochs=1).fit()
-    other = load_config({**TINY, "decoder": {**TINY["decoder"], "out_width": 16}})
+    other = load_config({**TINY_CONFIG, "decoder": {**TINY_CONFIG["decoder"], "out_width": 16}})
     train, val, info, weights = data
     trainer = Trainer(
         build_model(other), train, val, TrainConfig(epochs=2, progress=False), tmp_path

@@ -6,36 +6,17 @@ import json
 
 import numpy as np
 import pytest
-import torch
 import yaml
+from jetseg_cases import TINY_CONFIG
 from PIL import Image
 
 from jetsearch.cli import EXIT_OK, main
 from jetseg.train import evaluate_checkpoint
 
-TINY_YAML = {
-    "stem": {"width": 8},
-    "stages": [
-        {"depth": 1, "width": 8, "attention": "cbam"},
-        {"depth": 1, "width": 16, "attention": "sam"},
-        {"depth": 1, "width": 16, "attention": "eca"},
-    ],
-    "decoder": {"low_width": 8, "head_width": 8, "fuse_width": 8, "out_width": 8},
-}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors: one thread is several times faster than two on a shared 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_train_then_eval_then_predict_through_the_cli(tmp_path, capsys):
     config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(TINY_YAML))
+    config.write_text(yaml.safe_dump(TINY_CONFIG))
     run = tmp_path / "run"
     train = ["train", "--config", str(config), "--epochs", "1", "--size", "48x64"]
     train += ["--batch-size", "8", "--lr", "0.01", "--out", str(run)]
