@@ -2,12 +2,13 @@
 
 For every seed and each sampler (``tpe``, ``random``) the script runs a fresh study from
 ``studies/search_quality.yaml`` (target ``local``: latency measured by onnxruntime on this
-machine at 360x480 against a 50 ms budget; the nano space; each trial trained briefly on real
-CamVid) with no presets enqueued, so both samplers start from nothing. After the first k
-finished trials (k = 5, 10, ..., N) it computes the hypervolume of the feasible Pareto front in
-(val mIoU, maximised; latency, minimised) against the fixed reference point (mIoU 0, latency =
-the study's budget or ``--ref-latency``). The hypervolume is normalised by the reference box
-(mIoU 0..1 times latency 0..ref), so it lies in 0..1 and the ratios do not depend on units.
+machine at 360x480 against an 8 ms budget that cuts the space; the nano space; each trial
+trained briefly on real CamVid) with no presets enqueued, so both samplers start from
+nothing. After the first k finished trials (k = 5, 10, ..., N) it computes the hypervolume of
+the feasible Pareto front in (val mIoU, maximised; latency, minimised) against the fixed
+reference point (mIoU 0, latency = the study's budget, ``--budget`` or ``--ref-latency``).
+The hypervolume is normalised by the reference box (mIoU 0..1 times latency 0..ref), so it
+lies in 0..1 and the ratios do not depend on units.
 
 It prints one row per seed and sampler (HV after k trials, best mIoU, trials pruned over the
 budget, duplicates, failed trials, time), the mean HV per sampler, the ratio TPE / random at
@@ -30,16 +31,17 @@ was interrupted and continued is no longer paired trial by trial with the other 
 continued sampler starts its random stream afresh), so prefer ``--fresh`` for figures.
 
 Expected wall time on 2 idle CPU cores with the defaults (3 seeds x 2 samplers x 30 trials):
-a trained trial takes about 20-60 s (48 training steps, two evaluations on the 101 val frames
-at 120x160, ONNX export, and a latency measurement the first time an architecture is seen), a
-pruned or duplicate trial 2-6 s, so the whole run takes about 1.5 to 2.5 hours. The machine
-must be otherwise idle for the latency measurements (not for the mIoU, which is work-bound).
+a trained trial takes about 5-15 s (48 training steps, two evaluations on the 101 val frames at
+120x160, ONNX export, and a latency measurement the first time an architecture is seen), a
+pruned or duplicate trial 1-3 s, so the whole run takes about 20-30 minutes. The machine must be
+otherwise idle for the latency measurements (not for the mIoU, which is work-bound).
 
 Examples::
 
     python benchmarks/search_quality.py                        # 3 seeds x 2 samplers x 30 trials
     python benchmarks/search_quality.py --seeds 1 --trials 6 --epochs 1 --train-images 16
     python benchmarks/search_quality.py --synthetic --trials 10 --json sq.json
+    python benchmarks/search_quality.py --budget 50 --seeds 2       # a budget nothing reaches
     python benchmarks/search_quality.py --data /data/camvid --out runs/sq --fresh
 """
 
@@ -429,6 +431,13 @@ def build_parser() -> argparse.ArgumentParser:
         "dependent)",
     )
     parser.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="latency budget of the studies (default: the study file's latency.budget_ms)",
+    )
+    parser.add_argument(
         "--ref-latency",
         type=float,
         default=None,
@@ -461,6 +470,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _fail(f"{flag} must be >= 1, got {value}")
     if args.time_budget is not None and not args.time_budget > 0:
         return _fail(f"--time-budget must be > 0 seconds, got {args.time_budget}")
+    if args.budget is not None and not args.budget > 0:
+        return _fail(f"--budget must be > 0 ms, got {args.budget}")
     if args.synthetic:
         data = None
     elif args.data.is_dir():
@@ -481,6 +492,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     training = {key: value for key, value in training.items() if value is not None}
     spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, **training))
+    if args.budget is not None:
+        spec = dataclasses.replace(
+            spec, latency=dataclasses.replace(spec.latency, budget_ms=args.budget)
+        )
     ref_latency = args.ref_latency if args.ref_latency is not None else spec.latency.budget_ms
     if ref_latency is None or not ref_latency > 0:
         return _fail(f"the study {args.spec} has no latency.budget_ms; pass --ref-latency MS (> 0)")
