@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from latency_cases import SHAPE, conv_relu_resize_model
 
 from jetsearch.latency import InvalidModelError, LatencyCache, LatencyError, LatencyResult
@@ -44,15 +42,6 @@ from jetseg.model import build_model
 
 GPU_PROFILES = [name for name, profile in PROFILES.items() if profile.device_type == "gpu"]
 SMALL = (1, 3, 64, 96)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    # Profiling runs the network in eager mode; one thread keeps a shared 2-core machine usable.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from latency_cases import WorkerProcess
 
@@ -26,14 +24,6 @@ from jetsearch.latency.estimate import (
 )
 from jetsearch.space import load_space
 from jetseg.config import JetSegConfig, arch_hash, load_config
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def run(argv: list[str]) -> int:

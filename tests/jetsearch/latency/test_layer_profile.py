@@ -11,13 +11,11 @@ import json
 import math
 import random
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-import torch
 from onnx import TensorProto, helper
 
 from jetsearch.latency import LatencyCache, LatencyError
@@ -50,14 +48,6 @@ from jetseg.export import export_onnx
 from jetseg.model import build_model
 
 SHAPE = (1, 3, 64, 96)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
