@@ -19,7 +19,6 @@ go to ``--json``.
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
 import os
@@ -35,22 +34,14 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import describe  # noqa: E402
 
+from jetsearch.study import merge_mappings  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _merge(base: dict, changes: dict) -> dict:
-    merged = copy.deepcopy(base)
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def write_study(directory: Path, args: argparse.Namespace) -> Path:
     base = yaml.safe_load((REPO / "studies" / "local.yaml").read_text())
-    study = _merge(
+    study = merge_mappings(
         base,
         {
             "space": "tiny",

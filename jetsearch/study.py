@@ -21,6 +21,7 @@ Study files (``studies/*.yaml``) look like::
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import math
 import os
@@ -158,6 +159,21 @@ def studies_dir() -> Path:
 
 def study_names() -> list[str]:
     return sorted(p.stem for p in studies_dir().glob("*.yaml"))
+
+
+def merge_mappings(base: dict, changes: dict) -> dict:
+    """A copy of a study's YAML mapping ``base`` with ``changes`` merged in, key by key.
+
+    Nested mappings are merged recursively; any other value in ``changes`` replaces the one in
+    ``base``. Used to derive a study file from a built-in one.
+    """
+    merged = copy.deepcopy(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_mappings(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def load_study_spec(name_or_path: str | Path, **overrides: Any) -> StudySpec:
@@ -306,13 +322,16 @@ class LatencyChain:
     def _make(self, kind: str):
         lat = self.spec.latency
         if kind == "workers":
-            from jetsearch.latency import RemotePool
+            from jetsearch.latency.remote import RemotePool, read_token_file
 
             if not lat.workers:
                 raise StudyError("no workers listed (latency.workers or --workers)")
             if not lat.token_file:
                 raise StudyError("latency.token_file is not set")
-            token = Path(lat.token_file).expanduser().read_text().strip()
+            try:
+                token = read_token_file(lat.token_file)
+            except ValueError as err:
+                raise StudyError(str(err)) from err
             return RemotePool(list(lat.workers), token=token, target=self.spec.target)
         if kind == "local":
             from jetsearch.latency import LocalProvider

@@ -93,6 +93,7 @@ def _result_table(title: str, result: LatencyResult, extra_rows: list[tuple[str,
 
 def _measuring_provider(args: argparse.Namespace) -> Any:
     from jetsearch.latency import LocalProvider, RemotePool
+    from jetsearch.latency.remote import read_token_file
 
     if args.provider == "local":
         precision = args.precision or "fp32"
@@ -111,12 +112,7 @@ def _measuring_provider(args: argparse.Namespace) -> Any:
         raise ValueError("--provider worker needs --token-file (the workers' shared token)")
     if not args.target:
         raise ValueError("--provider worker needs --target (the target the workers serve)")
-    token_file = Path(args.token_file).expanduser()
-    if not token_file.is_file():
-        raise FileNotFoundError(f"token file {token_file} does not exist")
-    token = token_file.read_text().strip()
-    if not token:
-        raise ValueError(f"token file {token_file} is empty")
+    token = read_token_file(args.token_file)
     return RemotePool(
         urls,
         token,

@@ -54,6 +54,17 @@ STABLE_FINGERPRINT_KEYS = (
 _REQUEST_ERROR_STATUSES = (400, 404, 405, 411, 413, 415)
 
 
+def read_token_file(path: str | Path) -> str:
+    """The workers' shared token from ``path``; a missing or empty file is an error."""
+    token_file = Path(path).expanduser()
+    if not token_file.is_file():
+        raise FileNotFoundError(f"token file {token_file} does not exist")
+    token = token_file.read_text().strip()
+    if not token:
+        raise ValueError(f"token file {token_file} is empty")
+    return token
+
+
 class _WorkerUnavailable(Exception):
     """The worker could not measure this time; `down` when it did not answer at all."""
 

@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import yaml
 
+from jetsearch.study import merge_mappings
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def merge(base: dict, changes: dict) -> dict:
-    """``base`` with ``changes`` merged in, nested mappings key by key."""
-    merged = copy.deepcopy(base)
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def write_study(directory: Path, name: str = "small", **changes) -> Path:
     """``studies/local.yaml`` shrunk to trials of a second or two, with ``changes`` merged in."""
     base = yaml.safe_load((REPO / "studies" / "local.yaml").read_text())
-    small = merge(
+    small = merge_mappings(
         base,
         {
             "space": "tiny",
@@ -43,5 +33,5 @@ def write_study(directory: Path, name: str = "small", **changes) -> Path:
         },
     )
     path = directory / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(merge(small, changes), sort_keys=False))
+    path.write_text(yaml.safe_dump(merge_mappings(small, changes), sort_keys=False))
     return path

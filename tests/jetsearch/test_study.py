@@ -266,3 +266,26 @@ def test_a_trial_trains_from_the_same_weights_whatever_the_process_ran_before(tm
         run_study(spec, trials=1, storage=str(tmp_path / storage))
         values.append([t.values for t in _study("small", tmp_path / storage).trials])
     assert values[0] == values[1]
+
+
+def test_a_worker_provider_without_a_usable_token_is_skipped_with_its_reason(tmp_path):
+    from jetsearch.study import LatencyChain, load_study_spec
+
+    empty = tmp_path / "token.txt"
+    empty.write_text("  \n")
+    for token_file, reason in ((empty, "is empty"), (tmp_path / "missing.txt", "does not exist")):
+        path = write_study(
+            tmp_path,
+            latency={
+                "providers": ["workers", "local"],
+                "workers": ["http://127.0.0.1:9"],
+                "token_file": str(token_file),
+            },
+        )
+        chain = LatencyChain(load_study_spec(path))
+        try:
+            assert [kind for kind, _ in chain.providers] == ["local"]
+            assert len(chain.skipped) == 1
+            assert chain.skipped[0].startswith("workers: ") and reason in chain.skipped[0]
+        finally:
+            chain.close()
