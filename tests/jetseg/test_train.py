@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -14,6 +13,7 @@ import torch
 import yaml
 from jetseg_cases import TINY_CONFIG
 from PIL import Image
+from real_data import camvid_root
 from rich.console import Console
 from torch.utils.data import Dataset
 
@@ -38,7 +38,7 @@ from jetseg.train import (
     run_training,
 )
 
-CAMVID_ROOT = Path(__file__).resolve().parents[2] / ".." / "shared" / "camvid"
+CAMVID_ROOT = camvid_root()
 SIZE = (48, 64)
 
 

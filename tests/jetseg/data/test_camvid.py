@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from real_data import camvid_root
 
 from jetseg.data import (
     CAMVID_CLASSES,
@@ -22,7 +23,7 @@ from jetseg.data import (
 )
 from jetseg.data.camvid import CAMVID32_COLOURS, merged_class_index
 
-REAL_CAMVID = Path(__file__).resolve().parents[3].parent / "shared" / "camvid"
+REAL_CAMVID = camvid_root()
 HEIGHT, WIDTH = 12, 16
 COLOUR_OF = {name: colour for colour, name in CAMVID32_COLOURS}
 
