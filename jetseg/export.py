@@ -1,17 +1,36 @@
-"""ONNX export with dynamic batch and spatial size, and an onnxruntime parity check.
+"""ONNX export: deploy form, metadata, simplification, and onnxruntime parity checks.
 
 The exported graph holds only standard ONNX operators that TensorRT builds. Before export the
 network is turned into its deploy form (:func:`deploy_copy`): every merged JetConv step becomes
 a plain ``Conv`` with its assembled weight, so the file holds exactly the convolutions that run.
+
+A file from :func:`export_onnx` is ready to deploy as it is::
+
+    >>> data = export_onnx(build_model("nano"), "nano.onnx", input_size=(360, 480))
+    >>> read_metadata(data)["class_names"][:3]
+    ['Sky', 'Building', 'Pole']
+
+- batch, height and width are dynamic (``batch``, ``height``, ``width``); the class dimension
+  of ``logits`` is static, so a consumer knows the output layout without running the graph;
+- it is simplified (:func:`simplify_onnx`: constant folding, identity and redundant-node
+  removal, hardware-independent fusions), and the simplified graph's outputs were checked
+  against the traced graph's on a random input (:func:`check_simplified`);
+- its ``metadata_props`` (:data:`METADATA_KEYS`, read back with :func:`read_metadata`) name the
+  classes, the architecture hash, the full config YAML, the tracing input size and the jetseg
+  version, so a file can always be traced back to the network that made it.
 """
 
 from __future__ import annotations
 
 import copy
 import io
+import json
+import operator
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -19,9 +38,47 @@ from torch import nn
 
 from .layers.jetconv import FusedPointwise, MergedDepthwise
 
+if TYPE_CHECKING:
+    import onnx
+
+    from .config import JetSegConfig
+
 DEFAULT_OPSET = 17
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
+DYNAMIC_AXES = {0: "batch", 2: "height", 3: "width"}
+
+# The simplified graph must reproduce the traced one this closely on a random input.
+SIMPLIFY_ATOL = 1e-4
+# The largest input the simplification check runs at. The check compares graph with graph, so
+# a small input finds a wrong rewrite as surely as a full frame does, at a fraction of the cost
+# (a study exports every trial); below the tracing size it also shows a shape folded into a
+# constant, which would break the dynamic axes.
+SIMPLIFY_CHECK_SIZE = (96, 128)
+
+# metadata_props keys; JSON-encoded values except the config (YAML) and the plain strings.
+META_CLASS_NAMES = "class_names"  # JSON list, index = class id
+META_NUM_CLASSES = "num_classes"  # JSON int
+META_ARCH_HASH = "arch_hash"
+META_CONFIG = "config"  # the YAML that jetseg.load_config reads back
+META_INPUT_SIZE = "input_size"  # JSON [height, width] the graph was traced at
+META_VERSION = "jetseg_version"
+META_GRAPH_OPTIMIZATION = "graph_optimization"  # how the graph was simplified, or "none"
+METADATA_KEYS = (
+    META_CLASS_NAMES,
+    META_NUM_CLASSES,
+    META_ARCH_HASH,
+    META_CONFIG,
+    META_INPUT_SIZE,
+    META_VERSION,
+    META_GRAPH_OPTIMIZATION,
+)
+_JSON_KEYS = frozenset([META_CLASS_NAMES, META_NUM_CLASSES, META_INPUT_SIZE])
+
+
+class ExportError(RuntimeError):
+    """An export that produced a graph not fit to ship (changed outputs, lost dynamic axes)."""
+
 
 # Operators TensorRT's ONNX parser builds (a superset of what JetSeg emits).
 TENSORRT_OPS = frozenset(
@@ -115,19 +172,110 @@ def export_onnx(
     *,
     input_size: tuple[int, int] = (360, 480),
     opset: int = DEFAULT_OPSET,
-    in_channels: int = 3,
+    in_channels: int | None = None,
+    config: JetSegConfig | None = None,
+    class_names: Sequence[str] | None = None,
+    simplify: bool = True,
 ) -> bytes:
     """Export to ONNX with dynamic batch, height and width; returns the bytes (and writes them).
 
-    ``input_size`` is only the example used for tracing: the graph accepts any size. The file is
-    written atomically.
+    ``input_size`` is only the example used for tracing (and is recorded in the metadata): the
+    graph accepts any size. ``config`` defaults to ``model.config``, which
+    :func:`jetseg.build_model` sets; it fixes the static class dimension and the metadata.
+    ``class_names`` default to the CamVid classes when the class count is CamVid's, and to
+    ``class_0``, ``class_1``, ... otherwise. ``in_channels`` defaults to the config's.
+
+    With ``simplify`` (the default) the traced graph is simplified by :func:`simplify_onnx` and
+    the result checked against it by :func:`check_simplified`, which raises
+    :class:`ExportError` when the two disagree. The file is written atomically.
     """
+    from .config import JetSegConfig
+
     if opset < 17:
         raise ValueError(f"opset {opset} is too old; 17 or newer is required")
+    config = config if config is not None else getattr(model, "config", None)
+    if not isinstance(config, JetSegConfig):
+        raise ValueError(
+            "export_onnx needs the network's JetSegConfig for the output shape and the file's "
+            "metadata: pass config=..., or export a model built by jetseg.build_model"
+        )
+    if in_channels is None:
+        in_channels = config.in_channels
+    elif in_channels != config.in_channels:
+        raise ValueError(
+            f"in_channels={in_channels} does not match the config's in_channels="
+            f"{config.in_channels}"
+        )
+    height, width = _check_size(input_size)
+    names = _resolve_class_names(config.num_classes, class_names)
+
+    import onnx
+
+    traced = _trace(model, in_channels, (height, width), opset)
+    proto = onnx.load_from_string(traced)
+    # The exporter names the channel dimension symbolically (it comes out of a Resize); it is
+    # the class count for every input, so say so.
+    proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value = config.num_classes
+    optimization = "none"
+    if simplify:
+        reference = proto.SerializeToString()
+        simplified = simplify_onnx(reference)
+        check_simplified(reference, simplified, _check_input_shape(in_channels, height, width))
+        proto = onnx.load_from_string(simplified)
+        optimization = _simplifier_label()
+    _check_signature(proto, in_channels, config.num_classes)
+    _set_metadata(
+        proto,
+        export_metadata(
+            config, class_names=names, input_size=(height, width), graph_optimization=optimization
+        ),
+    )
+    data = proto.SerializeToString()
+    check_standard_ops(data)
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    return data
+
+
+def _check_size(input_size: Sequence[int]) -> tuple[int, int]:
+    try:
+        size = tuple(operator.index(v) for v in input_size)  # ints, numpy ints; never floats
+    except TypeError:
+        size = ()
+    if len(size) != 2 or min(size) <= 0:
+        raise ValueError(f"input_size must be (height, width) as positive ints, got {input_size!r}")
+    return size[0], size[1]
+
+
+def _check_input_shape(in_channels: int, height: int, width: int) -> tuple[int, int, int, int]:
+    return (1, in_channels, min(height, SIMPLIFY_CHECK_SIZE[0]), min(width, SIMPLIFY_CHECK_SIZE[1]))
+
+
+def _resolve_class_names(num_classes: int, class_names: Sequence[str] | None) -> list[str]:
+    if class_names is None:
+        from .data.camvid import CAMVID_CLASSES
+
+        if num_classes == len(CAMVID_CLASSES):
+            return list(CAMVID_CLASSES)
+        return [f"class_{i}" for i in range(num_classes)]
+    names = list(class_names)
+    if len(names) != num_classes or not all(isinstance(n, str) and n for n in names):
+        raise ValueError(
+            f"class_names must be {num_classes} non-empty strings (the config's num_classes), "
+            f"got {len(names)}: {names!r}"
+        )
+    return names
+
+
+def _trace(model: nn.Module, in_channels: int, size: tuple[int, int], opset: int) -> bytes:
+    """The deploy form of ``model`` traced to ONNX, dynamic batch/H/W, as torch writes it."""
     deploy = deploy_copy(model).cpu()
-    example = torch.zeros(1, in_channels, *input_size)
+    example = torch.zeros(1, in_channels, *size)
     buffer = io.BytesIO()
-    dyn = {0: "batch", 2: "height", 3: "width"}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer chatter about shape-dependent Python values
         torch.onnx.export(
@@ -137,19 +285,162 @@ def export_onnx(
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
             opset_version=opset,
-            dynamic_axes={INPUT_NAME: dyn, OUTPUT_NAME: dyn},
+            dynamic_axes={INPUT_NAME: DYNAMIC_AXES, OUTPUT_NAME: DYNAMIC_AXES},
             do_constant_folding=True,
             dynamo=False,
         )
-    data = buffer.getvalue()
-    check_standard_ops(data)
-    if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    return data
+    return buffer.getvalue()
+
+
+def simplify_onnx(onnx_model: bytes) -> bytes:
+    """The graph after onnxruntime's basic, hardware-independent offline optimisation.
+
+    ``ORT_ENABLE_BASIC`` folds constants, removes redundant nodes (``Identity``, no-op
+    ``Slice`` / ``Unsqueeze`` / ``Dropout``) and fuses ``Conv`` with a following ``Add``,
+    ``Mul`` or ``BatchNormalization``; every rewrite yields standard ONNX operators, so the file
+    still builds in TensorRT. (The extended and layout levels would write onnxruntime's own
+    ``com.microsoft`` operators.) onnxruntime declares every domain it knows in the written
+    file; only the domains the nodes use are kept.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="jetseg-onnx-") as tmp:
+        target = Path(tmp) / "simplified.onnx"
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        opts.optimized_model_filepath = str(target)
+        # Creating the session writes the file; nothing runs, so one thread is plenty.
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        ort.InferenceSession(onnx_model, opts, providers=["CPUExecutionProvider"])
+        proto = onnx.load(str(target))
+    used = {node.domain or "" for node in proto.graph.node} | {""}
+    kept = [op for op in proto.opset_import if (op.domain or "") in used]
+    del proto.opset_import[:]
+    proto.opset_import.extend(kept)
+    return proto.SerializeToString()
+
+
+def _simplifier_label() -> str:
+    import onnxruntime as ort
+
+    return f"onnxruntime {ort.__version__} ORT_ENABLE_BASIC"
+
+
+def check_simplified(
+    reference: bytes,
+    candidate: bytes,
+    input_shape: Sequence[int],
+    *,
+    atol: float = SIMPLIFY_ATOL,
+    seed: int = 0,
+) -> float:
+    """Run two graphs on one random input, each exactly as written; their max abs difference.
+
+    Used to check a simplified graph against the graph it came from. Both run in onnxruntime
+    with its own graph optimisations off, so the comparison is between the files themselves.
+    Raises :class:`ExportError` when the output shapes differ or the difference exceeds
+    ``atol`` (or is not finite).
+    """
+    x = np.random.default_rng(seed).standard_normal(tuple(input_shape), dtype=np.float32)
+    expected, got = (_run_as_written(graph, x) for graph in (reference, candidate))
+    shape = "x".join(str(d) for d in input_shape)
+    if got.shape != expected.shape:
+        raise ExportError(
+            f"simplifying the ONNX graph changed its output shape on a {shape} input: "
+            f"{got.shape} != {expected.shape}; export with simplify=False to keep the graph "
+            "as traced"
+        )
+    diff = float(np.abs(got - expected).max())
+    if not diff <= atol:
+        raise ExportError(
+            f"simplifying the ONNX graph changed its outputs: max abs difference {diff:.2e} > "
+            f"{atol:.0e} on a random {shape} input; export with simplify=False to keep the "
+            "graph as traced"
+        )
+    return diff
+
+
+def _run_as_written(onnx_model: bytes, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(onnx_model, opts, providers=["CPUExecutionProvider"])
+    return session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+
+
+def _check_signature(proto: onnx.ModelProto, in_channels: int, num_classes: int) -> None:
+    """The graph's input and output are (batch, C, height, width) with only C static."""
+    for value, channels in (
+        (proto.graph.input[0], in_channels),
+        (proto.graph.output[0], num_classes),
+    ):
+        dims = [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+        want = [DYNAMIC_AXES[0], channels, DYNAMIC_AXES[2], DYNAMIC_AXES[3]]
+        if dims != want:
+            raise ExportError(
+                f"ONNX {value.name!r} has shape {dims}, expected {want} "
+                "(dynamic batch/height/width, static channels)"
+            )
+
+
+def export_metadata(
+    config: JetSegConfig,
+    *,
+    class_names: Sequence[str],
+    input_size: tuple[int, int],
+    graph_optimization: str = "none",
+) -> dict[str, str]:
+    """The ``metadata_props`` of an exported file, as the strings ONNX stores."""
+    from . import __version__
+    from .config import arch_hash, dump_config
+
+    return {
+        META_CLASS_NAMES: json.dumps(list(class_names)),
+        META_NUM_CLASSES: json.dumps(config.num_classes),
+        META_ARCH_HASH: arch_hash(config),
+        META_CONFIG: dump_config(config),
+        META_INPUT_SIZE: json.dumps(list(input_size)),
+        META_VERSION: __version__,
+        META_GRAPH_OPTIMIZATION: graph_optimization,
+    }
+
+
+def _set_metadata(proto: onnx.ModelProto, values: dict[str, str]) -> None:
+    from . import __version__
+
+    proto.producer_name = "jetseg"
+    proto.producer_version = __version__
+    del proto.metadata_props[:]
+    for key, value in values.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def read_metadata(onnx_model: bytes | str | Path) -> dict[str, Any]:
+    """The ``metadata_props`` of an ONNX file, with the JSON-encoded values decoded.
+
+    ``class_names`` is a list, ``num_classes`` an int, ``input_size`` a ``(height, width)``
+    tuple; ``config`` stays YAML text (``jetseg.load_config(yaml.safe_load(text))`` rebuilds
+    it). A file from another exporter gives whatever keys it holds, as strings.
+    """
+    import onnx
+
+    proto = (
+        onnx.load_from_string(onnx_model)
+        if isinstance(onnx_model, bytes)
+        else onnx.load(str(onnx_model), load_external_data=False)
+    )
+    meta: dict[str, Any] = {}
+    for entry in proto.metadata_props:
+        meta[entry.key] = json.loads(entry.value) if entry.key in _JSON_KEYS else entry.value
+    if META_INPUT_SIZE in meta:
+        meta[META_INPUT_SIZE] = tuple(meta[META_INPUT_SIZE])
+    return meta
 
 
 def check_standard_ops(onnx_model: bytes | str | Path) -> dict[str, int]:
