@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing as mp
 import sys
 import time
@@ -50,8 +49,8 @@ def rungs_of(study: str | Path) -> list[dict[str, Any]]:
 
 
 def networks(n: int, seed: int) -> list[tuple[str, Any]]:
-    from jetseg.config import load_config
     from jetsearch.space import load_space
+    from jetseg.config import load_config
 
     sampled = load_space("nano").random_configs(n, seed)
     return [("nano-preset", load_config("nano"))] + [
@@ -63,8 +62,8 @@ def train_one(job: dict[str, Any]) -> dict[str, Any]:
     """Train one network under one recipe; val and held-out mIoU at val's best epoch."""
     import torch
 
-    from jetseg.config import arch_hash, load_config
     from jetseg.complexity import profile
+    from jetseg.config import arch_hash, load_config
     from jetseg.data import build_datasets, build_holdout
     from jetseg.loss import cui_class_weights
     from jetseg.model import build_model
@@ -275,7 +274,6 @@ def main(argv: list[str] | None = None) -> int:
             f"val minus held-out mIoU over {len(gaps)} runs: mean {100 * mean:+.1f} points "
             f"(min {100 * min(gaps):+.1f}, max {100 * max(gaps):+.1f})"
         )
-    del math
     return 0
 
 
