@@ -98,7 +98,17 @@ def test_ladder_enqueues_each_promotion_once_in_a_real_storage(tmp_path):
     waiting = again.studies[1].get_trials(states=(optuna.trial.TrialState.WAITING,))
     assert sorted(t.user_attrs["arch_hash"] for t in waiting) == ["a", "c"]
     assert {t.user_attrs["promoted_from_rung"] for t in waiting} == {0}
-    assert all(t.params == {"net": t.user_attrs["arch_hash"]} for t in waiting)
+
+    # Each waiting trial trains the network it links to: its sampled parameter is the source's.
+    def objective(trial):
+        net = trial.suggest_categorical("net", list("abcdefghi"))
+        assert net == trial.user_attrs["arch_hash"]
+        return 0.9, 1.0
+
+    again.studies[1].optimize(objective, n_trials=2)
+    done = again.studies[1].get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert sorted(t.params["net"] for t in done) == ["a", "c"]
+    assert again.waiting_rung() is None
 
 
 def test_over_budget_networks_are_never_promoted(tmp_path):
