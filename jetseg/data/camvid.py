@@ -455,6 +455,58 @@ def _segnet_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
     return pairs
 
 
+def sequence_of(path: str | Path) -> str:
+    """The driving sequence of a CamVid frame: its name up to the first ``_``.
+
+    ``0001TP_006690.png`` -> ``0001TP``, ``Seq05VD_f00000.png`` -> ``Seq05VD``. CamVid's five
+    sequences are 0001TP, 0006R0, 0016E5 (the SegNet val split is all 0016E5, which also
+    supplies 204 of its 367 train frames) and Seq05VD.
+    """
+    return Path(path).name.split("_", 1)[0]
+
+
+def known_sequences(root: str | Path) -> list[str]:
+    """The sequences that hold at least one frame of the train or val split of ``root``."""
+    root = Path(root).expanduser()
+    layout = detect_layout(root)
+    found: set[str] = set()
+    for split in ("train", "val"):
+        try:
+            pairs = _segnet_pairs(root, split) if layout == "segnet" else _colour_pairs(root, split)
+        except DataError:
+            continue
+        found.update(sequence_of(image) for image, _ in pairs)
+    return sorted(found)
+
+
+def _select_sequences(
+    root: Path,
+    files: list[tuple[Path, Path]],
+    sequences: Sequence[str] | None,
+    exclude: Sequence[str],
+    split: str,
+) -> list[tuple[Path, Path]]:
+    known = known_sequences(root)
+    for name in [*(sequences or ()), *exclude]:
+        if name not in known:
+            raise DataError(
+                f"unknown CamVid sequence {name!r} for {root}; its sequences are "
+                f"{', '.join(known)} (the frame-name prefix before the first '_')"
+            )
+    kept = [
+        pair
+        for pair in files
+        if (sequences is None or sequence_of(pair[0]) in sequences)
+        and sequence_of(pair[0]) not in exclude
+    ]
+    if not kept:
+        raise DataError(
+            f"split {split!r} of {root} has no frames left after selecting sequences "
+            f"{list(sequences) if sequences is not None else 'all'} minus {list(exclude)}"
+        )
+    return kept
+
+
 def _is_mask(path: Path) -> bool:
     return path.suffix.lower() == ".png" and path.stem.endswith("_L")
 
@@ -553,6 +605,11 @@ class CamVid(SegmentationDataset):
             data fails at once and epochs cost no decoding. With ``False`` frames are decoded
             on access and bad data is only found then.
         limit: keep only the first ``limit`` frames of the split (quick runs, tests).
+        sequences: keep only the frames of these driving sequences (frame-name prefixes such as
+            ``0001TP``, see :func:`sequence_of`); ``None`` keeps all.
+        exclude_sequences: drop the frames of these sequences (a held-out sequence must never
+            be trained on). Every name must be a sequence of the root, or :class:`DataError`
+            lists the ones it has.
 
     Raises:
         DataError: naming the file, for a missing label, an image/label size mismatch, a label
@@ -566,6 +623,8 @@ class CamVid(SegmentationDataset):
         transform: PairTransform | None = None,
         cache: bool = True,
         limit: int | None = None,
+        sequences: Sequence[str] | None = None,
+        exclude_sequences: Sequence[str] = (),
     ) -> None:
         super().__init__(transform)
         self.root = Path(root).expanduser()
@@ -577,6 +636,8 @@ class CamVid(SegmentationDataset):
         else:
             files = _colour_pairs(self.root, split)
             self.colour_table = load_colour_table(self.root)
+        if sequences is not None or exclude_sequences:
+            files = _select_sequences(self.root, files, sequences, exclude_sequences, split)
         if limit is not None:
             if limit < 1:
                 raise ValueError(f"limit must be a positive number of frames, got {limit}")
