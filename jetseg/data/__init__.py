@@ -15,10 +15,6 @@ from pathlib import Path
 
 from jetseg.data.camvid import (
     CAMVID32_TO_11,
-    CAMVID_CLASSES,
-    CAMVID_PALETTE,
-    IGNORE_INDEX,
-    NUM_CLASSES,
     CamVid,
     DataError,
     SegmentationDataset,
@@ -26,6 +22,7 @@ from jetseg.data.camvid import (
     detect_layout,
     overlay,
 )
+from jetseg.data.classes import CAMVID_CLASSES, CAMVID_PALETTE, IGNORE_INDEX, NUM_CLASSES
 from jetseg.data.synthetic import SyntheticStreets, render_street_scene
 from jetseg.data.transforms import (
     IMAGENET_MEAN,
