@@ -277,7 +277,8 @@ def _add_train(sub) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from jetseg.train import evaluate_checkpoint, metrics_table
+    from jetseg.predict import evaluate_checkpoint
+    from jetseg.train import metrics_table
 
     metrics = evaluate_checkpoint(args.checkpoint, data=args.data, split=args.split, size=args.size)
     _console().print(metrics_table(metrics, title=f"{args.checkpoint} on {args.split}"))
@@ -294,7 +295,7 @@ def _add_eval(sub) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from jetseg.train import predict_images
+    from jetseg.predict import predict_images
 
     written = predict_images(args.checkpoint, args.images, out_dir=args.output, size=args.size)
     _console().print(f"wrote {len(written)} files to {args.output}")
