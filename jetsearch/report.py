@@ -8,7 +8,8 @@ from typing import Any
 
 import yaml
 
-from jetseg.config import load_config, save_config
+from jetseg.config import dump_config, load_config
+from jetseg.fileio import atomic_write_text
 
 
 class ReportError(RuntimeError):
@@ -257,7 +258,7 @@ def export_trial(study, number: int, output: str | Path) -> tuple[Path, dict[str
     data = yaml.safe_load(text)
     data["name"] = Path(output).stem
     config = load_config(data)
-    path = save_config(config, output)
+    path = atomic_write_text(output, dump_config(config))
     return path, {
         "trial": number,
         **{k: trial.user_attrs.get(k) for k in ("val_miou", "latency_ms", "arch_hash")},

@@ -219,8 +219,3 @@ def profile(
         kernels=sum(counter.kernels.values()),
         layers=ordered,
     )
-
-
-def count_params(model: nn.Module) -> int:
-    """Trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,4 +1,4 @@
-"""Training, evaluation, checkpoints and predictions for one JetSeg network.
+"""Training one JetSeg network: the recipe (TrainConfig), the loop (Trainer), the schedule.
 
 A plain loop you can read top to bottom (after torchvision's segmentation reference and
 detectron2's ``plain_train_net.py``)::
@@ -20,8 +20,9 @@ detectron2's ``plain_train_net.py``)::
     run.json            the result, the data, the device
 
 Running the same command again in the same directory resumes from ``last.pt`` (see
-:meth:`Trainer.fit`). :func:`evaluate_checkpoint` and :func:`predict_images` work on the
-checkpoints afterwards.
+:meth:`Trainer.fit`). The checkpoint format, loading and the resume checks are in
+:mod:`jetseg.checkpoint`; scoring a checkpoint and predicting images in :mod:`jetseg.predict`.
+The loop prints nothing: what a run shows is a set of hooks (:mod:`jetseg.progress`).
 """
 
 from __future__ import annotations
@@ -29,9 +30,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import random
-import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -41,28 +40,24 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from jetseg.config import JetSegConfig, arch_hash, config_to_dict, load_config, save_config
-from jetseg.data import (
-    IGNORE_INDEX,
-    NUM_CLASSES,
-    CamVid,
-    DataInfo,
-    build_datasets,
-    build_transforms,
-    colorize,
-    overlay,
-    to_uint8_image,
+from jetseg.checkpoint import (
+    checkpoint_state,
+    read_checkpoint,
+    restore_trainer,
+    save_checkpoint,
 )
+from jetseg.config import JetSegConfig, arch_hash, save_config
+from jetseg.data import IGNORE_INDEX, DataInfo, build_datasets
+from jetseg.fileio import atomic_write_text
 from jetseg.loss import LOSS_NAMES, JetLossCE, build_loss, cui_class_weights
 from jetseg.metrics import ConfusionMatrix, SegMetrics
+from jetseg.progress import TrainHooks, default_hooks
 
 __all__ = [
-    "CHECKPOINT_FORMAT",
     "EpochReport",
     "EvalMetrics",
     "NonFiniteLossError",
@@ -72,34 +67,17 @@ __all__ = [
     "TrainResult",
     "Trainer",
     "WarmupDecaySchedule",
-    "evaluate_checkpoint",
-    "load_checkpoint",
+    "evaluate",
     "metrics_table",
-    "predict_images",
     "resolve_device",
     "run_training",
-    "write_overlays",
 ]
 
-CHECKPOINT_FORMAT = "jetseg-checkpoint-v1"
 DEFAULT_LR = {"adamw": 2e-3, "sgd": 0.05}
 POLY_POWER = 0.9  # DeepLab / RegSeg's poly schedule
 # History keys that measure the machine rather than the run: they differ between two runs
 # that are otherwise identical (an uninterrupted one and a resumed one).
 TIMING_KEYS = ("epoch_time_s", "eval_time_s", "train_time_s", "images_per_s")
-# TrainConfig keys that may change when a run is resumed without breaking it.
-RESUMABLE_CHANGES = frozenset(
-    {
-        "epochs",
-        "time_budget_s",
-        "device",
-        "num_workers",
-        "eval_every",
-        "overlays",
-        "export_onnx",
-        "progress",
-    }
-)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -610,58 +588,8 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
-def _rng_state(loader_generator: torch.Generator) -> dict[str, Any]:
-    """Every random stream the run draws from, as tensors and plain data (weights_only-safe)."""
-    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": {
-            "kind": kind,
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "position": int(position),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached_gaussian),
-        },
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "loader": loader_generator.get_state(),
-    }
-
-
-def _restore_rng_state(state: dict[str, Any], loader_generator: torch.Generator) -> None:
-    random.setstate(state["python"])
-    numpy_state = state["numpy"]
-    np.random.set_state(
-        (
-            numpy_state["kind"],
-            numpy_state["keys"].numpy().astype(np.uint32),
-            numpy_state["position"],
-            numpy_state["has_gauss"],
-            numpy_state["cached_gaussian"],
-        )
-    )
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
-    loader_generator.set_state(state["loader"])
-
-
-def _atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
-    """Write through a temporary file and ``os.replace``: readers see the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write_bytes(path, lambda handle: handle.write(text.encode("utf-8")))
-
-
-def _base_dataset(dataset: Dataset) -> Dataset:
+def base_dataset(dataset: Dataset) -> Dataset:
+    """The dataset under any number of ``Subset`` wrappers."""
     while isinstance(dataset, Subset):
         dataset = dataset.dataset
     return dataset
@@ -676,13 +604,13 @@ def _limit(dataset: Dataset, count: int | None) -> Dataset:
 
 def _class_pixel_counts(dataset: Dataset, num_classes: int) -> np.ndarray | None:
     """Pixels per class over the raw labels (void excluded), or None if the data cannot say."""
-    base = _base_dataset(dataset)
+    base = base_dataset(dataset)
     if not isinstance(dataset, Subset):
         counter = getattr(dataset, "class_pixel_counts", None)
         return None if counter is None else np.asarray(counter())
     if not hasattr(base, "raw"):
         return None
-    indices = _subset_indices(dataset)
+    indices = subset_indices(dataset)
     counts = np.zeros(num_classes + 1, dtype=np.int64)
     for index in indices:
         _, label = base.raw(index)
@@ -692,30 +620,20 @@ def _class_pixel_counts(dataset: Dataset, num_classes: int) -> np.ndarray | None
     return counts[:num_classes]
 
 
-def _subset_indices(dataset: Dataset) -> list[int]:
+def subset_indices(dataset: Dataset) -> list[int]:
     """Indices into the base dataset of a (possibly nested) Subset."""
     if not isinstance(dataset, Subset):
         return list(range(len(dataset)))
-    inner = _subset_indices(dataset.dataset)
+    inner = subset_indices(dataset.dataset)
     return [inner[i] for i in dataset.indices]
 
 
-def _frame_name(dataset: Dataset, index: int) -> str:
-    """A file-name-safe name of frame ``index``: its file stem when the data has files."""
-    base = _base_dataset(dataset)
-    files = getattr(base, "files", None)
-    if files is None:
-        return f"{index:03d}"
-    stem = Path(files[_subset_indices(dataset)[index]][0]).stem
-    return f"{index:03d}_{stem}"
-
-
 # ---------------------------------------------------------------------------------------------
-# evaluation shared by the Trainer and evaluate_checkpoint
+# evaluation shared by the Trainer and jetseg.predict.evaluate_checkpoint
 
 
 @torch.no_grad()
-def _evaluate(
+def evaluate(
     model: nn.Module,
     loader: DataLoader,
     *,
@@ -727,7 +645,8 @@ def _evaluate(
     channels_last: bool = False,
     loss_fn: nn.Module | None = None,
 ) -> tuple[SegMetrics, float | None]:
-    """One confusion matrix over the whole split; also the mean loss per batch when asked."""
+    """Metrics of ``model`` on a whole split from one confusion matrix; with ``loss_fn`` also
+    the mean loss per image (else ``None``). The model is left in the mode it was in."""
     was_training = model.training
     model.eval()
     matrix = ConfusionMatrix(num_classes, ignore_index, class_names)
@@ -778,6 +697,11 @@ class Trainer:
             already saved, so the run can still be resumed or inspected.
         data_info: what the data is (``build_datasets``' ``DataInfo``); stated in the history,
             the checkpoints and the result. Without it the datasets' own descriptions are used.
+        hooks: what the run shows (:class:`jetseg.progress.TrainHooks`: progress, epoch lines,
+            the interrupt notice); the loop itself prints nothing. ``None`` takes
+            :func:`jetseg.progress.default_hooks` of ``cfg.progress``: the
+            :class:`~jetseg.progress.TrainingDisplay`, or only the interrupt notice. A
+            sequence is used as given (``()``: silent).
     """
 
     def __init__(
@@ -790,12 +714,14 @@ class Trainer:
         class_weights: Tensor | None = None,
         callbacks: Sequence[Callable[[EpochReport], None]] = (),
         data_info: DataInfo | None = None,
+        hooks: Sequence[TrainHooks] | None = None,
     ) -> None:
         if not isinstance(cfg, TrainConfig):
             raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
         self.cfg = cfg
         self.out_dir = None if out_dir is None else Path(out_dir)
         self.callbacks = list(callbacks)
+        self.hooks = list(default_hooks(cfg.progress) if hooks is None else hooks)
         self.data_info = data_info
         self.config: JetSegConfig | None = getattr(model, "config", None)
 
@@ -806,7 +732,7 @@ class Trainer:
                 f"need at least one training and one validation frame, got "
                 f"{len(self.train_set)} and {len(self.val_set)}"
             )
-        base = _base_dataset(self.train_set)
+        base = base_dataset(self.train_set)
         self.ignore_index = int(getattr(base, "ignore_index", IGNORE_INDEX))
         self.num_classes = self._num_classes(base)
         names = (
@@ -886,8 +812,6 @@ class Trainer:
         self.stopped_reason = ""
         self.stop_detail = ""
         self._last_saved_epoch: int | None = None
-        self._progress: Any = None
-        self._progress_task: Any = None
 
     # -- setup helpers ---------------------------------------------------------------------
 
@@ -967,11 +891,14 @@ class Trainer:
         with ``stopped_reason="time budget"``. (Resuming such a run with a larger budget goes
         on with the next epoch.)
 
+        The hooks hear of each of these steps (:class:`jetseg.progress.TrainHooks`).
+
         Raises:
             NonFiniteLossError: the loss became NaN or infinite; ``last.pt`` still holds the
                 previous epoch.
-            KeyboardInterrupt: re-raised after a line on stderr says which epoch ``last.pt``
-                holds and how to resume; at most the epoch in progress is lost.
+            KeyboardInterrupt: re-raised after the hooks' ``on_interrupt`` got the message
+                saying which epoch ``last.pt`` holds and how to resume (the default hooks
+                print it on stderr); at most the epoch in progress is lost.
             Exception: whatever a callback raised (other than :class:`StopTraining`), after
                 that epoch's checkpoint and metrics line were written.
         """
@@ -983,7 +910,8 @@ class Trainer:
             self._start_fresh()
         self.stopped_reason, self.stop_detail = "", ""
         try:
-            with self._progress_display():
+            self._call_hooks("on_fit_start")
+            try:
                 while not self.stopped_reason:
                     if self.epoch >= cfg.epochs:
                         self.stopped_reason = "epochs"
@@ -992,10 +920,16 @@ class Trainer:
                         self.stopped_reason = "time budget"
                         break
                     self._run_epoch(self.epoch + 1)
+            finally:
+                self._call_hooks("on_fit_end")
         except KeyboardInterrupt:
-            self._report_interrupt()
+            self._call_hooks("on_interrupt", self._interrupt_message())
             raise
         return self.result()
+
+    def _call_hooks(self, name: str, *args: Any) -> None:
+        for hook in self.hooks:
+            getattr(hook, name)(self, *args)
 
     def _run_epoch(self, epoch: int) -> None:
         """Train, evaluate when due, save, log, call back: one epoch of :meth:`fit`."""
@@ -1005,8 +939,9 @@ class Trainer:
         last = epoch >= cfg.epochs or stats["partial"] or self._budget_used()
         metrics, val_loss, eval_time = None, None, 0.0
         if epoch % cfg.eval_every == 0 or last:
+            self._call_hooks("on_validate", epoch)
             started = time.perf_counter()
-            metrics, val_loss = _evaluate(
+            metrics, val_loss = evaluate(
                 self.model,
                 self.val_loader,
                 device=self.device,
@@ -1032,7 +967,7 @@ class Trainer:
             self.save_checkpoint("best")
         self.save_checkpoint("last")
         self._append_metrics_line(record)
-        self._log_epoch(record)
+        self._call_hooks("on_epoch_end", record)
         if metrics is None:
             return
         report = EpochReport(
@@ -1066,7 +1001,7 @@ class Trainer:
         partial = False
         started = time.perf_counter()
         budget_left = None if cfg.time_budget_s is None else cfg.time_budget_s - self.train_time_s
-        self._progress_start(epoch)
+        self._call_hooks("on_epoch_start", epoch)
         for batch_images, labels in self.train_loader:
             batch_images = batch_images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
@@ -1099,7 +1034,7 @@ class Trainer:
             images += batch
             loss_sum += loss_value * batch
             elapsed = time.perf_counter() - started
-            self._progress_step(loss_sum / images, images / max(elapsed, 1e-9))
+            self._call_hooks("on_step", steps, loss_sum / images, images / max(elapsed, 1e-9))
             if budget_left is not None and elapsed >= budget_left:
                 partial = steps < len(self.train_loader)
                 break
@@ -1120,7 +1055,7 @@ class Trainer:
         """Per-class IoU, mIoU and pixel accuracy of the current model on a whole split
         (``None``: the validation split), from one confusion matrix."""
         loader = self.val_loader if dataset is None else self._eval_loader(dataset)
-        metrics, _ = _evaluate(
+        metrics, _ = evaluate(
             self.model,
             loader,
             device=self.device,
@@ -1171,7 +1106,7 @@ class Trainer:
         )
         return NonFiniteLossError(message, epoch, self.global_step + 1, terms)
 
-    # -- history, logging, progress ----------------------------------------------------------
+    # -- history and the interrupt message --------------------------------------------------
 
     def _history_record(
         self,
@@ -1208,122 +1143,23 @@ class Trainer:
             handle.write(json.dumps(record) + "\n")
             handle.flush()
 
-    def _console(self) -> Any:
-        from rich.console import Console
-
-        return Console(stderr=True)
-
-    def _log_epoch(self, record: dict[str, Any]) -> None:
-        if not self.cfg.progress:
-            return
-        val = (
-            f"val mIoU {_percent(record['val_miou'])} (best {_percent(record['best_miou'])} "
-            f"@ {record['best_epoch']})"
-            if record["val_miou"] is not None or record["val_per_class_iou"] is not None
-            else "not evaluated"
-        )
-        cut = " [time budget: epoch cut short]" if record["partial"] else ""
-        synthetic = " [synthetic data]" if self.synthetic_data else ""
-        line = (
-            f"epoch {record['epoch']}/{self.cfg.epochs} step {record['step']} "
-            f"loss {record['train_loss']:.4f} {val} {record['images_per_s']:.1f} img/s "
-            f"train {record['train_time_s']:.1f} s{cut}{synthetic}"
-        )
-        console = self._progress.console if self._progress is not None else self._console()
-        console.print(line, markup=False, highlight=False, soft_wrap=True)
-
-    def _progress_display(self) -> Any:
-        """A rich progress bar on a terminal when ``cfg.progress``; otherwise nothing."""
-        from contextlib import nullcontext
-
-        if not self.cfg.progress:
-            return nullcontext()
-        console = self._console()
-        if not console.is_terminal:
-            return nullcontext()
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        self._progress = Progress(
-            TextColumn("epoch {task.fields[epoch]}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"),
-            TextColumn("{task.fields[speed]} img/s"),
-            TextColumn("val mIoU {task.fields[miou]}"),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        )
-        self._progress_task = None
-        trainer = self
-
-        class _Display:
-            def __enter__(self) -> None:
-                trainer._progress.start()
-
-            def __exit__(self, *exc: object) -> None:
-                trainer._progress.stop()
-                trainer._progress = None
-
-        return _Display()
-
-    def _progress_start(self, epoch: int) -> None:
-        if self._progress is None:
-            return
-        fields = {
-            "epoch": f"{epoch}/{self.cfg.epochs}",
-            "loss": "-",
-            "speed": "-",
-            "miou": _percent(self.best_miou if self.history else None),
-        }
-        if self.history and self.history[-1]["val_miou"] is not None:
-            fields["miou"] = _percent(self.history[-1]["val_miou"])
-        if self._progress_task is None:
-            self._progress_task = self._progress.add_task(
-                "train", total=len(self.train_loader), **fields
-            )
-        else:
-            self._progress.reset(self._progress_task, total=len(self.train_loader), **fields)
-
-    def _progress_step(self, loss: float, images_per_s: float) -> None:
-        if self._progress is None:
-            return
-        self._progress.update(
-            self._progress_task, advance=1, loss=f"{loss:.4f}", speed=f"{images_per_s:.1f}"
-        )
-
-    def _report_interrupt(self) -> None:
+    def _interrupt_message(self) -> str:
+        """Which epoch ``last.pt`` holds after an interrupt, and how to resume from it."""
         path = self._last_checkpoint_path()
         if path is None:
-            print(
-                "training interrupted; no out_dir was given, so there is nothing to resume",
-                file=sys.stderr,
-            )
-            return
-        tmp = path.with_name(path.name + ".tmp")
-        if tmp.exists():  # a save that the interrupt cut short; last.pt itself is untouched
-            tmp.unlink()
-        if path.is_file():
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-            print(
-                f"training interrupted in epoch {saved['epoch'] + 1}: {path} holds epoch "
-                f"{saved['epoch']} (step {saved['step']}); run the same command again (or "
-                f"Trainer.fit(resume=True) with out_dir={self.out_dir}) to resume from epoch "
-                f"{saved['epoch'] + 1}",
-                file=sys.stderr,
-            )
-        else:
-            print(
+            return "training interrupted; no out_dir was given, so there is nothing to resume"
+        if not path.is_file():
+            return (
                 f"training interrupted in epoch 1 before any checkpoint; nothing to resume in "
-                f"{self.out_dir}",
-                file=sys.stderr,
+                f"{self.out_dir}"
             )
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        return (
+            f"training interrupted in epoch {saved['epoch'] + 1}: {path} holds epoch "
+            f"{saved['epoch']} (step {saved['step']}); run the same command again (or "
+            f"Trainer.fit(resume=True) with out_dir={self.out_dir}) to resume from epoch "
+            f"{saved['epoch'] + 1}"
+        )
 
     # -- checkpoints -------------------------------------------------------------------------
 
@@ -1331,34 +1167,8 @@ class Trainer:
         return None if self.out_dir is None else self.out_dir / "last.pt"
 
     def checkpoint_state(self) -> dict[str, Any]:
-        """Everything a checkpoint holds (plain data and tensors: loads with weights_only)."""
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.schedule.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "epoch": self.epoch,
-            "step": self.global_step,
-            "train_time_s": self.train_time_s,
-            "images_seen": self.images_seen,
-            "rng": _rng_state(self.loader_generator),
-            "best_miou": self.best_miou,
-            "best_epoch": self.best_epoch,
-            "best_metrics": None if self.best_metrics is None else self.best_metrics.to_dict(),
-            "history": self.history,
-            "stopped_reason": self.stopped_reason,
-            "stop_detail": self.stop_detail,
-            "config": None if self.config is None else config_to_dict(self.config),
-            "arch_hash": None if self.config is None else arch_hash(self.config),
-            "train_config": self.cfg.to_dict(),
-            "data": {"description": self.data_description, "synthetic": self.synthetic_data},
-            "num_classes": self.num_classes,
-            "class_names": None if self.class_names is None else list(self.class_names),
-            "ignore_index": self.ignore_index,
-            "device": str(self.device),
-            "torch_version": str(torch.__version__),
-        }
+        """Everything a checkpoint holds (:func:`jetseg.checkpoint.checkpoint_state`)."""
+        return checkpoint_state(self)
 
     def save_checkpoint(self, kind: str) -> Path | None:
         """Write ``{kind}.pt`` (``"last"`` or ``"best"``) atomically; None without out_dir."""
@@ -1366,9 +1176,7 @@ class Trainer:
             raise ValueError(f"checkpoint kind must be 'last' or 'best', got {kind!r}")
         if self.out_dir is None:
             return None
-        path = self.out_dir / f"{kind}.pt"
-        state = self.checkpoint_state()
-        _atomic_write_bytes(path, lambda handle: torch.save(state, handle))
+        path = save_checkpoint(self.checkpoint_state(), self.out_dir / f"{kind}.pt")
         if kind == "last":
             self._last_saved_epoch = self.epoch
         return path
@@ -1381,50 +1189,18 @@ class Trainer:
             # An old run's files would otherwise be resumed or mixed with this run's.
             for name in ("last.pt", "best.pt", "metrics.jsonl", "last.pt.tmp", "best.pt.tmp"):
                 (self.out_dir / name).unlink(missing_ok=True)
+            # Temporary files of a save that a killed process never finished.
+            for leftover in self.out_dir.glob(".*.pt.*.tmp"):
+                leftover.unlink(missing_ok=True)
 
     def _restore(self, path: Path) -> None:
-        state = _read_checkpoint(path)
-        if self.config is not None and state.get("config") is not None:
-            saved_hash = arch_hash(load_config(state["config"]))
-            if saved_hash != arch_hash(self.config):
-                raise ValueError(
-                    f"{path} was trained with another network (arch_hash {saved_hash}, this one "
-                    f"is {arch_hash(self.config)}); start over with resume=False (--restart) "
-                    f"or use another output directory"
-                )
-        changed = sorted(
-            key
-            for key, value in state["train_config"].items()
-            if key not in RESUMABLE_CHANGES and self.cfg.to_dict().get(key) != value
-        )
-        if changed:
-            warnings.warn(
-                f"resuming {path} with a different TrainConfig ({', '.join(changed)}); the run "
-                f"will not match an uninterrupted one",
-                UserWarning,
-                stacklevel=3,
-            )
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["scheduler"])
-        if state["scaler"]:
-            self.scaler.load_state_dict(state["scaler"])
-        self.epoch = int(state["epoch"])
-        self.global_step = int(state["step"])
-        self.train_time_s = float(state["train_time_s"])
-        self.images_seen = int(state["images_seen"])
-        self.best_miou = float(state["best_miou"])
-        self.best_epoch = int(state["best_epoch"])
-        best = state.get("best_metrics")
-        self.best_metrics = None if best is None else _metrics_from_dict(best)
-        self.history = list(state["history"])
-        _restore_rng_state(state["rng"], self.loader_generator)
+        restore_trainer(self, read_checkpoint(path), path)
         self._last_saved_epoch = self.epoch
         # metrics.jsonl is rewritten from the checkpoint: lines of an epoch that was cut
         # short, or a line lost to a crash between the checkpoint and the log, are made right.
         if self.out_dir is not None:
             text = "".join(json.dumps(record) + "\n" for record in self.history)
-            _atomic_write_text(self.out_dir / "metrics.jsonl", text)
+            atomic_write_text(self.out_dir / "metrics.jsonl", text)
 
     # -- the result --------------------------------------------------------------------------
 
@@ -1452,234 +1228,6 @@ class Trainer:
         )
 
 
-def _metrics_from_dict(data: dict[str, Any]) -> SegMetrics:
-    def number(value: float | None) -> float:
-        return math.nan if value is None else float(value)
-
-    names = data.get("class_names")
-    return SegMetrics(
-        per_class_iou=tuple(number(v) for v in data["per_class_iou"]),
-        miou=number(data["miou"]),
-        pixel_accuracy=number(data["pixel_accuracy"]),
-        class_names=None if names is None else tuple(names),
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# checkpoints from outside the trainer
-
-
-def _read_checkpoint(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for truncated or foreign files
-        raise ValueError(f"cannot read checkpoint {path}: {err}") from err
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(
-            f"{path} is not a JetSeg training checkpoint (expected format {CHECKPOINT_FORMAT!r})"
-        )
-    return state
-
-
-def load_checkpoint(
-    path: str | Path, device: str = "cpu"
-) -> tuple[nn.Module, JetSegConfig, dict[str, Any]]:
-    """Rebuild the network of a checkpoint: ``(model in eval mode, its config, the raw dict)``.
-
-    The raw dict holds everything :meth:`Trainer.checkpoint_state` lists (epoch, history,
-    ``train_config``, ``data``...).
-    """
-    from jetseg.model import build_model
-
-    state = _read_checkpoint(path)
-    if state.get("config") is None:
-        raise ValueError(f"{path} holds no network config; it cannot be rebuilt")
-    config = load_config(state["config"])
-    model = build_model(config)
-    model.load_state_dict(state["model"])
-    model = model.to(resolve_device(device)).eval()
-    return model, config, state
-
-
-def _checkpoint_size(state: dict[str, Any], size: tuple[int, int] | None) -> tuple[int, int] | None:
-    if size is not None:
-        return tuple(size)
-    trained = state.get("train_config", {}).get("size")
-    return None if trained is None else tuple(trained)
-
-
-def evaluate_checkpoint(
-    checkpoint: str | Path,
-    data: str | Path | None,
-    split: str = "val",
-    size: tuple[int, int] | None = None,
-    *,
-    device: str = "auto",
-    batch_size: int = 8,
-) -> EvalMetrics:
-    """Per-class IoU, mIoU and pixel accuracy of a checkpoint on a whole split.
-
-    ``data`` is a CamVid root (any split it holds: train, val, test) or ``None`` /
-    ``"synthetic"`` for the synthetic street scenes (train or val; the returned metrics say
-    that they are synthetic). ``size`` ``None`` evaluates at the size the checkpoint was
-    trained at (the data's own size if it was trained at that).
-    """
-    model, config, state = load_checkpoint(checkpoint, device)
-    size = _checkpoint_size(state, size)
-    if data is None or str(data) == "synthetic":
-        if split not in ("train", "val"):
-            raise ValueError(f"the synthetic data has the splits train and val, not {split!r}")
-        train, val, info = build_datasets(None, size)
-        dataset = val if split == "val" else train
-        description, synthetic = info.description, True
-    else:
-        dataset = CamVid(data, split, transform=build_transforms(False, size))
-        description, synthetic = dataset.description, False
-    if config.num_classes != dataset.num_classes:
-        raise ValueError(
-            f"{checkpoint} predicts {config.num_classes} classes but {description} has "
-            f"{dataset.num_classes}"
-        )
-    torch_device = next(model.parameters()).device
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    metrics, _ = _evaluate(
-        model,
-        loader,
-        device=torch_device,
-        num_classes=config.num_classes,
-        ignore_index=dataset.ignore_index,
-        class_names=dataset.class_names,
-    )
-    return EvalMetrics(
-        per_class_iou=metrics.per_class_iou,
-        miou=metrics.miou,
-        pixel_accuracy=metrics.pixel_accuracy,
-        class_names=metrics.class_names,
-        split=split,
-        frames=len(dataset),
-        data_description=description,
-        synthetic_data=synthetic,
-    )
-
-
-def _read_image(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return np.asarray(image.convert("RGB"))
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f"image {path} does not exist") from err
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
-        raise ValueError(f"cannot read image {path}: {err}") from err
-
-
-def _check_images(paths: Sequence[Path]) -> None:
-    """Fail before writing anything: every image exists, is readable, names are unique."""
-    from PIL import Image, UnidentifiedImageError
-
-    stems: dict[str, Path] = {}
-    for path in paths:
-        if not path.is_file():
-            raise FileNotFoundError(f"image {path} does not exist")
-        try:
-            with Image.open(path) as image:
-                image.verify()
-        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
-            raise ValueError(f"cannot read image {path}: {err}") from err
-        if path.stem in stems:
-            raise ValueError(
-                f"images {stems[path.stem]} and {path} would write the same output files "
-                f"({path.stem}_mask.png); rename one"
-            )
-        stems[path.stem] = path
-
-
-@torch.no_grad()
-def predict_images(
-    checkpoint: str | Path,
-    images: Sequence[str | Path],
-    out_dir: str | Path,
-    size: tuple[int, int] | None = None,
-    *,
-    device: str = "auto",
-) -> list[Path]:
-    """Colour masks and overlays for images: writes ``NAME_mask.png`` and ``NAME_overlay.png``.
-
-    Each image is fed at ``size`` (``None``: its own size) and the prediction is resized back,
-    so the mask always matches the image. Masks use the CamVid colours. Every image is checked
-    before anything is written; a missing or unreadable one raises naming it.
-    """
-    paths = [Path(p) for p in images]
-    if not paths:
-        raise ValueError("no images given")
-    _check_images(paths)
-    model, config, _ = load_checkpoint(checkpoint, device)
-    if config.num_classes > NUM_CLASSES:
-        raise ValueError(
-            f"{checkpoint} predicts {config.num_classes} classes; the colour masks use the "
-            f"{NUM_CLASSES}-class CamVid palette"
-        )
-    torch_device = next(model.parameters()).device
-    transform = build_transforms(False, size)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    from PIL import Image
-
-    for path in paths:
-        rgb = _read_image(path)
-        height, width = rgb.shape[:2]
-        tensor, _ = transform(rgb, np.zeros((height, width), dtype=np.uint8))
-        logits = model(tensor.unsqueeze(0).to(torch_device))  # (1, C, h, w)
-        if logits.shape[-2:] != (height, width):
-            logits = F.interpolate(
-                logits, size=(height, width), mode="bilinear", align_corners=False
-            )
-        prediction = logits.argmax(dim=1)[0].cpu().numpy().astype(np.uint8)  # (H, W)
-        mask_path = out / f"{path.stem}_mask.png"
-        overlay_path = out / f"{path.stem}_overlay.png"
-        Image.fromarray(colorize(prediction)).save(mask_path)
-        Image.fromarray(overlay(rgb, prediction)).save(overlay_path)
-        written += [mask_path, overlay_path]
-    return written
-
-
-@torch.no_grad()
-def write_overlays(
-    model: nn.Module, dataset: Dataset, out_dir: str | Path, count: int
-) -> list[Path]:
-    """PNG panels ``image | ground truth | prediction`` (CamVid colours) of the first frames."""
-    from PIL import Image
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    written = []
-    try:
-        for index in range(min(count, len(dataset))):
-            image, label = dataset[index]
-            logits = model(image.unsqueeze(0).to(device))  # (1, C, H, W)
-            prediction = logits.argmax(dim=1)[0].cpu().numpy().astype(np.uint8)
-            panels = [
-                to_uint8_image(image),
-                colorize(label.numpy().astype(np.uint8)),
-                colorize(prediction),
-            ]
-            path = out / f"{_frame_name(dataset, index)}.png"
-            Image.fromarray(np.concatenate(panels, axis=1)).save(path)  # (H, 3W, 3)
-            written.append(path)
-    finally:
-        model.train(was_training)
-    return written
-
-
 # ---------------------------------------------------------------------------------------------
 # the whole run
 
@@ -1691,6 +1239,7 @@ def run_training(
     train_cfg: TrainConfig,
     resume: bool = True,
     callbacks: Sequence[Callable[[EpochReport], None]] = (),
+    hooks: Sequence[TrainHooks] | None = None,
 ) -> TrainResult:
     """Train ``config`` on ``data`` and leave a complete run directory in ``out_dir``.
 
@@ -1698,10 +1247,12 @@ def run_training(
     summary, every ``metrics.jsonl`` line and ``run.json`` say so. The loss is weighted with
     Cui et al.'s class weights from the training split's pixel counts. What is written is
     listed in the module docstring. An existing run in ``out_dir`` is resumed (``resume``).
-    Exceptions from callbacks propagate as in :meth:`Trainer.fit`.
+    Exceptions from callbacks propagate as in :meth:`Trainer.fit`; ``hooks`` are the
+    Trainer's (``None``: the display or not, as ``train_cfg.progress`` says).
     """
     from jetseg.export import export_onnx
     from jetseg.model import build_model
+    from jetseg.predict import write_overlays  # jetseg.predict builds on this module
 
     if not isinstance(config, JetSegConfig):
         raise TypeError(f"config must be a JetSegConfig, got {type(config).__name__}")
@@ -1732,9 +1283,7 @@ def run_training(
     _seed_everything(cfg.seed)  # the initial weights depend on the seed only
     model = build_model(config)
     save_config(config, out_dir / "config.yaml")
-    _atomic_write_text(
-        out_dir / "train_config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-    )
+    atomic_write_text(out_dir / "train_config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     trainer = Trainer(
         model,
         train_set,
@@ -1744,12 +1293,13 @@ def run_training(
         class_weights=class_weights,
         callbacks=callbacks,
         data_info=info,
+        hooks=hooks,
     )
     result = trainer.fit(resume=resume)
 
     # The deliverables come from the best epoch, on a fresh CPU copy of the network.
     best_model = build_model(config)
-    best_model.load_state_dict(_read_checkpoint(out_dir / "best.pt")["model"])
+    best_model.load_state_dict(read_checkpoint(out_dir / "best.pt")["model"])
     best_model.eval()
     frame_size = tuple(val_set[0][0].shape[-2:])
     files = ["config.yaml", "train_config.yaml", "metrics.jsonl", "best.pt", "last.pt"]
@@ -1794,5 +1344,5 @@ def run_training(
             "trained and evaluated on synthetic street scenes (procedurally generated, not real "
             "data); pass a CamVid root for real results"
         )
-    _atomic_write_text(out_dir / "run.json", json.dumps(run, indent=2) + "\n")
+    atomic_write_text(out_dir / "run.json", json.dumps(run, indent=2) + "\n")
     return result

@@ -23,10 +23,6 @@ from pathlib import Path
 
 from jetseg.data.camvid import (
     CAMVID32_TO_11,
-    CAMVID_CLASSES,
-    CAMVID_PALETTE,
-    IGNORE_INDEX,
-    NUM_CLASSES,
     CamVid,
     DataError,
     SegmentationDataset,
@@ -36,6 +32,7 @@ from jetseg.data.camvid import (
     overlay,
     sequence_of,
 )
+from jetseg.data.classes import CAMVID_CLASSES, CAMVID_PALETTE, IGNORE_INDEX, NUM_CLASSES
 from jetseg.data.synthetic import SyntheticStreets, render_street_scene
 from jetseg.data.transforms import (
     IMAGENET_MEAN,

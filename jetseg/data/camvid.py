@@ -40,41 +40,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-CAMVID_CLASSES: tuple[str, ...] = (
-    "Sky",
-    "Building",
-    "Pole",
-    "Road",
-    "Sidewalk",
-    "Tree",
-    "SignSymbol",
-    "Fence",
-    "Car",
-    "Pedestrian",
-    "Bicyclist",
-)
-NUM_CLASSES = len(CAMVID_CLASSES)
-IGNORE_INDEX = NUM_CLASSES  # void: ignored by the loss and the metrics
-
-# The SegNet CamVid colours, row i for class i, last row void.
-CAMVID_PALETTE = np.array(
-    [
-        (128, 128, 128),  # Sky
-        (128, 0, 0),  # Building
-        (192, 192, 128),  # Pole
-        (128, 64, 128),  # Road
-        (60, 40, 222),  # Sidewalk
-        (128, 128, 0),  # Tree
-        (192, 128, 128),  # SignSymbol
-        (64, 64, 128),  # Fence
-        (64, 0, 128),  # Car
-        (64, 64, 0),  # Pedestrian
-        (0, 128, 192),  # Bicyclist
-        (0, 0, 0),  # Void
-    ],
-    dtype=np.uint8,
-)
-CAMVID_PALETTE.setflags(write=False)
+from jetseg.data.classes import CAMVID_CLASSES, CAMVID_PALETTE, IGNORE_INDEX, NUM_CLASSES
 
 # The standard merge of the original 32 classes onto the 11 (Brostow et al. -> SegNet).
 # Every name not listed here, Void included, becomes void.

@@ -27,7 +27,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from jetseg.data.camvid import CAMVID_CLASSES, IGNORE_INDEX, PairTransform, SegmentationDataset
+from jetseg.data.camvid import PairTransform, SegmentationDataset
+from jetseg.data.classes import CAMVID_CLASSES, IGNORE_INDEX
 
 (SKY, BUILDING, POLE, ROAD, SIDEWALK, TREE, SIGN, FENCE, CAR, PEDESTRIAN, BICYCLIST) = range(
     len(CAMVID_CLASSES)

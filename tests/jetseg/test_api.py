@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import re
 import subprocess
 import sys
@@ -22,15 +23,15 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 PRESETS_DIR = REPO_ROOT / "jetseg" / "presets"
 
 
-def run_python(code: str, *flags: str) -> str:
-    """Run ``code`` in a fresh interpreter that imports this checkout; its stdout."""
+def run_python(code: str, *flags: str, root: Path = REPO_ROOT) -> str:
+    """Run ``code`` in a fresh interpreter that imports the checkout at ``root``; its stdout."""
     done = subprocess.run(
         [sys.executable, *flags, "-c", code],
         capture_output=True,
         text=True,
         timeout=120,
-        cwd=REPO_ROOT,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
@@ -104,9 +105,12 @@ def test_version_comes_from_the_installed_distribution():
     assert re.fullmatch(r"\d+\.\d+(\.\d+)?\S*", jetseg.__version__)
 
 
-def test_version_falls_back_to_pyproject_when_not_installed():
-    # -S leaves site-packages off sys.path: the distribution's metadata (and torch, yaml, onnx)
-    # cannot be found, only this checkout through PYTHONPATH.
+def test_version_falls_back_to_pyproject_when_not_installed(tmp_path):
+    # A copy of the sources without the *.egg-info an editable install leaves in the checkout,
+    # and -S to leave site-packages off sys.path: no distribution metadata can be found.
+    for name in ("jetseg", "jetsearch"):
+        shutil.copytree(REPO_ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("*.pyc"))
+    shutil.copy(REPO_ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     out = run_python(
         "from importlib import metadata\n"
         "try:\n"
@@ -117,6 +121,7 @@ def test_version_falls_back_to_pyproject_when_not_installed():
         "import jetseg, jetsearch, json\n"
         "print(json.dumps([installed, jetseg.__version__, jetsearch.__version__]))",
         "-S",
+        root=tmp_path,
     )
     installed, jetseg_version, jetsearch_version = json.loads(out)
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+

@@ -1,4 +1,4 @@
-"""The trainer: it learns, resumes exactly, stops when told, fails loudly, writes a whole run."""
+"""The trainer: it learns, stops when told, fails loudly, writes a whole run."""
 
 from __future__ import annotations
 
@@ -11,93 +11,27 @@ import optuna
 import pytest
 import torch
 import yaml
-from jetseg_cases import TINY_CONFIG
 from PIL import Image
-from real_data import camvid_root
-from rich.console import Console
-from torch.utils.data import Dataset
+from train_cases import CAMVID_ROOT, SIZE, FlakyDataset, make_trainer, synthetic_data, tiny_config
+from train_cases import synthetic_run as train_synthetic_run
 
+from jetseg.checkpoint import load_checkpoint
 from jetseg.config import arch_hash, load_config
-from jetseg.data import build_datasets
-from jetseg.loss import LOSS_NAMES, cui_class_weights
-from jetseg.model import build_model
+from jetseg.loss import LOSS_NAMES
 from jetseg.train import (
-    TIMING_KEYS,
     EpochReport,
-    EvalMetrics,
     NonFiniteLossError,
-    StopTraining,
     TrainConfig,
     TrainConfigError,
-    Trainer,
     WarmupDecaySchedule,
-    evaluate_checkpoint,
-    load_checkpoint,
-    metrics_table,
-    predict_images,
     run_training,
 )
-
-CAMVID_ROOT = camvid_root()
-SIZE = (48, 64)
-
-
-def tiny_config():
-    return load_config(TINY_CONFIG)
 
 
 @pytest.fixture(scope="module")
 def data():
     """16 training and 4 validation synthetic frames at 48x64, with their class weights."""
-    train, val, info = build_datasets(None, SIZE, synthetic_images=(16, 4))
-    weights = cui_class_weights(train.class_pixel_counts())
-    return train, val, info, weights
-
-
-def make_trainer(data, out_dir, *, train_set=None, callbacks=(), **overrides):
-    train, val, info, weights = data
-    settings = dict(epochs=2, batch_size=4, lr=1e-2, warmup_epochs=0.5, progress=False)
-    settings.update(overrides)
-    torch.manual_seed(0)  # same initial weights for every trainer built here
-    return Trainer(
-        build_model(tiny_config()),
-        train if train_set is None else train_set,
-        val,
-        TrainConfig(**settings),
-        out_dir,
-        class_weights=weights,
-        callbacks=callbacks,
-        data_info=info,
-    )
-
-
-def without_timings(history):
-    return [{k: v for k, v in record.items() if k not in TIMING_KEYS} for record in history]
-
-
-def assert_same_weights(model_a, model_b):
-    state_b = model_b.state_dict()
-    for name, tensor in model_a.state_dict().items():
-        assert torch.allclose(tensor.float(), state_b[name].float(), atol=1e-6, rtol=0), name
-
-
-class FlakyDataset(Dataset):
-    """The wrapped frames, except that item access number ``fail_at`` (1-based) misbehaves."""
-
-    def __init__(self, base, fail_at, failure):
-        self.base, self.fail_at, self.failure, self.calls = base, fail_at, failure, 0
-
-    def __len__(self):
-        return len(self.base)
-
-    def __getitem__(self, index):
-        self.calls += 1
-        image, label = self.base[index]
-        if self.calls >= self.fail_at:
-            if self.failure == "interrupt":
-                raise KeyboardInterrupt
-            image = torch.full_like(image, math.nan)
-        return image, label
+    return synthetic_data()
 
 
 @pytest.fixture(scope="module")
@@ -195,86 +129,6 @@ def test_evaluate_counts_the_whole_split_in_one_matrix(data, uninterrupted):
 
 
 # ---------------------------------------------------------------------------------------------
-# resuming
-
-
-def test_resume_after_a_stop_equals_an_uninterrupted_run(data, uninterrupted, tmp_path):
-    reference, reference_result = uninterrupted
-
-    def stop_after_first_epoch(report: EpochReport) -> None:
-        if report.epoch == 1:
-            raise StopTraining("pause")
-
-    first = make_trainer(data, tmp_path, callbacks=[stop_after_first_epoch]).fit()
-    assert first.stopped_reason == "callback" and first.stop_detail == "pause"
-    assert first.epochs_done == 1 and first.steps == 4
-
-    resumed_trainer = make_trainer(data, tmp_path)
-    resumed = resumed_trainer.fit(resume=True)
-    assert resumed.epochs_done == 2 and resumed.steps == reference_result.steps == 8
-    assert resumed.stopped_reason == "epochs"
-    assert_same_weights(resumed_trainer.model, reference.model)
-    assert without_timings(resumed.history) == without_timings(reference_result.history)
-    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
-
-
-def test_keyboard_interrupt_mid_epoch_keeps_the_previous_epoch(
-    data, uninterrupted, tmp_path, capsys
-):
-    reference, reference_result = uninterrupted
-    train = data[0]
-    # 16 frames per epoch: access 22 is in the second batch of epoch 2.
-    flaky = FlakyDataset(train, fail_at=22, failure="interrupt")
-    with pytest.raises(KeyboardInterrupt):
-        make_trainer(data, tmp_path, train_set=flaky).fit()
-    message = capsys.readouterr().err
-    assert "interrupted in epoch 2" in message and "holds epoch 1 (step 4)" in message
-    assert "resume" in message
-    saved = torch.load(tmp_path / "last.pt", weights_only=True)
-    assert saved["epoch"] == 1 and saved["step"] == 4
-    assert not (tmp_path / "last.pt.tmp").exists()
-
-    resumed_trainer = make_trainer(data, tmp_path)
-    resumed = resumed_trainer.fit(resume=True)
-    assert_same_weights(resumed_trainer.model, reference.model)
-    assert without_timings(resumed.history) == without_timings(reference_result.history)
-
-
-def test_keyboard_interrupt_from_a_callback_leaves_a_resumable_checkpoint(
-    data, uninterrupted, tmp_path, capsys
-):
-    reference, _ = uninterrupted
-
-    def interrupt(report: EpochReport) -> None:
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        make_trainer(data, tmp_path, callbacks=[interrupt]).fit()
-    assert "holds epoch 1" in capsys.readouterr().err
-    model, config, state = load_checkpoint(tmp_path / "last.pt")
-    assert state["epoch"] == 1 and config == tiny_config()
-
-    resumed_trainer = make_trainer(data, tmp_path)
-    assert resumed_trainer.fit().epochs_done == 2
-    assert_same_weights(resumed_trainer.model, reference.model)
-
-
-def test_resume_refuses_a_checkpoint_of_another_network(data, uninterrupted, tmp_path):
-    make_trainer(data, tmp_path, epochs=1).fit()
-    other = load_config({**TINY_CONFIG, "decoder": {**TINY_CONFIG["decoder"], "out_width": 16}})
-    train, val, info, weights = data
-    trainer = Trainer(
-        build_model(other), train, val, TrainConfig(epochs=2, progress=False), tmp_path
-    )
-    with pytest.raises(ValueError, match="another network .*resume=False"):
-        trainer.fit(resume=True)
-    # Starting over is allowed and replaces the old run.
-    assert trainer.fit(resume=False).epochs_done == 2
-    assert torch.load(tmp_path / "last.pt", weights_only=True)["arch_hash"] == arch_hash(other)
-
-
-# ---------------------------------------------------------------------------------------------
 # stopping
 
 
@@ -338,24 +192,13 @@ def test_eval_every_skips_evaluations_but_always_evaluates_the_last_epoch(data):
 
 
 # ---------------------------------------------------------------------------------------------
-# the whole run, checkpoints, predictions
+# the whole run
 
 
 @pytest.fixture(scope="module")
 def synthetic_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    cfg = TrainConfig(
-        epochs=2,
-        batch_size=4,
-        lr=1e-2,
-        size=SIZE,
-        max_train_images=16,
-        max_val_images=4,
-        overlays=2,
-        progress=False,
-    )
-    result = run_training(tiny_config(), data=None, out_dir=out, train_cfg=cfg)
-    return out, cfg, result
+    """A whole run_training directory: two epochs of the tiny network on synthetic frames."""
+    return train_synthetic_run(tmp_path_factory.mktemp("run"))
 
 
 def test_run_training_writes_every_file(synthetic_run):
@@ -426,60 +269,11 @@ def test_best_onnx_matches_the_best_checkpoint_in_onnxruntime(synthetic_run):
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
-def test_summary_and_tables_state_synthetic_data(synthetic_run):
-    out, _, result = synthetic_run
-    console = Console(width=140, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
-    console.print(result.summary())
-    text = console.export_text()
-    assert "SYNTHETIC DATA" in text and "Sky" in text and "mIoU" in text
-    assert f"{100 * result.best_miou:.2f}%" in text
-
-    metrics = evaluate_checkpoint(out / "best.pt", None, "val")
-    assert isinstance(metrics, EvalMetrics) and metrics.synthetic_data
-    assert metrics.frames == 16 and len(metrics.per_class_iou) == 11  # the default val split
-    console.print(metrics_table(metrics, title="best.pt on val"))
-    assert "SYNTHETIC DATA" in console.export_text()
-
-
 def test_run_training_resumes_a_finished_run_without_training_again(synthetic_run):
     out, cfg, result = synthetic_run
     again = run_training(tiny_config(), data=None, out_dir=out, train_cfg=cfg)
     assert again.steps == result.steps and again.epochs_done == 2
     assert again.best_miou == result.best_miou and again.stopped_reason == "epochs"
-
-
-def test_predict_images_writes_mask_and_overlay_of_the_image_size(synthetic_run, tmp_path):
-    out, _, _ = synthetic_run
-    frame = np.random.default_rng(0).integers(0, 255, (37, 53, 3), dtype=np.uint8)
-    Image.fromarray(frame).save(tmp_path / "street.png")
-    written = predict_images(
-        out / "best.pt", [tmp_path / "street.png"], tmp_path / "pred", size=SIZE
-    )
-    assert [p.name for p in written] == ["street_mask.png", "street_overlay.png"]
-    for path in written:
-        with Image.open(path) as image:
-            assert image.size == (53, 37)
-
-
-def test_predict_images_names_a_missing_or_unreadable_image(synthetic_run, tmp_path):
-    out, _, _ = synthetic_run
-    with pytest.raises(FileNotFoundError, match="image .*nowhere.png does not exist"):
-        predict_images(out / "best.pt", [tmp_path / "nowhere.png"], tmp_path / "pred")
-    (tmp_path / "notes.png").write_text("not an image")
-    with pytest.raises(ValueError, match="cannot read image .*notes.png"):
-        predict_images(out / "best.pt", [tmp_path / "notes.png"], tmp_path / "pred")
-    assert not (tmp_path / "pred").exists()  # nothing is written before every image is checked
-
-
-def test_load_checkpoint_rejects_files_that_are_not_checkpoints(tmp_path):
-    with pytest.raises(FileNotFoundError, match="checkpoint .*missing.pt does not exist"):
-        load_checkpoint(tmp_path / "missing.pt")
-    torch.save({"weights": torch.zeros(1)}, tmp_path / "foreign.pt")
-    with pytest.raises(ValueError, match="not a JetSeg training checkpoint"):
-        load_checkpoint(tmp_path / "foreign.pt")
-    (tmp_path / "garbage.pt").write_bytes(b"\x00" * 10)
-    with pytest.raises(ValueError, match="cannot read checkpoint"):
-        load_checkpoint(tmp_path / "garbage.pt")
 
 
 # ---------------------------------------------------------------------------------------------

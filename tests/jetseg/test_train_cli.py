@@ -11,7 +11,7 @@ from jetseg_cases import TINY_CONFIG
 from PIL import Image
 
 from jetsearch.cli import EXIT_OK, main
-from jetseg.train import evaluate_checkpoint
+from jetseg.predict import evaluate_checkpoint
 
 
 def test_train_then_eval_then_predict_through_the_cli(tmp_path, capsys):

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from real_data import camvid_root
 
 from jetseg.data import DataError, build_datasets, build_holdout, known_sequences, sequence_of
 
-REAL_CAMVID = Path(
-    os.environ.get("JETSEARCH_CAMVID")
-    or Path(__file__).resolve().parents[3].parent / "shared" / "camvid"
-)
+REAL_CAMVID = camvid_root()
 
 
 def make_root(root: Path, frames: dict[str, list[str]]) -> Path:

@@ -1,0 +1,164 @@
+"""The ``jetsearch`` console script: shared pieces here, one module per command group.
+
+``model`` (:mod:`jetsearch.cli.model`); ``train``, ``eval``, ``predict``
+(:mod:`jetsearch.cli.train`); ``study``, ``show``, ``export``, ``dashboard``
+(:mod:`jetsearch.cli.study`); ``worker`` (:mod:`jetsearch.cli.worker`); ``latency``
+(:mod:`jetsearch.latency.commands`). Each module's ``add_parsers(subparsers)`` registers its
+commands, each command's ``func`` takes the parsed arguments and returns the exit code.
+
+Examples::
+
+    jetsearch model show nano --size 360x480
+    jetsearch model count agx --size 512x512 --layers
+    jetsearch model export nano -o nano.onnx
+    jetsearch train --config nano --epochs 5 --out runs/nano
+    jetsearch eval --checkpoint runs/nano/best.pt --data ../shared/camvid
+    jetsearch predict --checkpoint runs/nano/best.pt frame.png -o predictions/
+    jetsearch study --target agx --trials 200 --workers http://agx:8765
+    jetsearch export --study agx --pick knee -o agx-knee.yaml
+    jetsearch worker --target agx --port 8765 --token-file token.txt
+
+Exit codes: 0 success, 1 the work failed, 2 bad arguments or bad input files, 130 interrupted.
+Set JETSEARCH_DEBUG=1 to see tracebacks for input errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageError(Exception):
+    """Bad arguments or input files: reported in one line, exit code 2."""
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``HxW`` (e.g. ``360x480``) as a pair of positive ints."""
+    parts = text.lower().replace("*", "x").split("x")
+    try:
+        h, w = (int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"size must look like HxW (e.g. 360x480), got {text!r}"
+        ) from None
+    if h < 16 or w < 16 or h > 8192 or w > 8192:
+        raise argparse.ArgumentTypeError(f"size {h}x{w} is out of range (16 to 8192 per side)")
+    return h, w
+
+
+def console():
+    """A ``rich.console.Console`` on stdout; in pipes and logs wide enough that tables never
+    wrap."""
+    from rich.console import Console
+
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=140)
+    return out
+
+
+_console = console  # the name jetsearch.latency.commands imports
+
+
+def load_network_config(name_or_path: str):
+    """A preset or a config YAML; a missing or invalid one is a :class:`UsageError`."""
+    from jetseg.config import ConfigError, load_config
+
+    try:
+        return load_config(name_or_path)
+    except FileNotFoundError as err:
+        raise UsageError(str(err)) from None
+    except ConfigError as err:
+        raise UsageError(str(err)) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# options that several commands share (parent parsers, as Optuna's cli.py has them)
+
+
+def data_parent() -> argparse.ArgumentParser:
+    """``--data``: the CamVid root of ``train`` and ``eval``."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--data", help="CamVid root (default: the built-in synthetic street scenes)"
+    )
+    return parent
+
+
+def checkpoint_parent() -> argparse.ArgumentParser:
+    """``--checkpoint``: the trained network of ``eval`` and ``predict``."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--checkpoint", required=True, help="a best.pt or last.pt that jetsearch train wrote"
+    )
+    return parent
+
+
+def study_parent() -> argparse.ArgumentParser:
+    """``--study`` and ``--storage``: the stored study of ``show`` and ``export``."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--study", required=True, help="study name")
+    parent.add_argument("--storage", help="storage of the study (default jetsearch-studies.log)")
+    return parent
+
+
+# ---------------------------------------------------------------------------------------------
+# the parser and the entry point
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole ``jetsearch`` parser, every command group registered."""
+    # Imported here: the command modules import the shared pieces above from this package.
+    from jetsearch.cli import model, study, train, worker
+    from jetsearch.latency.commands import add_latency_parser
+
+    parser = argparse.ArgumentParser(
+        prog="jetsearch",
+        description="Hardware-aware architecture search for JetSeg segmentation networks.",
+        epilog=__doc__.split("Examples::", 1)[1].split("Exit codes")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    model.add_parsers(sub)
+    train.add_parsers(sub)
+    study.add_parsers(sub)
+    worker.add_parsers(sub)
+    add_latency_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``jetsearch`` command; returns its exit code (see the module docstring)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "passthrough", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        if getattr(args, "passthrough", False):
+            return args.func(args, extra)
+        return args.func(args)
+    except UsageError as err:
+        print(f"jetsearch {args.command}: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except (FileNotFoundError, ValueError) as err:
+        # Bad input (a config, a data folder, an image, a checkpoint): one clear message, no
+        # traceback; JETSEARCH_DEBUG=1 shows the traceback.
+        if os.environ.get("JETSEARCH_DEBUG"):
+            raise
+        print(f"jetsearch {args.command}: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"jetsearch {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:
+        from jetsearch.latency.base import LatencyError
+
+        if not isinstance(err, LatencyError) or os.environ.get("JETSEARCH_DEBUG"):
+            raise
+        print(f"jetsearch {args.command}: latency measurement failed: {err}", file=sys.stderr)
+        return EXIT_FAILED

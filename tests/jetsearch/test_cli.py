@@ -1,0 +1,79 @@
+"""The ``jetsearch`` parser: every command group registered, shared options, exit codes."""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+
+import pytest
+
+from jetsearch.cli import EXIT_USAGE, build_parser, main
+
+COMMANDS = (
+    "model",
+    "train",
+    "eval",
+    "predict",
+    "study",
+    "show",
+    "export",
+    "dashboard",
+    "worker",
+    "latency",
+)
+
+
+def _subparsers(parser):
+    (action,) = [a for a in parser._actions if a.dest == "command"]
+    return action.choices
+
+
+def test_every_command_is_registered_in_order():
+    assert tuple(_subparsers(build_parser())) == COMMANDS
+
+
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c != "worker"])
+def test_every_command_prints_its_help(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: jetsearch {command}")
+
+
+def test_shared_options_mean_the_same_in_every_command():
+    commands = _subparsers(build_parser())
+
+    def option(command, flag):
+        (action,) = [a for a in commands[command]._actions if flag in a.option_strings]
+        return action.help, action.required, action.default
+
+    assert option("train", "--data") == option("eval", "--data")
+    assert option("eval", "--checkpoint") == option("predict", "--checkpoint")
+    assert option("eval", "--checkpoint")[1] is True
+    assert option("show", "--study") == option("export", "--study")
+    assert option("show", "--storage") == option("export", "--storage")
+
+
+def test_bad_arguments_exit_2_naming_the_problem(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["train"])
+    assert done.value.code == EXIT_USAGE
+    assert "--config" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as done:
+        main(["model", "show", "nano", "--size", "3x3"])
+    assert done.value.code == EXIT_USAGE
+    assert "out of range" in capsys.readouterr().err
+    assert main(["model", "show", "no-such-preset"]) == EXIT_USAGE
+    assert "jetsearch model:" in capsys.readouterr().err
+
+
+def test_the_console_script_runs_this_main():
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "jetsearch"]
+    assert script.value == "jetsearch.cli:main"
+    assert script.load() is main
+
+
+def test_the_latency_commands_find_the_shared_pieces():
+    from jetsearch import cli
+    from jetsearch.latency import commands
+
+    assert commands.parse_size is cli.parse_size and commands._console is cli.console
