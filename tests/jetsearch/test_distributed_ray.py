@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import threading
+import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -21,6 +24,7 @@ from jetsearch.distributed import (
     RAY_NAMESPACE,
     RAY_USER_ATTRS,
     experiment_dir,
+    heartbeat,
     import_ray,
     latency_service_name,
     portable_spec,
@@ -260,6 +264,31 @@ def test_trials_of_a_stopped_driver_are_failed_and_queued_again(tmp_path: Path) 
     # The queued copy is what the next ask() runs, with the same parameters.
     assert study.ask(distributions).params == retry.params
     assert requeue_interrupted(storage, "orphans", "host:/ray/a") == []
+
+
+def test_heartbeat_beats_while_the_trial_runs_and_stops_after(tmp_path: Path) -> None:
+    # A real RDB storage with a 1 s heartbeat: a beating trial is live; once the beats stop,
+    # the grace period over, any process of the study fails it.
+    url = f"sqlite:///{tmp_path / 'beats.db'}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used")
+        storage = optuna.storages.RDBStorage(url, heartbeat_interval=1, grace_period=2)
+        study = optuna.create_study(storage=storage, study_name="beats")
+        trial_id = trial_id_of(storage, "beats", study.ask().number)
+        with heartbeat(storage, trial_id):
+            time.sleep(3.5)
+            optuna.storages.fail_stale_trials(study)
+            assert study.trials[0].state == optuna.trial.TrialState.RUNNING
+        time.sleep(3.5)
+        optuna.storages.fail_stale_trials(study)
+    assert study.trials[0].state == FAIL
+    # A journal file has no heartbeat: nothing beats, nothing fails.
+    journal = open_storage(str(tmp_path / "s.log"))
+    study = optuna.create_study(storage=journal, study_name="quiet")
+    threads = threading.active_count()
+    with heartbeat(journal, trial_id_of(journal, "quiet", study.ask().number)):
+        assert threading.active_count() == threads
 
 
 def test_fault_injection_rejects_unknown_kinds() -> None:
