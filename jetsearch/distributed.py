@@ -1,47 +1,34 @@
 """Ray Tune backend: a study's trials run as Ray Tune trials, on this machine or a Ray cluster.
 
-:func:`run_study_ray` runs the same study as :func:`jetsearch.study.run_study`: the same space,
-objective, latency providers, stored attributes and Optuna storage. Ray Tune only schedules::
+:func:`run_study_ray` runs the same study as :func:`jetsearch.study.run_study` (same space,
+objective, latency providers, stored attributes and Optuna storage); Ray Tune only schedules::
 
-    driver (jetsearch study --backend ray)            Ray workers, one process per trial
-    ----------------------------------------------    ------------------------------------------
-    StudySearch: Ray's OptunaSearch on the study's    ray_trial: opens the same storage, runs
-      own storage and sampler; asks the Optuna    ->    jetsearch.study.Objective on that Optuna
-      trial and hands its id to the Ray trial           trial, tells the result to the storage
-    scheduler: FIFO (pareto mode), or ASHA on the     LatencyService: one Ray actor per target,
-      per-epoch val mIoU (budget mode)                  every latency measurement one at a time
-    StudyRecorder: what only the driver sees (a
-      trial whose worker died, a scheduler stop)
-      -> FAIL / PRUNED with the reason
+    driver (jetsearch study --backend ray)          Ray workers, one process per running trial
+    StudySearcher: study.ask() with the study's     run_ray_trial: reopens that Optuna trial,
+      sampler, samples the space on it, hands   ->    runs jetsearch.study.Objective on it and
+      the trial number to a new Ray trial             study.tell()s the result
+    scheduler: FIFO (pareto), ASHA (budget mode)    LatencyService: one Ray actor per target,
+    StudyRecorder: a worker that died, ASHA stops     measuring one network at a time
 
-Every Ray trial *is* an Optuna trial of the study, asked from the study's sampler and run by the
-same ``Objective``, so optuna-dashboard and ``jetsearch show`` list Ray-run trials exactly like
-local ones. A Ray-run trial stores three more user attributes (:data:`RAY_USER_ATTRS`): the Ray
-trial id, the host that ran it and the attempt number.
+Why a Tune ``Searcher`` over Optuna's ask-and-tell rather than Ray tasks each running the
+study's worker loop: Tune keeps doing what it is for (per-trial CPU/GPU reservations, rerunning a
+dead worker's trial on the *same* Optuna trial, ASHA between epochs, ``Tuner.restore`` for
+``--resume``) and one sampler in the driver sees every trial as it is asked, as in the local
+backend; worker loops would each sample alone and need hand-made retries and scheduling. Only
+public APIs are used: ``study.ask`` / ``study.tell``, ``optuna.trial.Trial(study, trial_id)``
+(how ``ask`` builds a trial; the worker reopens the asked one), the storage's own methods for
+trial ids, attributes and heartbeats, a pruner (consulted after each ``trial.report``) that
+forwards every epoch to ``tune.report``; Ray's ``Searcher``, ``Callback``, ``Tuner``.
 
-When something fails:
-
-* an exception inside a trial (a network that cannot train, a latency provider that refuses it)
-  fails that Optuna trial with ``failure_reason`` and the study goes on, as in the local backend;
-* a worker process or a node that dies mid-trial: Tune runs the trial again on the same Optuna
-  trial, up to ``max_failures`` times, then it is failed with the Ray error as its reason;
-* the driver dies or is interrupted: the trials it had in flight can no longer finish. The next
-  run of the same experiment (same host and experiment directory) fails them with
-  ``failure_reason`` and queues their parameters again (:func:`requeue_interrupted`), so each
-  runs once more as a new trial; an interrupted driver does this itself before it returns.
-  ``resume=True`` also restores Tune's own experiment (``Tuner.restore``: its trial history and
-  the searcher's state); without it a new Tune experiment continues the study from its storage.
-  On PostgreSQL, trials whose heartbeats stop are failed and queued again by any process of the
-  study once the grace period is over, whichever backend it runs.
-
-The run stops once the study holds ``trials`` finished (complete or pruned) trials, counting those
-of every process; after ``timeout_s`` no new trial starts; a run whose failures outnumber the
-trials it was asked for stops instead of failing forever.
-
-``JETSEARCH_RAY_FAULTS`` injects failures to test all this: ``raise:N`` makes Optuna trial N raise
-inside its Ray worker, ``exit:N`` kills the worker process of trial N on its first attempt (as a
-dying node would), ``exit-always:N`` on every attempt. Comma-separate several; never set it in a
-real study.
+A Ray-run trial stores three more user attributes than a local one (:data:`RAY_USER_ATTRS`).
+When something fails: a trial that raises is FAILED with ``failure_reason`` and the study goes
+on; a worker process or node that dies is rerun on the same Optuna trial up to ``max_failures``
+times, then FAILED with the Ray error; the trials in flight of a driver that died or was stopped
+are FAILED and queued again by the next run of the same experiment, or by the driver itself
+(:func:`requeue_interrupted`). On PostgreSQL workers beat a heartbeat, so any process of the
+study recovers the trials of a dead one. The run stops once the study holds ``trials`` finished
+trials (every process counted), starts none after ``timeout_s``, and stops when its failures
+outnumber ``trials``.
 """
 
 from __future__ import annotations
@@ -50,9 +37,11 @@ import contextlib
 import dataclasses
 import gc
 import hashlib
+import json
 import math
 import os
 import socket
+import threading
 import time
 import traceback
 import warnings
@@ -62,6 +51,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import optuna
+from optuna.trial import TrialState
 
 from jetsearch.study import (
     LatencyChain,
@@ -78,22 +68,24 @@ from jetsearch.study import (
     storage_url,
 )
 
+try:  # the [ray] extra: without it this module still imports, and run_study_ray says so
+    import ray
+    from ray import cloudpickle, tune
+    from ray.tune import Callback as TuneCallback
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import Searcher
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+except ImportError:
+    TuneCallback = Searcher = object
+
 RAY_INSTALL_HINT = "pip install 'jetsearch[ray]'"
-FAULTS_ENV = "JETSEARCH_RAY_FAULTS"
 RAY_NAMESPACE = "jetsearch"
 DEFAULT_RESULTS_DIR = "~/ray_results"
 RAY_USER_ATTRS = ("ray_trial_id", "ray_node", "ray_attempt")
-FAULT_KINDS = ("raise", "exit", "exit-always")
-# Keys of the config the searcher hands each Ray trial, next to the sampled "params".
-TRIAL_ID_KEY = "optuna_trial_id"
-TRIAL_NUMBER_KEY = "optuna_trial_number"
+TRIAL_NUMBER_KEY = "optuna_trial_number"  # in the config the searcher hands each Ray trial
 # System attribute naming the Ray experiment (host and directory) whose driver asked a trial.
 RAY_EXPERIMENT_ATTR = "jetsearch:ray_experiment"
-_RAY_CLASSES = ("StudySearch", "StudyRecorder")
-
-
-class InjectedFault(RuntimeError):
-    """The failure ``JETSEARCH_RAY_FAULTS`` asked for."""
+ObjectiveWrapper = Callable[[Objective], Callable[[optuna.trial.Trial], Any]]
 
 
 def import_ray() -> tuple[Any, Any]:
@@ -101,7 +93,6 @@ def import_ray() -> tuple[Any, Any]:
     try:
         import ray
         from ray import tune
-        from ray.tune.search.optuna import OptunaSearch  # noqa: F401  (only in ray[tune])
     except ImportError as err:
         raise StudyError(
             f"the Ray backend needs Ray Tune, which is not importable ({err}); "
@@ -110,44 +101,18 @@ def import_ray() -> tuple[Any, Any]:
     return ray, tune
 
 
-# ---------------------------------------------------------------------------------------------
-# what travels to the workers
-
-
-def parse_faults(text: str) -> dict[int, str]:
-    """``"raise:1,exit:2"`` -> ``{1: "raise", 2: "exit"}`` (see the module docstring)."""
-    faults: dict[int, str] = {}
-    for item in (part.strip() for part in text.split(",")):
-        if not item:
-            continue
-        kind, _, number = item.partition(":")
-        if kind not in FAULT_KINDS or not number.isdigit():
-            raise StudyError(
-                f"{FAULTS_ENV}: {item!r} is not one of raise:N, exit:N, exit-always:N "
-                "(N an Optuna trial number)"
-            )
-        faults[int(number)] = kind
-    return faults
-
-
 def _absolute(path: str) -> str:
     return str(Path(path).expanduser().resolve())
 
 
 def portable_spec(spec: StudySpec) -> StudySpec:
-    """The spec with every relative file path made absolute.
-
-    Ray workers run in their own directories (Tune moves each trial into its trial directory),
-    so a relative CamVid root, space file, latency cache or token file would point elsewhere.
-    Built-in names (``space: tiny``) stay names.
-    """
-    latency = spec.latency
+    """The spec with its relative file paths made absolute (Tune runs trials elsewhere)."""
     latency = dataclasses.replace(
-        latency,
-        cache=_absolute(latency.cache) if latency.cache else None,
-        token_file=_absolute(latency.token_file) if latency.token_file else None,
+        spec.latency,
+        cache=_absolute(spec.latency.cache) if spec.latency.cache else None,
+        token_file=_absolute(spec.latency.token_file) if spec.latency.token_file else None,
     )
-    space = spec.space
+    space = spec.space  # a built-in name (space: tiny) stays a name
     if Path(space).suffix in (".yaml", ".yml") or Path(space).exists():
         space = _absolute(space)
     data = _absolute(spec.data) if spec.data else None
@@ -165,9 +130,14 @@ def portable_storage(url: str) -> str:
     return url
 
 
-def is_server_storage(url: str) -> bool:
-    """True for a database server every node can reach (PostgreSQL, MySQL)."""
-    return "://" in url and not url.startswith("sqlite")
+def trial_id_of(storage: Any, study_name: str, number: int) -> int:
+    """The storage's id of trial ``number`` (what its per-trial methods take)."""
+    study_id = storage.get_study_id_from_name(study_name)
+    return storage.get_trial_id_from_study_id_trial_number(study_id, number)
+
+
+# ---------------------------------------------------------------------------------------------
+# latency: one measurement at a time per target
 
 
 def latency_service_name(spec: StudySpec) -> str:
@@ -176,80 +146,53 @@ def latency_service_name(spec: StudySpec) -> str:
     return f"jetsearch-latency-{spec.target}-{digest}"
 
 
-@dataclass(frozen=True)
-class RaySettings:
-    """Everything a Ray worker needs to run trials of one study (sent with every trial)."""
-
-    spec: StudySpec
-    storage: str
-    study_name: str
-    latency_service: str
-    threads: int = 1
-    faults: tuple[tuple[int, str], ...] = ()
-    env: tuple[tuple[str, str], ...] = ()
-
-
-# ---------------------------------------------------------------------------------------------
-# latency: one measurement at a time per target
-
-
 class LatencyService:
-    """The study's latency chain behind a Ray actor that measures one network at a time.
+    """The study's latency chain in a Ray actor that measures one network at a time.
 
-    Many trainers share one board (or one pool of boards, or this node's CPU); two networks
-    timed at once on it would measure the contention, not the networks. ``run_study_ray``
-    starts one actor per target and latency settings (:func:`latency_service_name`) with
-    ``max_concurrency=1``, so calls from every trial queue up and run in turn. The actor is
-    placed on the driver's node when it can be: that is the machine the ``local`` provider
-    measures. ``intervals`` returns the (start, end) wall times of every measurement.
+    Two networks timed at once on one board (or CPU) would measure the contention: the actor
+    runs with ``max_concurrency=1``, so every trial's calls run in turn. ``intervals`` returns
+    the (start, end) wall times of every measurement.
     """
 
     def __init__(self, spec: StudySpec) -> None:
-        self._chain = LatencyChain(spec)
-        self._intervals: list[tuple[float, float]] = []
+        self.chain = LatencyChain(spec)
+        self.times: list[tuple[float, float]] = []
 
     def describe(self) -> str:
-        return self._chain.describe()
+        return self.chain.describe()
 
     def measure(self, onnx_bytes: bytes, config: Any, digest: str) -> tuple[Any, list[str]]:
         start = time.time()
         try:
-            return self._chain.measure(onnx_bytes, config, digest)
+            return self.chain.measure(onnx_bytes, config, digest)
         finally:
-            self._intervals.append((start, time.time()))
+            self.times.append((start, time.time()))
 
     def intervals(self) -> list[tuple[float, float]]:
-        return list(self._intervals)
+        return list(self.times)
 
 
 class LatencyClient:
-    """What :class:`jetsearch.study.Objective` needs of a LatencyChain, answered by the actor."""
+    """What the Objective needs of a LatencyChain, answered by the actor (its exceptions too)."""
 
     def __init__(self, service_name: str) -> None:
-        import ray
-
-        self._actor = ray.get_actor(service_name, namespace=RAY_NAMESPACE)
+        self.actor = ray.get_actor(service_name, namespace=RAY_NAMESPACE)
 
     def measure(self, onnx_bytes: bytes, config: Any, digest: str) -> tuple[Any, list[str]]:
-        import ray
-
-        # An exception raised in the actor comes back as an instance of its own class too
-        # (StudyError when every provider failed), so the Objective handles it as usual.
-        return ray.get(self._actor.measure.remote(onnx_bytes, config, digest))
+        return ray.get(self.actor.measure.remote(onnx_bytes, config, digest))
 
     def describe(self) -> str:
-        import ray
-
-        return ray.get(self._actor.describe.remote())
+        return ray.get(self.actor.describe.remote())
 
     def close(self) -> None:
         """Nothing to close: the actor serves the next trials."""
 
 
 def start_latency_service(spec: StudySpec) -> Any:
-    """The running latency actor for ``spec`` (started on first use, shared afterwards)."""
-    import ray
+    """The latency actor for ``spec`` (shared by name; it lives as long as this handle).
 
+    Placed on the driver's node when it can be: that is the machine ``local`` measures.
+    """
     options: dict[str, Any] = {
         "name": latency_service_name(spec),
         "namespace": RAY_NAMESPACE,
@@ -259,38 +202,76 @@ def start_latency_service(spec: StudySpec) -> Any:
         "max_restarts": 3,
     }
     with contextlib.suppress(Exception):  # Ray Client drivers have no node of their own
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
         node = ray.get_runtime_context().get_node_id()
         options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=True)
     return ray.remote(LatencyService).options(**options).remote(spec)
 
 
 # ---------------------------------------------------------------------------------------------
-# the Ray trial
+# the Ray trial, in a Ray worker process
 
 
-class _EpochReportingTrial(optuna.trial.Trial):
-    """An Optuna trial whose per-epoch reports also reach Ray Tune (for the ASHA scheduler)."""
+@dataclass(frozen=True)
+class RaySettings:
+    """What a Ray worker needs to run trials of one study; ``objective_wrapper`` (picklable)
+    wraps the Objective once per worker process (logging, or the tests' injected failures)."""
 
-    def report(self, value: float, step: int) -> None:
-        super().report(value, step)
-        from ray import tune
-
-        latency_ms = float(self.user_attrs.get("latency_ms", math.nan))
-        tune.report({"val_miou": float(value), "epoch": int(step), "latency_ms": latency_ms})
-
-
-@dataclass
-class _Worker:
-    study: Any
-    objective: Objective
+    spec: StudySpec
+    storage: str
+    study_name: str
+    latency_service: str
+    threads: int = 1
+    env: tuple[tuple[str, str], ...] = ()
+    objective_wrapper: ObjectiveWrapper | None = None
 
 
-_WORKERS: dict[str, _Worker] = {}  # one per process and study: data and space are built once
+class EpochsToTune(optuna.pruners.BasePruner):
+    """The study's pruner, after reporting the epoch's val mIoU to Tune (for ASHA)."""
+
+    def __init__(self, inner: optuna.pruners.BasePruner) -> None:
+        self.inner = inner
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        if trial.last_step is not None:
+            tune.report(
+                {
+                    "val_miou": float(trial.intermediate_values[trial.last_step]),
+                    "epoch": trial.last_step,
+                    "latency_ms": float(trial.user_attrs.get("latency_ms", math.nan)),
+                }
+            )
+        return self.inner.prune(study, trial)
 
 
-def _worker(settings: RaySettings) -> _Worker:
+@contextlib.contextmanager
+def heartbeat(storage: Any, trial_id: int) -> Any:
+    """Beat the trial's heartbeat while it runs, on storages that have one (RDB with a period)."""
+    is_rdb = isinstance(storage, optuna.storages.RDBStorage)
+    interval = storage.get_heartbeat_interval() if is_rdb else None
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(Exception):  # a missed beat is retried next period
+                storage.record_heartbeat(trial_id)
+            stop.wait(interval)
+
+    thread = threading.Thread(target=beat, daemon=True)
+    if interval:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        if interval:
+            thread.join()
+
+
+_WORKERS: dict[str, tuple[Any, optuna.Study, Callable]] = {}  # data and space built once
+
+
+def trial_worker(settings: RaySettings) -> tuple[Any, optuna.Study, Callable]:
+    """(storage, study, objective) of this worker process for ``settings``."""
     key = repr((settings.storage, settings.study_name, settings.spec))
     if key not in _WORKERS:
         import torch
@@ -300,89 +281,57 @@ def _worker(settings: RaySettings) -> _Worker:
         torch.set_num_threads(settings.threads)
         spec = settings.spec
         # Every parameter was suggested by the driver's sampler; the worker only reads them.
-        study = create_or_load_study(
-            spec, settings.storage, settings.study_name, sampler=optuna.samplers.RandomSampler()
-        )
+        random = optuna.samplers.RandomSampler()
+        study = create_or_load_study(spec, settings.storage, settings.study_name, sampler=random)
+        study.pruner = EpochsToTune(study.pruner)
         latency = LatencyClient(settings.latency_service)
         objective = Objective(spec, load_space(spec.space), latency, load_data(spec))
-        _WORKERS[key] = _Worker(study, objective)
+        if settings.objective_wrapper is not None:
+            objective = settings.objective_wrapper(objective)
+        _WORKERS[key] = (open_storage(settings.storage), study, objective)
     return _WORKERS[key]
 
 
-def _final_metrics(frozen: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    values = frozen.values or []
-    return {
-        "val_miou": float(values[0]) if values else math.nan,
-        "latency_ms": float(frozen.user_attrs.get("latency_ms", math.nan)),
-        TRIAL_NUMBER_KEY: frozen.number,
-        "optuna_state": frozen.state.name,
-    }
+def run_ray_trial(config: dict[str, Any], settings: RaySettings) -> None:
+    """One Ray Tune trial: the study's Objective on the Optuna trial the searcher asked.
 
-
-def ray_trial(config: dict[str, Any], settings: RaySettings) -> None:
-    """One Ray Tune trial: the study's Objective on the Optuna trial the searcher asked for.
-
-    ``config`` holds the Optuna trial id (:data:`TRIAL_ID_KEY`); the parameters are already in
-    the storage, so ``space.sample`` on that trial reproduces the sampled network. The result
-    (values, state, every user attribute) is written to the storage here, as ``study.optimize``
-    would; Tune gets the same numbers for its own table. A trial that is no longer RUNNING
+    The parameters are in the storage already, so ``space.sample`` on the reopened trial
+    reproduces the network; the result is told to the study here. A trial no longer RUNNING
     (failed by a heartbeat check while this Ray trial waited for a retry) is left alone.
     """
-    from ray import tune
-
-    # The driver's JETSEARCH_* variables (heartbeat periods, ...) hold on every node.
-    os.environ.update(dict(settings.env))
+    os.environ.update(dict(settings.env))  # the driver's JETSEARCH_* variables hold here too
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    worker = _worker(settings)
-    study = worker.study
-    trial_id = int(config[TRIAL_ID_KEY])
-    frozen = study._storage.get_trial(trial_id)
-    if frozen.state != optuna.trial.TrialState.RUNNING:
-        tune.report(_final_metrics(frozen))
-        return
-    trial = _EpochReportingTrial(study, trial_id)
-    attempt = int(frozen.user_attrs.get("ray_attempt", 0)) + 1
-    trial.set_user_attr("ray_attempt", attempt)
-    trial.set_user_attr("ray_trial_id", tune.get_context().get_trial_id())
-    trial.set_user_attr("ray_node", socket.gethostname())
-    fault = dict(settings.faults).get(trial.number)
-    with _heartbeat(trial_id, study._storage):
-        state, values = _run_objective(worker.objective, trial, fault, attempt)
-    with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-        study.tell(trial, values, state=state)
-    gc.collect()  # the process runs the next trial: free this one's model and tensors
-    tune.report(_final_metrics(study._storage.get_trial(trial_id)))
+    storage, study, objective = trial_worker(settings)
+    trial_id = trial_id_of(storage, settings.study_name, int(config[TRIAL_NUMBER_KEY]))
+    frozen = storage.get_trial(trial_id)
+    if frozen.state == TrialState.RUNNING:
+        trial = optuna.trial.Trial(study, trial_id)
+        trial.set_user_attr("ray_attempt", int(frozen.user_attrs.get("ray_attempt", 0)) + 1)
+        trial.set_user_attr("ray_trial_id", tune.get_context().get_trial_id())
+        trial.set_user_attr("ray_node", socket.gethostname())
+        with heartbeat(storage, trial_id):
+            state, values = run_objective(objective, trial)
+        study.tell(trial, values, state=state, skip_if_finished=True)
+        gc.collect()  # the process runs the next trial: free this one's model and tensors
+    frozen = storage.get_trial(trial_id)  # Tune's own table shows its last report
+    values = frozen.values or [math.nan]
+    latency_ms = float(frozen.user_attrs.get("latency_ms", math.nan))
+    tune.report(
+        {"val_miou": float(values[0]), "latency_ms": latency_ms, "optuna_state": frozen.state.name}
+    )
 
 
-def _heartbeat(trial_id: int, storage: Any) -> Any:
-    from optuna.storages._heartbeat import get_heartbeat_thread
-
-    return get_heartbeat_thread(trial_id, storage)
-
-
-def _run_objective(
-    objective: Objective, trial: optuna.trial.Trial, fault: str | None, attempt: int
-) -> tuple[Any, Any]:
+def run_objective(objective: Callable, trial: optuna.trial.Trial) -> tuple[TrialState, Any]:
     """(state, values) of one run of the objective, as ``study.optimize`` with catch=Exception."""
-    from optuna.trial import TrialState
-
     try:
-        if fault == "exit-always" or (fault == "exit" and attempt == 1):
-            os._exit(3)  # the process vanishes mid-trial, as on a node that dies
-        if fault == "raise":
-            raise InjectedFault(f"{FAULTS_ENV} asked trial {trial.number} to fail")
-        values = objective(trial)
+        return TrialState.COMPLETE, objective(trial)
     except optuna.TrialPruned:
         return TrialState.PRUNED, None
     except Exception as err:
         if "failure_reason" not in trial.user_attrs:
             trial.set_user_attr("failure_reason", f"{type(err).__name__}: {err}")
-        warnings.warn(
-            f"trial {trial.number} failed: {type(err).__name__}: {err}\n{traceback.format_exc()}",
-            stacklevel=1,
-        )
+        warnings.warn(f"trial {trial.number} failed: {traceback.format_exc()}", stacklevel=1)
         return TrialState.FAIL, None
-    return TrialState.COMPLETE, values
 
 
 def _trial_name(trial: Any) -> str:
@@ -394,273 +343,158 @@ def _trial_dirname(trial: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# the driver side: searcher and recorder (Ray classes, defined when Ray is first needed)
+# the driver side
 
 
 @dataclass
-class _RunControl:
-    """Settings of the run in progress that a restored searcher must see (not pickled)."""
+class RunControl:
+    """One run as the driver's searcher and recorder see it; pickled with the Tune experiment.
 
+    A restored experiment unpickles the searcher and recorder of the run that started it: they
+    use the live run of their experiment (:meth:`live`) for its target, deadline and callbacks,
+    or the pickled copy (no callbacks) where there is none, as in a Ray Client driver.
+    """
+
+    spec: StudySpec
+    storage: str
+    study_name: str
+    run_key: str  # "host:experiment dir": one driver at a time per experiment
     target: int
     deadline: float | None
     callbacks: tuple[Callable, ...] = ()
-
-
-_RUNS: dict[str, _RunControl] = {}  # "host:experiment dir" -> the run in this driver process
-
-
-class _DefineByRun:
-    """The study's space as OptunaSearch's define-by-run function (picklable; loads lazily)."""
-
-    def __init__(self, space: str) -> None:
-        self.space_name = space
-        self._space = None
-
-    def __call__(self, trial: Any) -> None:
-        from jetsearch.space import load_space
-
-        if self._space is None:
-            self._space = load_space(self.space_name)
-        self._space.sample(trial)  # OptunaSearch keeps what was suggested; the config is rebuilt
-        return None
+    opened: tuple[optuna.Study, Any, Any] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"space_name": self.space_name, "_space": None}
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return fields | {"callbacks": (), "opened": None}
+
+    def live(self) -> RunControl:
+        return _RUNS.get(self.run_key, self)
+
+    def open(self) -> tuple[optuna.Study, Any, Any]:
+        """(study with the spec's sampler, its storage, the space), opened on first use."""
+        if self.opened is None:
+            from jetsearch.space import load_space
+
+            storage = open_storage(self.storage)
+            study = optuna.load_study(study_name=self.study_name, storage=storage)
+            # As run_worker_process: a continued study must not replay the seeded stream.
+            study.sampler = make_sampler(self.spec, 1000 * len(study.get_trials(deepcopy=False)))
+            self.opened = (study, storage, load_space(self.spec.space))
+        return self.opened
 
 
-def _ray_classes() -> tuple[type, type]:
-    """:class:`StudySearch` and :class:`StudyRecorder`, defined on the first call.
+_RUNS: dict[str, RunControl] = {}  # run_key -> the run in progress in this driver process
 
-    They subclass Ray classes, so they cannot exist before Ray is imported; they are still
-    module-level names, which Tune needs to unpickle a saved experiment.
+
+class StudySearcher(Searcher):
+    """Asks the study for each new Ray trial (a queued one first: presets, requeued trials) and
+    samples the space on it, so the study's sampler picks every parameter; finishes once the
+    study holds the target (every process counted), after the deadline, or when failures
+    outnumber the target."""
+
+    def __init__(self, control: RunControl) -> None:
+        super().__init__()
+        self.control = control
+        self.in_flight: set[str] = set()
+        self.failed = 0
+        self.finished_seen = (0, 0.0)  # (count, when read): the storage is read at most 1/s
+
+    def suggest(self, ray_trial_id: str) -> dict | str | None:
+        live = self.control.live()
+        study, storage, space = self.control.open()
+        if time.time() - self.finished_seen[1] > 1.0:
+            self.finished_seen = (finished_count(study), time.time())
+        if (
+            (live.deadline is not None and time.time() >= live.deadline)
+            or self.failed > max(live.target, 1)
+            or self.finished_seen[0] + len(self.in_flight) >= live.target
+        ):
+            # Wait while trials are in flight: one may fail and need a replacement.
+            return None if self.in_flight else Searcher.FINISHED
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            # The worker beats the heartbeat of an asked trial (Optuna warns it would not).
+            warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used")
+            optuna.storages.fail_stale_trials(study)  # no-op without heartbeats
+            trial = study.ask()
+        space.sample(trial)
+        trial_id = trial_id_of(storage, live.study_name, trial.number)
+        storage.set_trial_system_attr(trial_id, RAY_EXPERIMENT_ATTR, live.run_key)
+        self.in_flight.add(ray_trial_id)
+        return {"params": trial.params, TRIAL_NUMBER_KEY: trial.number}
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
+        self.in_flight.discard(trial_id)
+        self.finished_seen = (0, 0.0)
+        if error or (result or {}).get("optuna_state") == TrialState.FAIL.name:
+            self.failed += 1
+
+    def save(self, checkpoint_path: str) -> None:
+        # The study's storage holds the search state; this is only the failure count.
+        Path(checkpoint_path).write_text(json.dumps({"failed": self.failed}))
+
+    def restore(self, checkpoint_path: str) -> None:
+        self.failed = int(json.loads(Path(checkpoint_path).read_text())["failed"])
+
+
+class StudyRecorder(TuneCallback):
+    """Writes what only the driver sees, then calls the run's ``callback(study, frozen_trial)``.
+
+    A Ray trial that errored (its worker died on every attempt) fails its Optuna trial with the
+    Ray error as ``failure_reason``; one ASHA stopped between two epochs is PRUNED with
+    ``pruned_reason``.
     """
-    if "StudySearch" in globals():
-        return globals()["StudySearch"], globals()["StudyRecorder"]
-    import_ray()
-    from optuna.storages._heartbeat import is_heartbeat_enabled
-    from optuna.trial import TrialState
-    from ray import tune
-    from ray.tune.search import Searcher
-    from ray.tune.search.optuna import OptunaSearch
 
-    class StudySearch(OptunaSearch):
-        """Ray's OptunaSearch on the study's own storage, sampler and define-by-run space.
+    def __init__(self, control: RunControl) -> None:
+        self.control = control
 
-        ``suggest`` asks the study for a trial (a queued one first: presets, retries of failed
-        trials), samples the space on it and hands the Ray trial the Optuna trial id. Results
-        are not told from here: the worker writes them to the storage itself, and
-        :class:`StudyRecorder` writes what only the driver sees. The search finishes once the
-        study holds the target of finished trials (every process counted), after the deadline,
-        or when failures outnumber the target.
-        """
+    def finish(self, trial: Any, state: TrialState, key: str, reason: str) -> None:
+        study, storage, _ = self.control.open()
+        if (number := (trial.config or {}).get(TRIAL_NUMBER_KEY)) is None:
+            return
+        trial_id = trial_id_of(storage, self.control.study_name, int(number))
+        if storage.get_trial(trial_id).state == TrialState.RUNNING:
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                storage.set_trial_user_attr(trial_id, key, reason)
+                study.tell(int(number), state=state, skip_if_finished=True)
+        for callback in self.control.live().callbacks:
+            callback(study, storage.get_trial(trial_id))
 
-        def __init__(
-            self,
-            spec: StudySpec,
-            storage: str,
-            study_name: str,
-            run_key: str,
-            target: int,
-            deadline: float | None,
-        ) -> None:
-            if spec.mode == "pareto":
-                metric, mode = ["val_miou", "latency_ms"], ["max", "min"]
-            else:
-                metric, mode = "val_miou", "max"
-            super().__init__(
-                space=_DefineByRun(spec.space),
-                metric=metric,
-                mode=mode,
-                sampler=make_sampler(spec),  # the spec's sampler, as the local backend
-                study_name=study_name,
-                storage=open_storage(storage),
-            )
-            self._run_key = run_key
-            self._target = target
-            self._deadline = deadline
-            self._in_flight: set[str] = set()
-            self._failed = 0
-            self._finished_seen = (0, 0.0)  # (count, when read): the storage is read at most 1/s
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        last = trial.last_result or {}
+        reason = (
+            f"stopped by the ASHA scheduler after epoch {last.get('epoch', '?')} "
+            f"(val mIoU {last.get('val_miou', math.nan):.4f})"
+        )
+        self.finish(trial, TrialState.PRUNED, "pruned_reason", reason)
 
-        def _control(self) -> _RunControl:
-            return _RUNS.get(self._run_key) or _RunControl(self._target, self._deadline)
-
-        def _finished(self) -> int:
-            count, when = self._finished_seen
-            if time.time() - when > 1.0:
-                count = finished_count(self._ot_study)
-                self._finished_seen = (count, time.time())
-            return count
-
-        def _may_start(self) -> bool | str | None:
-            control = self._control()
-            out_of_time = control.deadline is not None and time.time() >= control.deadline
-            too_many_failures = self._failed > max(control.target, 1)
-            if (
-                out_of_time
-                or too_many_failures
-                or self._finished() + len(self._in_flight) >= control.target
-            ):
-                if self._in_flight:
-                    return None  # wait: a trial in flight may fail and need a replacement
-                return Searcher.FINISHED
-            return True
-
-        def suggest(self, trial_id: str) -> dict | str | None:
-            if trial_id not in self._ot_trials:  # a new Ray trial (a restored one is known)
-                verdict = self._may_start()
-                if verdict is not True:
-                    return verdict
-                if is_heartbeat_enabled(self._ot_study._storage):
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                        optuna.storages.fail_stale_trials(self._ot_study)
-            params = super().suggest(trial_id)
-            ot_trial = self._ot_trials[trial_id]
-            self._ot_study._storage.set_trial_system_attr(
-                ot_trial._trial_id, RAY_EXPERIMENT_ATTR, self._run_key
-            )
-            self._in_flight.add(trial_id)
-            return {
-                "params": params,
-                TRIAL_ID_KEY: ot_trial._trial_id,
-                TRIAL_NUMBER_KEY: ot_trial.number,
-            }
-
-        def on_trial_result(self, trial_id: str, result: dict) -> None:
-            """Nothing: the worker reports intermediate values to the storage itself."""
-
-        def on_trial_complete(
-            self, trial_id: str, result: dict | None = None, error: bool = False
-        ) -> None:
-            self._in_flight.discard(trial_id)
-            self._finished_seen = (0, 0.0)
-            self._completed_trials.add(trial_id)
-            ot_trial = self._ot_trials.get(trial_id)
-            if ot_trial is None:
-                return
-            state = self._ot_study._storage.get_trial(ot_trial._trial_id).state
-            if error or state == TrialState.FAIL:
-                self._failed += 1
-
-    class StudyRecorder(tune.Callback):
-        """Writes to the storage what only the driver sees, then calls the study callbacks.
-
-        A Ray trial that errored (its worker died on every attempt) fails its Optuna trial
-        with the Ray error as ``failure_reason``; one that a scheduler stopped between two
-        epochs is pruned with ``pruned_reason``. The Optuna-style callbacks of the run
-        (``callback(study, frozen_trial)``) see every finished trial.
-        """
-
-        def __init__(self, storage: str, study_name: str, run_key: str) -> None:
-            self._storage_url = storage
-            self._study_name = study_name
-            self._run_key = run_key
-            self._study = None
-
-        def __getstate__(self) -> dict[str, Any]:
-            return {**self.__dict__, "_study": None}
-
-        def _load(self) -> Any:
-            if self._study is None:
-                self._study = optuna.load_study(
-                    study_name=self._study_name,
-                    storage=open_storage(self._storage_url),
-                    sampler=optuna.samplers.RandomSampler(),
-                )
-            return self._study
-
-        def _frozen(self, trial: Any) -> optuna.trial.FrozenTrial | None:
-            trial_id = (trial.config or {}).get(TRIAL_ID_KEY)
-            if trial_id is None:
-                return None
-            return self._load()._storage.get_trial(int(trial_id))
-
-        def _finish(self, frozen: Any, state: Any, key: str, reason: str) -> None:
-            study = self._load()
-            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
-                study._storage.set_trial_user_attr(frozen._trial_id, key, reason)
-                study.tell(frozen.number, state=state)
-
-        def _notify(self, frozen: Any) -> None:
-            control = _RUNS.get(self._run_key)
-            if frozen is None or control is None:
-                return
-            study = self._load()
-            final = study._storage.get_trial(frozen._trial_id)
-            for callback in control.callbacks:
-                callback(study, final)
-
-        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info) -> None:
-            frozen = self._frozen(trial)
-            if frozen is not None and frozen.state == TrialState.RUNNING:
-                last = trial.last_result or {}
-                epoch = last.get("epoch", "?")
-                miou = last.get("val_miou", math.nan)
-                self._finish(
-                    frozen,
-                    TrialState.PRUNED,
-                    "pruned_reason",
-                    f"stopped by the ASHA scheduler after epoch {epoch} (val mIoU {miou:.4f})",
-                )
-            self._notify(frozen)
-
-        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info) -> None:
-            frozen = self._frozen(trial)
-            if frozen is not None and frozen.state == TrialState.RUNNING:
-                self._finish(frozen, TrialState.FAIL, "failure_reason", _ray_error_text(trial))
-            self._notify(frozen)
-
-    for cls in (StudySearch, StudyRecorder):
-        cls.__module__ = __name__
-        cls.__qualname__ = cls.__name__
-        globals()[cls.__name__] = cls
-    return StudySearch, StudyRecorder
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.finish(trial, TrialState.FAIL, "failure_reason", ray_error_text(trial))
 
 
-def __getattr__(name: str) -> Any:
-    # StudySearch and StudyRecorder subclass Ray classes: defined on first use, so importing
-    # this module never needs Ray, and found by name when Tune unpickles a saved experiment.
-    if name in _RAY_CLASSES:
-        return dict(zip(_RAY_CLASSES, _ray_classes(), strict=True))[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _stored_error(trial: Any) -> Any:
-    """The last error Tune stored for a trial: the exception when it was picklable, else text.
-
-    Read from the driver's staging copy first: the synced copy may not exist yet.
-    """
-    from ray import cloudpickle
-
-    with contextlib.suppress(Exception):
-        if trial.pickled_error_file and Path(trial.pickled_error_file).is_file():
-            return cloudpickle.loads(Path(trial.pickled_error_file).read_bytes())
-    with contextlib.suppress(Exception):
-        if trial.error_file and Path(trial.error_file).is_file():
-            # The file appends "Failure # N (occurred at ...)" and the error for every failure.
-            return Path(trial.error_file).read_text().rsplit("Failure # ", 1)[-1].split("\n", 1)[-1]
-    with contextlib.suppress(Exception):
-        return trial.get_pickled_error() or trial.get_error()
-    return None
-
-
-def _ray_error_text(trial: Any) -> str:
-    """One line saying why a Ray trial errored, from the error Tune stored for it."""
-    error = _stored_error(trial)
-    text = str(error) if error is not None else ""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    attempts = getattr(getattr(trial, "run_metadata", None), "num_failures", None)
+def ray_error_text(trial: Any) -> str:
+    """One line saying why a Ray trial errored, from the last error Tune stored for it."""
+    error: Any = None
+    for read in (  # the driver's own copy first: the synced one may not exist yet
+        lambda: cloudpickle.loads(Path(trial.pickled_error_file).read_bytes()),
+        trial.get_pickled_error,
+        trial.get_error,
+    ):
+        with contextlib.suppress(Exception):
+            error = error or read()
+    lines = [line.strip() for line in str(error or "").splitlines() if line.strip()]
     head = f"the Ray trial {trial.trial_id} failed"
-    if attempts:
-        head += f" on each of its {attempts} attempt(s)"
+    if getattr(trial, "num_failures", None):
+        head += f" on each of its {trial.num_failures} attempt(s)"
     if not lines:
         return head + " (see error.txt in its trial directory)"
-    # A RayActorError says the worker process (or its node) is gone in its first line; a
-    # RayTaskError ends with the exception the trial raised.
+    # A RayActorError says in its first line that the worker (or its node) died; a RayTaskError
+    # ends with the exception the trial raised.
     died = "died" in lines[0].lower()
-    detail = f"its worker process died: {lines[0]}" if died else lines[-1]
-    return f"{head}; {detail}"[:1000]
+    return f"{head}; {f'its worker process died: {lines[0]}' if died else lines[-1]}"[:1000]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -669,38 +503,31 @@ def _ray_error_text(trial: Any) -> str:
 
 @dataclass
 class RayStudyRun(StudyRun):
-    """What one ``run_study_ray`` call did: a :class:`StudyRun`, where Tune kept its state, and
-    the numbers of the interrupted trials it failed and queued again."""
+    """A :class:`StudyRun`, where Tune kept its state, and the trials failed and queued again."""
 
     experiment_path: str = ""
     resumed: bool = False
     requeued: list[int] = dataclasses.field(default_factory=list)
 
 
-def requeue_interrupted(study: optuna.Study, run_key: str) -> list[int]:
+def requeue_interrupted(storage: Any, study_name: str, run_key: str) -> list[int]:
     """Fail the RUNNING trials an earlier driver of this experiment left behind; queue them again.
 
-    A driver that dies (or is interrupted) leaves the Optuna trials it had asked RUNNING, and
-    Tune's saved experiment may not even know the newest of them. Nothing runs them any more:
-    the same experiment (``run_key``: host and experiment directory) can have only one driver.
-    Each is failed with a ``failure_reason`` and queued again with its parameters (marked like
-    Optuna's RetryFailedTrialCallback does: ``failed_trial`` and ``retry_history`` system
-    attributes), so it runs once more as a new trial. Returns the numbers of the failed trials.
+    Nothing runs them any more: one experiment (``run_key``: host and experiment directory) has
+    one driver at a time. Each is failed with a ``failure_reason`` and queued again with its
+    parameters, marked as Optuna's RetryFailedTrialCallback does (``failed_trial``,
+    ``retry_history``). ``storage`` is an Optuna storage. Returns the failed trials' numbers.
     """
-    from optuna.trial import TrialState
-
-    storage = study._storage
+    study = optuna.load_study(study_name=study_name, storage=storage)
     requeued = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if trial.system_attrs.get(RAY_EXPERIMENT_ATTR) != run_key:
             continue
+        trial_id = trial_id_of(storage, study_name, trial.number)
+        reason = "interrupted: the Ray driver that ran this trial stopped; queued again"
         try:
-            storage.set_trial_user_attr(
-                trial._trial_id,
-                "failure_reason",
-                "interrupted: the Ray driver that ran this trial stopped; queued again",
-            )
-            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            storage.set_trial_user_attr(trial_id, "failure_reason", reason)
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # it finished (or another process failed it) meanwhile
         history = [*trial.system_attrs.get("retry_history", []), trial.number]
@@ -740,51 +567,45 @@ def run_study_ray(
     scheduler: Literal["auto", "fifo", "asha"] = "auto",
     callbacks: Sequence[Callable] = (),
     verbose: int = 1,
+    objective_wrapper: ObjectiveWrapper | None = None,
 ) -> RayStudyRun:
     """Create or resume the study and run it with Ray Tune until it holds ``trials`` finished.
 
     Args:
-        spec: the study (see :mod:`jetsearch.study`).
+        spec: the study; ``storage``, ``name``: override the spec's (default journal file).
+            Several machines need PostgreSQL, or a journal file every node mounts.
         trials: run until the study holds this many finished trials (any process, any backend).
-        storage: the Optuna storage (default: the spec's, else the journal file). Several
-            machines need PostgreSQL (or a journal file on a filesystem every node mounts).
-        name: the study name (default: the spec's).
-        address: the Ray cluster: ``None`` starts Ray on this machine, ``"auto"`` joins the
-            cluster this machine belongs to, ``"ray://HOST:10001"`` connects as a Ray Client.
-            Ignored when Ray is already initialised in this process.
-        gpus_per_trial, cpus_per_trial: resources Tune reserves for each trial (fractions allowed
-            for GPUs: 0.5 runs two trials per GPU). Training threads follow ``cpus_per_trial``
-            unless the spec sets ``train.threads``.
-        max_concurrent: trials running at once (more only if the cluster has the resources).
-        resume: restore the Tune experiment of an interrupted driver (``Tuner.restore``) and
-            run its trials in flight again; without it a new experiment continues the study.
+        address: ``None`` starts Ray on this machine, ``"auto"`` joins this machine's cluster,
+            ``"ray://HOST:10001"`` connects as a Ray Client; ignored when Ray is initialised.
+        gpus_per_trial, cpus_per_trial: what Tune reserves per trial (0.5 GPU: two trials per
+            GPU); training threads follow ``cpus_per_trial`` unless the spec sets them.
+        max_concurrent: trials running at once (as the cluster's resources allow).
+        resume: restore the Tune experiment of an interrupted driver (``Tuner.restore``);
+            without it a new experiment continues the study.
         timeout_s: start no trial after this many seconds (trials in flight finish).
-        storage_path: root of Tune's experiment directories (default ``~/ray_results``); the
-            experiment is ``<storage_path>/jetsearch-<study name>``. On a multi-node cluster use
-            a path every node sees (a shared filesystem).
+        storage_path: root of Tune's experiments (default ``~/ray_results``; on a cluster a
+            path every node sees); the experiment is ``<storage_path>/jetsearch-<study name>``.
         max_failures: times a trial whose worker or node died is run again.
-        scheduler: ``"auto"``: FIFO in pareto mode, ASHA on the per-epoch val mIoU in budget
-            mode (ASHA then replaces the study's median pruner); ``"fifo"`` or ``"asha"`` force
-            one (ASHA needs budget mode).
-        callbacks: Optuna-style ``callback(study, frozen_trial)`` called in this process after
-            each finished trial (not with a Ray Client driver, whose Tune loop runs remotely).
+        scheduler: ``"auto"``: FIFO in pareto mode, ASHA on the per-epoch val mIoU (in place of
+            the median pruner) in budget mode; ``"fifo"`` or ``"asha"`` (budget mode) force one.
+        callbacks: ``callback(study, frozen_trial)`` called here after each finished trial (not
+            with a Ray Client driver, whose Tune loop runs remotely).
         verbose: Tune's console output, 0 (quiet) to 3.
+        objective_wrapper: a picklable ``wrapper(objective) -> objective`` for every worker.
     """
-    ray, tune = import_ray()
-    search_cls, recorder_cls = _ray_classes()
-    problems = []
-    if trials < 1:
-        problems.append(f"trials={trials} must be >= 1")
-    if not cpus_per_trial > 0:
-        problems.append(f"cpus_per_trial={cpus_per_trial} must be > 0")
-    if gpus_per_trial < 0:
-        problems.append(f"gpus_per_trial={gpus_per_trial} must be >= 0")
-    if max_concurrent < 1:
-        problems.append(f"max_concurrent={max_concurrent} must be >= 1")
-    if max_failures < 0:
-        problems.append(f"max_failures={max_failures} must be >= 0")
-    if scheduler not in ("auto", "fifo", "asha"):
-        problems.append(f"scheduler={scheduler!r} must be auto, fifo or asha")
+    import_ray()
+    problems = [
+        rule
+        for ok, rule in (
+            (trials >= 1, f"trials={trials} must be >= 1"),
+            (cpus_per_trial > 0, f"cpus_per_trial={cpus_per_trial} must be > 0"),
+            (gpus_per_trial >= 0, f"gpus_per_trial={gpus_per_trial} must be >= 0"),
+            (max_concurrent >= 1, f"max_concurrent={max_concurrent} must be >= 1"),
+            (max_failures >= 0, f"max_failures={max_failures} must be >= 0"),
+            (scheduler in ("auto", "fifo", "asha"), f"scheduler={scheduler!r}: auto, fifo, asha"),
+        )
+        if not ok
+    ]
     if problems:
         raise StudyError("run_study_ray: " + "; ".join(problems))
     use_asha = scheduler == "asha" or (scheduler == "auto" and spec.mode == "budget")
@@ -793,8 +614,6 @@ def run_study_ray(
             "the ASHA scheduler stops trials on their per-epoch val mIoU, which only budget "
             "mode has; pareto mode runs every trial to the end (scheduler fifo)"
         )
-    faults = parse_faults(os.environ.get(FAULTS_ENV, ""))
-
     spec = portable_spec(spec)
     if use_asha and spec.pruner != "none":
         spec = dataclasses.replace(spec, pruner="none")  # ASHA does the pruning
@@ -805,24 +624,20 @@ def run_study_ray(
             "the whole file and fail under contention); use a journal file path on one "
             "machine, or PostgreSQL (--storage postgresql://...) on a cluster"
         )
-    if address and not is_server_storage(url):
+    if address and ("://" not in url or url.startswith("sqlite")):
         warnings.warn(
             f"storage {url} is a file: every node of the Ray cluster must see it at this path "
             "(a shared filesystem); otherwise use PostgreSQL (--storage postgresql://...)",
             stacklevel=2,
         )
-
     from jetsearch.space import load_space
 
     study_name = name or spec.name
-    space = load_space(spec.space)
     study = create_or_load_study(spec, url, study_name)
     if spec.enqueue_presets and not resume:
-        enqueue_presets(study, spec, space)
+        enqueue_presets(study, spec, load_space(spec.space))
     before = finished_count(study)
-    check = LatencyChain(spec)  # fails here, with the reasons, when no provider is usable
-    check.close()
-
+    LatencyChain(spec).close()  # fails here, with the reasons, when no provider is usable
     exp_dir = experiment_dir(study_name, storage_path)
     run_key = f"{socket.gethostname()}:{exp_dir}"
     if resume and not tune.Tuner.can_restore(str(exp_dir)):
@@ -830,53 +645,55 @@ def run_study_ray(
             f"nothing to resume: no Ray Tune experiment at {exp_dir} (run without --resume to "
             "continue the study in a new experiment, or pass the --ray-results it ran with)"
         )
-    requeued = requeue_interrupted(study, run_key)
-    started_ray = False
-    if not ray.is_initialized():
-        init_kwargs: dict[str, Any] = {"address": address, "log_to_driver": verbose > 0}
-        if address is None:
-            init_kwargs["include_dashboard"] = False
-        ray.init(**init_kwargs)
-        started_ray = True
+    requeued = requeue_interrupted(open_storage(url), study_name, run_key)
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        local = {"include_dashboard": False} if address is None else {}
+        ray.init(address=address, log_to_driver=verbose > 0, **local)
     start = time.time()
-    control = _RunControl(
-        trials, start + timeout_s if timeout_s is not None else None, tuple(callbacks)
-    )
+    deadline = start + timeout_s if timeout_s is not None else None
+    control = RunControl(spec, url, study_name, run_key, trials, deadline, tuple(callbacks))
     _RUNS[run_key] = control
-    interrupted = False
-    sources = ""
+    interrupted, sources, cut_off = False, "", []
     try:
-        service = start_latency_service(spec)
+        service = start_latency_service(spec)  # held: the actor lives as long as this handle
         sources = ray.get(service.describe.remote())
-        env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("JETSEARCH_")))
         settings = RaySettings(
             spec=spec,
             storage=url,
             study_name=study_name,
             latency_service=latency_service_name(spec),
             threads=spec.train.threads or max(1, int(cpus_per_trial)),
-            faults=tuple(sorted(faults.items())),
-            env=env,
+            env=tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("JETSEARCH_"))),
+            objective_wrapper=objective_wrapper,
         )
         trainable = tune.with_resources(
-            tune.with_parameters(ray_trial, settings=settings),
+            tune.with_parameters(run_ray_trial, settings=settings),
             {"cpu": cpus_per_trial, "gpu": gpus_per_trial},
         )
         if resume:
             tuner = tune.Tuner.restore(str(exp_dir), trainable, resume_unfinished=True)
         else:
-            searcher = search_cls(spec, url, study_name, run_key, trials, control.deadline)
-            tuner = _new_tuner(
-                tune,
+            tuner = tune.Tuner(
                 trainable,
-                searcher,
-                recorder_cls(url, study_name, run_key),
-                exp_dir,
-                epochs=spec.train.epochs,
-                max_concurrent=max_concurrent,
-                max_failures=max_failures,
-                use_asha=use_asha,
-                verbose=verbose,
+                tune_config=tune.TuneConfig(
+                    search_alg=StudySearcher(control),
+                    scheduler=new_scheduler(use_asha, spec.train.epochs),
+                    num_samples=-1,  # the searcher says when the study is done
+                    max_concurrent_trials=max_concurrent,
+                    # A worker process runs trial after trial: torch, the data and the space
+                    # load once per process (a stopped trial's process is replaced).
+                    reuse_actors=True,
+                    trial_name_creator=_trial_name,
+                    trial_dirname_creator=_trial_dirname,
+                ),
+                run_config=tune.RunConfig(
+                    name=exp_dir.name,
+                    storage_path=str(exp_dir.parent),
+                    failure_config=tune.FailureConfig(max_failures=max_failures),
+                    callbacks=[StudyRecorder(control)],
+                    verbose=verbose,
+                ),
             )
         results = tuner.fit()
         # Tune ends a run on Ctrl-C (saving its state) with trials neither finished nor errored.
@@ -888,76 +705,32 @@ def run_study_ray(
         if started_ray:
             ray.shutdown()
         # Tune has stopped every trial by now: any still RUNNING was cut off (Ctrl-C).
-        cut_off = requeue_interrupted(create_or_load_study(spec, url, study_name), run_key)
-        requeued += cut_off
-    interrupted = interrupted or bool(cut_off)
-    after = finished_count(create_or_load_study(spec, url, study_name))
+        cut_off = requeue_interrupted(open_storage(url), study_name, run_key)
     return RayStudyRun(
         study_name=study_name,
         storage=url,
         finished_before=before,
-        finished_after=after,
+        finished_after=finished_count(create_or_load_study(spec, url, study_name)),
         wall_s=time.time() - start,
-        interrupted=interrupted,
+        interrupted=interrupted or bool(cut_off),
         latency_sources=sources,
         experiment_path=str(exp_dir),
         resumed=resume,
-        requeued=requeued,
+        requeued=requeued + cut_off,
     )
 
 
-def _new_tuner(
-    tune: Any,
-    trainable: Any,
-    searcher: Any,
-    recorder: Any,
-    exp_dir: Path,
-    *,
-    epochs: int,
-    max_concurrent: int,
-    max_failures: int,
-    use_asha: bool,
-    verbose: int,
-) -> Any:
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    if use_asha:
-        # max_t one past the last epoch: the final report (after the result is stored) must
-        # not be the one that stops the trial.
-        trial_scheduler = ASHAScheduler(
-            metric="val_miou",
-            mode="max",
-            time_attr="training_iteration",
-            max_t=epochs + 1,
-            grace_period=1,
-            reduction_factor=2,
-        )
-    else:
-        trial_scheduler = FIFOScheduler()
-    run_config_cls = getattr(tune, "RunConfig", None)
-    failure_config_cls = getattr(tune, "FailureConfig", None)
-    if run_config_cls is None or failure_config_cls is None:  # Ray < 2.40 keeps them in train
-        from ray import train
-
-        run_config_cls, failure_config_cls = train.RunConfig, train.FailureConfig
-    return tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            search_alg=searcher,
-            scheduler=trial_scheduler,
-            num_samples=-1,  # the searcher says when the study is done
-            max_concurrent_trials=max_concurrent,
-            # A worker process runs trial after trial: torch, the data and the space are loaded
-            # once per process, not once per trial (a stopped trial's process is replaced).
-            reuse_actors=True,
-            trial_name_creator=_trial_name,
-            trial_dirname_creator=_trial_dirname,
-        ),
-        run_config=run_config_cls(
-            name=exp_dir.name,
-            storage_path=str(exp_dir.parent),
-            failure_config=failure_config_cls(max_failures=max_failures),
-            callbacks=[recorder],
-            verbose=verbose,
-        ),
+def new_scheduler(use_asha: bool, epochs: int) -> Any:
+    """ASHA on the per-epoch val mIoU, or FIFO (every trial to the end)."""
+    if not use_asha:
+        return FIFOScheduler()
+    # max_t one past the last epoch: the final report (after the result is told) must not be
+    # the one that stops the trial.
+    return ASHAScheduler(
+        metric="val_miou",
+        mode="max",
+        time_attr="training_iteration",
+        max_t=epochs + 1,
+        grace_period=1,
+        reduction_factor=2,
     )

@@ -2,33 +2,37 @@
 
 The study is ``studies/local.yaml`` made tiny (tiny space, 8 synthetic training and 4 validation
 frames at 48x64, one epoch, latency measured on this machine at 64x64 with 5 runs), stored in a
-journal file in ``tmp_path``. Failures are injected with ``JETSEARCH_RAY_FAULTS``.
+journal file in ``tmp_path``. Failures are injected by an objective wrapper (``ray_faults.py``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import sys
+import threading
+import time
+import warnings
 from pathlib import Path
 
 import optuna
 import pytest
 import study_cases
+from ray_faults import InjectFaults
 
 from jetsearch.distributed import (
-    FAULTS_ENV,
     RAY_EXPERIMENT_ATTR,
     RAY_NAMESPACE,
     RAY_USER_ATTRS,
     experiment_dir,
+    heartbeat,
     import_ray,
     latency_service_name,
-    parse_faults,
     portable_spec,
     portable_storage,
     requeue_interrupted,
     run_study_ray,
     start_latency_service,
+    trial_id_of,
 )
 from jetsearch.study import StudyError, load_study_spec, open_storage, run_study
 from jetseg.config import dump_config
@@ -68,14 +72,12 @@ def _trials(storage: Path, name: str) -> dict[int, optuna.trial.FrozenTrial]:
 
 
 @needs_ray
-def test_ray_study_stores_local_attributes_and_survives_failures(
-    local_ray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_ray_study_stores_local_attributes_and_survives_failures(local_ray, tmp_path: Path) -> None:
     spec = load_study_spec(write_study(tmp_path))
     storage = tmp_path / "studies.log"
     # Trial 1 raises in its worker; trial 2's worker process dies on its first attempt (Tune
     # retries it); trial 3's dies on every attempt (retries exhausted).
-    monkeypatch.setenv(FAULTS_ENV, "raise:1,exit:2,exit-always:3")
+    faults = InjectFaults({1: "raise", 2: "exit", 3: "exit-always"})
     seen: list[tuple[int, str]] = []
     run = run_study_ray(
         spec,
@@ -87,6 +89,7 @@ def test_ray_study_stores_local_attributes_and_survives_failures(
         storage_path=tmp_path / "ray",
         callbacks=[lambda study, trial: seen.append((trial.number, trial.state.name))],
         verbose=0,
+        objective_wrapper=faults,
     )
     assert (run.finished_before, run.finished_after, run.interrupted) == (0, 3, False)
     assert run.latency_sources == "local"
@@ -244,10 +247,11 @@ def test_trials_of_a_stopped_driver_are_failed_and_queued_again(tmp_path: Path) 
     distributions = {"x": optuna.distributions.FloatDistribution(0, 1)}
     ours, other, done = study.ask(distributions), study.ask(distributions), study.ask(distributions)
     for trial, key in ((ours, "host:/ray/a"), (other, "host:/ray/b"), (done, "host:/ray/a")):
-        storage.set_trial_system_attr(trial._trial_id, RAY_EXPERIMENT_ATTR, key)
+        trial_id = trial_id_of(storage, "orphans", trial.number)
+        storage.set_trial_system_attr(trial_id, RAY_EXPERIMENT_ATTR, key)
     study.tell(done, 0.5)
 
-    assert requeue_interrupted(study, "host:/ray/a") == [ours.number]
+    assert requeue_interrupted(storage, "orphans", "host:/ray/a") == [ours.number]
     trials = {t.number: t for t in study.get_trials()}
     assert trials[ours.number].state == FAIL
     assert "queued again" in trials[ours.number].user_attrs["failure_reason"]
@@ -259,20 +263,42 @@ def test_trials_of_a_stopped_driver_are_failed_and_queued_again(tmp_path: Path) 
     assert retry.system_attrs["retry_history"] == [ours.number]
     # The queued copy is what the next ask() runs, with the same parameters.
     assert study.ask(distributions).params == retry.params
-    assert requeue_interrupted(study, "host:/ray/a") == []
+    assert requeue_interrupted(storage, "orphans", "host:/ray/a") == []
 
 
-def test_faults_parse_and_reject_unknown_kinds() -> None:
-    assert parse_faults("raise:1, exit:2,exit-always:13") == {
-        1: "raise",
-        2: "exit",
-        13: "exit-always",
-    }
-    assert parse_faults("") == {}
-    with pytest.raises(StudyError, match=r"'explode:1' is not one of raise:N"):
-        parse_faults("raise:1,explode:1")
-    with pytest.raises(StudyError, match=r"'raise:x'"):
-        parse_faults("raise:x")
+def test_heartbeat_beats_while_the_trial_runs_and_stops_after(tmp_path: Path) -> None:
+    # A real RDB storage with a 1 s heartbeat: a beating trial is live; once the beats stop,
+    # the grace period over, any process of the study fails it.
+    url = f"sqlite:///{tmp_path / 'beats.db'}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used")
+        storage = optuna.storages.RDBStorage(url, heartbeat_interval=1, grace_period=2)
+        study = optuna.create_study(storage=storage, study_name="beats")
+        trial_id = trial_id_of(storage, "beats", study.ask().number)
+        with heartbeat(storage, trial_id):
+            time.sleep(3.5)
+            optuna.storages.fail_stale_trials(study)
+            assert study.trials[0].state == optuna.trial.TrialState.RUNNING
+        time.sleep(3.5)
+        optuna.storages.fail_stale_trials(study)
+    assert study.trials[0].state == FAIL
+    # A journal file has no heartbeat: nothing beats, nothing fails.
+    journal = open_storage(str(tmp_path / "s.log"))
+    study = optuna.create_study(storage=journal, study_name="quiet")
+    threads = threading.active_count()
+    with heartbeat(journal, trial_id_of(journal, "quiet", study.ask().number)):
+        assert threading.active_count() == threads
+
+
+def test_fault_injection_rejects_unknown_kinds() -> None:
+    faults = {1: "raise", 2: "exit", 13: "exit-always"}
+    assert InjectFaults(faults).faults == faults
+    assert InjectFaults({}).faults == {}
+    with pytest.raises(ValueError, match=r"'explode' must be .* one of raise, exit, exit-always"):
+        InjectFaults({1: "raise", 2: "explode"})
+    with pytest.raises(ValueError, match=r"fault 'x'"):
+        InjectFaults({"x": "raise"})
 
 
 def test_paths_become_absolute_for_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
