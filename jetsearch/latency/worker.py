@@ -110,7 +110,10 @@ DEFAULT_UPLOAD_BUDGET_MB = 256.0
 
 # A body is counted twice while it is parsed: the raw bytes and the decoded text coexist.
 PARSE_FACTOR = 2
-LISTEN_BACKLOG = 128
+# Connections the kernel completes before the loop accepts them (capped by somaxconn): a
+# burst larger than this waits a second for a SYN retry.
+LISTEN_BACKLOG = 1024
+ACCEPT_BURST = 128
 # Threads that parse uploads and answer /info; sockets are read and written by one I/O loop,
 # so a slow or silent client never holds a thread.
 HANDLER_THREADS = 4
@@ -1351,8 +1354,8 @@ def _decode_base64(encoded):
         raise InputError(
             "onnx_b64 is not valid base64: its length %d is not a multiple of 4" % len(encoded)
         )
-    padding = len(encoded) - len(encoded.rstrip("="))
-    model = bytearray(len(encoded) // 4 * 3 - min(padding, 2))
+    padding = 2 if encoded.endswith("==") else 1 if encoded.endswith("=") else 0
+    model = bytearray(len(encoded) // 4 * 3 - padding)
     written = 0
     for start in range(0, len(encoded), BASE64_CHUNK_CHARS):
         piece = encoded[start : start + BASE64_CHUNK_CHARS]
@@ -1371,18 +1374,19 @@ def _decode_base64(encoded):
     return model
 
 
-def _parse_json_body(body):
-    """The JSON object of a /measure body, refusing what would parse to far more memory or
-    time than the body's own size: non-ASCII text, nesting, many items, long numbers."""
+def _ascii_text(body):
     try:
-        text = body.decode("ascii")
+        return body.decode("ascii")
     except UnicodeDecodeError as error:
         raise InputError(
             "the body must be ASCII JSON (non-ASCII characters escaped, as json.dumps writes "
             "it); byte %d is not ASCII" % error.start
         ) from None
-    # The caller passed its only reference: from here on the raw bytes can be freed.
-    del body
+
+
+def _parse_json_text(text):
+    """The JSON object of a /measure body, refusing what would parse to far more memory or
+    time than the body's own size: nesting, many items, long numbers, non-ASCII escapes."""
     containers = text.count("{") + text.count("[")
     if containers > MAX_JSON_CONTAINERS:
         raise InputError(
@@ -1419,12 +1423,16 @@ def parse_measure_request(body, state):
     """Check a /measure JSON body; return (model bytes, model input, shape, settings) or raise
     InputError saying what is wrong.
 
-    Pass the body as the only reference to it (``parse_measure_request(take_body(), state)``):
-    it is freed as soon as it is decoded, so a parse holds at most about twice the body's
-    size at any time (PARSE_FACTOR).
+    `body` is bytes, or a list holding them as its one item: the list is emptied, so that the
+    body is freed as soon as it is decoded and a parse holds at most twice the body's size
+    (PARSE_FACTOR) at any time (a plain argument stays referenced by the caller).
     """
-    request = _parse_json_body(body)
+    if isinstance(body, list):
+        body = body.pop()
+    text = _ascii_text(body)
     del body
+    request = _parse_json_text(text)
+    del text
     unknown = sorted(set(request) - set(MEASURE_FIELDS))
     if unknown:
         raise InputError(
@@ -1749,7 +1757,7 @@ class _Connection(object):
 
     def describe(self):
         host = self.address[0] if isinstance(self.address, tuple) else self.address
-        return "%s %s %s" % (host, self.method or "-", _brief(self.path) if self.path else "-")
+        return "%s %s %s" % (host, self.method or "-", _brief_name(self.path or "-"))
 
 
 class _Measurement(object):
@@ -1891,7 +1899,7 @@ class WorkerServer(object):
         conn.events = events
 
     def _accept(self):
-        for _ in range(64):
+        for _ in range(ACCEPT_BURST):
             try:
                 sock, address = self.socket.accept()
             except (BlockingIOError, InterruptedError):
@@ -2318,7 +2326,7 @@ class WorkerServer(object):
     def _prepare_measurement(self, conn):
         state = self.state
         try:
-            model, item, shape, settings = parse_measure_request(conn.take_body(), state)
+            model, item, shape, settings = parse_measure_request([conn.take_body()], state)
         except InputError as error:
             self._hand_back_json(conn, 400, error_payload(error.kind, str(error)))
             return
