@@ -1846,11 +1846,13 @@ class WorkerServer(object):
                         while self._wake_reader.recv(4096):
                             pass
                 else:
+                    # An answer goes out before more input is read (and maybe thrown away);
+                    # a connection closed earlier in this batch is skipped.
                     conn = key.data
-                    if mask & selectors.EVENT_READ:
-                        self._readable(conn)
                     if mask & selectors.EVENT_WRITE and conn.open and conn.out:
                         self._writable(conn)
+                    if mask & selectors.EVENT_READ and conn.open:
+                        self._readable(conn)
             self._take_handbacks()
             now = time.monotonic()
             if now >= self._next_sweep:
@@ -1956,6 +1958,7 @@ class WorkerServer(object):
                 self._log("closed a silent connection from %s" % conn.describe())
                 self._close(conn)
             elif conn.phase in ("head", "body"):
+                conn.declared = None  # too slow: the rest of its body is not waited for
                 got = (
                     ""
                     if conn.phase == "head"
@@ -2074,7 +2077,9 @@ class WorkerServer(object):
             self._reply(
                 conn,
                 405,
-                error_payload("method-not-allowed", "%s needs %s" % (conn.path, allowed)),
+                error_payload(
+                    "method-not-allowed", "%s needs %s" % (_brief_name(conn.path), allowed)
+                ),
                 {"Allow": allowed},
             )
         elif conn.path == "/health":
