@@ -52,6 +52,21 @@ STABLE_FINGERPRINT_KEYS = (
 
 # Answers that mean "this request is wrong", not "this worker is broken": never retried.
 _REQUEST_ERROR_STATUSES = (400, 404, 405, 411, 413, 415)
+# A busy worker (503 with Retry-After: its queue or upload budget is full) is asked again
+# this many times, each after the wait it names (at most _BUSY_MAX_WAIT_S).
+_BUSY_RETRIES = 5
+_BUSY_MAX_WAIT_S = 60.0
+
+
+def _retry_after_s(error: urllib.error.HTTPError) -> float | None:
+    """The wait a 503 asks for, or None when it names none (the worker cannot measure)."""
+    if error.code != 503:
+        return None
+    try:
+        seconds = float(error.headers.get("Retry-After", ""))
+    except (TypeError, ValueError):
+        return None
+    return min(max(seconds, 0.0), _BUSY_MAX_WAIT_S)
 
 
 def read_token_file(path: str | Path) -> str:
@@ -221,24 +236,34 @@ class RemotePool(LatencyProvider):
         self, url: str, path: str, body: bytes | None = None, timeout: float | None = None
     ) -> dict[str, Any]:
         """JSON answer of one request; HTTPError for error statuses, _WorkerUnavailable when
-        the worker did not answer at all."""
+        the worker did not answer at all. A 503 with Retry-After (the worker is busy) is sent
+        again after the wait it names, at most _BUSY_RETRIES times."""
         headers = {"Authorization": f"Bearer {self.token}"}
         if body is not None:
             headers["Content-Type"] = "application/json"
         request = urllib.request.Request(
             url + path, data=body, headers=headers, method="POST" if body is not None else "GET"
         )
-        try:
-            with urllib.request.urlopen(
-                request, timeout=timeout or self.connect_timeout_s
-            ) as answer:
-                payload = answer.read()
-        except urllib.error.HTTPError:
-            raise
-        except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
-            reason = getattr(error, "reason", error)
-            kind = "timed out" if isinstance(reason, socket.timeout | TimeoutError) else "failed"
-            raise _WorkerUnavailable(f"{path} {kind}: {reason}") from None
+        busy_answers = 0
+        while True:
+            try:
+                with urllib.request.urlopen(
+                    request, timeout=timeout or self.connect_timeout_s
+                ) as answer:
+                    payload = answer.read()
+                break
+            except urllib.error.HTTPError as error:
+                wait_s = _retry_after_s(error)
+                if wait_s is None or busy_answers >= _BUSY_RETRIES:
+                    raise
+                error.close()
+                busy_answers += 1
+                time.sleep(wait_s)
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
+                reason = getattr(error, "reason", error)
+                timed_out = isinstance(reason, socket.timeout | TimeoutError)
+                kind = "timed out" if timed_out else "failed"
+                raise _WorkerUnavailable(f"{path} {kind}: {reason}") from None
         try:
             return json.loads(payload)
         except ValueError:
@@ -453,6 +478,9 @@ class RemotePool(LatencyProvider):
             if error.code == 500 and kind == "measurement-failed":
                 # The model itself failed to run; every board of the target would say the same.
                 raise LatencyError(f"{status.url}: the model failed to run: {message}") from None
+            if error.code == 503 and kind == "busy":
+                # Still busy after the back-off (other clients share it): try another worker.
+                raise _WorkerUnavailable(message, down=False) from None
             if error.code in (401, 503):
                 with self._cond:
                     status.refused = f"refused: {message}"

@@ -16,54 +16,78 @@ median and the spread. A failed or timed-out measurement is an HTTP error, never
 the worker keeps serving.
 
 HTTP API. Every request needs the header ``Authorization: Bearer TOKEN`` with the token from
-``--token-file`` (missing or wrong: 401). Requests and answers are JSON; errors are
-``{"error": "what went wrong", "error_kind": "..."}``.
+``--token-file`` (missing or wrong: 401, decided as soon as the request head is in, before any
+body is read). Requests and answers are JSON; errors are
+``{"error": "what went wrong", "error_kind": "..."}``. Every connection carries one request and
+is closed after its answer.
 
 ``GET /health``
     ``{"status": "ok", "busy": false}``
 ``GET /info``
     target, chosen backend (or null and the reason), backends found, default and supported
-    precisions, limits, worker version and the board fingerprint (board model, L4T/JetPack,
-    power mode, whether clocks are locked, runtime versions, CPU, OS, python, temperatures).
+    precisions, limits, queue, counters (measurements, dropped), worker version and the board
+    fingerprint (board model, L4T/JetPack, power mode, whether clocks are locked, runtime
+    versions, CPU, OS, python, temperatures).
 ``POST /measure``
     body ``{"onnx_b64": "<base64 ONNX bytes>", "input_shape": [1, 3, 360, 480],
     "precision": "fp16", "warmup_s": 1.0, "runs": 100}``; only ``onnx_b64`` and
     ``input_shape`` are required. Answer: ``{"samples_ms": [...], "warmup_runs": n,
     "timed_runs": n, "backend": ..., "precision": ..., "metric": ..., "flags": [...],
     "fingerprint": {...}, "temps_before": {...}, "temps_after": {...}, "started_at": t0,
-    "finished_at": t1}`` (t0 and t1 are Unix times). Status codes: 400 for a malformed body,
-    unknown fields, an invalid ONNX model, an absurd input shape or out-of-range settings;
-    411/413/415 for a missing, too large (checked before reading) or non-JSON body; 500 when the
-    model failed to run or the child crashed; 503 when the worker has no backend; 504 when the
-    measurement ran past ``--timeout``.
+    "finished_at": t1}`` (t0 and t1 are Unix times). Status codes: 400 for a malformed body
+    (not ASCII JSON, nested or repeated containers, unknown fields, wrong types), an invalid
+    ONNX model (a fixed dimension of 0 included), an absurd input shape, out-of-range settings,
+    or a model that needs more memory than ``--memory-limit-mb`` (``"error_kind":
+    "memory-limit"``); 408 when the request did not arrive within ``--request-timeout``;
+    411/413/415 for a missing, too large (checked before reading) or non-JSON body; 431 for an
+    oversize request head; 500 when the model failed to run or the child crashed; 503 when the
+    worker has no backend, or, with a ``Retry-After`` header (``"error_kind": "busy"``), when
+    the measurement queue or the upload budget is full; 504 when the measurement ran past
+    ``--timeout``.
 
-Nothing a client sends is executed or unpickled: the model is parsed as ONNX and handed to the
-timing backend, every other field is checked against a fixed list of names, types and ranges.
-The worker listens on 127.0.0.1 unless ``--host`` says otherwise.
+Resources a client can take are bounded: one I/O loop holds every connection (a slow or silent
+one costs no thread; past ``--max-connections`` the oldest idle one is closed), a fixed pool of
+threads parses uploads within ``--upload-budget-mb``, at most ``--queue`` measurements wait,
+a request whose client has disconnected is dropped before (or while) it is measured, and the
+measuring process runs under ``--memory-limit-mb``. Nothing a client sends is executed or
+unpickled: the model is parsed as ONNX and handed to the timing backend, every other field is
+checked against a fixed list of names, types and ranges. The worker listens on 127.0.0.1
+unless ``--host`` says otherwise.
 """
 
 import argparse
 import base64
 import binascii
+import collections
 import contextlib
+import email.utils
 import glob
 import hmac
+import http.client
 import json
+import math
 import os
 import platform
+import queue
 import re
+import reprlib
+import select
+import selectors
 import shutil
 import signal
 import socket
-import socketserver
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import traceback
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
+
+try:  # POSIX only; without it the measuring child runs without an address-space limit
+    import resource
+except ImportError:  # pragma: no cover - Windows
+    resource = None
 
 WORKER_VERSION = "1.0.0"
 API_VERSION = 1
@@ -74,6 +98,42 @@ DEFAULT_MAX_UPLOAD_MB = 64.0
 DEFAULT_TIMEOUT_S = 240.0
 DEFAULT_WARMUP_S = 1.0
 DEFAULT_RUNS = 100
+# The whole request (headers and body) must arrive within this; a 64 MB body needs ~0.6 MB/s.
+DEFAULT_REQUEST_TIMEOUT_S = 120.0
+# What the measuring child may use; JetSeg networks need a few hundred MB at most.
+DEFAULT_MEMORY_LIMIT_MB = 2048
+# Measurements that may wait behind the running one.
+DEFAULT_QUEUE = 8
+DEFAULT_MAX_CONNECTIONS = 512
+# Upload bytes held at once (bodies being read and parsed, models waiting in the queue).
+DEFAULT_UPLOAD_BUDGET_MB = 256.0
+
+# A body is counted twice while it is parsed: the raw bytes and the decoded text coexist.
+PARSE_FACTOR = 2
+# Connections the kernel completes before the loop accepts them (capped by somaxconn): a
+# burst larger than this waits a second for a SYN retry.
+LISTEN_BACKLOG = 1024
+ACCEPT_BURST = 128
+# Threads that parse uploads and answer /info; sockets are read and written by one I/O loop,
+# so a slow or silent client never holds a thread.
+HANDLER_THREADS = 4
+HANDLER_QUEUE = 64
+MAX_HEADER_BYTES = 16384
+MAX_HEADERS = 64
+# After an answer, how long and how much of an unread body is read and thrown away, so that
+# the client reads the answer instead of a reset (a body the worker never asked for is not).
+LINGER_S = 2.0
+ANSWER_TIMEOUT_S = 30.0
+UNTRUSTED_DRAIN_BYTES = 65536
+# A /measure body is one flat object of five fields: more containers or items than this is
+# hostile (nesting, or millions of tiny objects that parse to 20x the body's size).
+MAX_JSON_CONTAINERS = 16
+MAX_JSON_ITEMS = 64
+MAX_JSON_NUMBER_CHARS = 32
+BASE64_CHUNK_CHARS = 1 << 22
+# How often a running measurement checks its memory, its deadline and its client.
+WATCH_INTERVAL_S = 0.1
+RETRY_AFTER_LIMITS_S = (1, 600)
 
 MAX_BATCH = 64
 MAX_SIDE = 8192
@@ -96,6 +156,12 @@ TRTEXEC_DEFAULT_PATH = "/usr/src/tensorrt/bin/trtexec"
 ONNX_FLOAT = 1
 ONNX_FLOAT16 = 10
 ONNX_ELEM_TYPE_NAMES = {ONNX_FLOAT: "float32", ONNX_FLOAT16: "float16"}
+
+_BRIEF = reprlib.Repr()
+_BRIEF.maxstring = _BRIEF.maxother = 60
+_BRIEF.maxlist = _BRIEF.maxdict = 8
+# A \u escape of anything beyond ASCII (\u0000 to \u007f are ASCII).
+_NON_ASCII_ESCAPE = re.compile(r"\\u(?!00[0-7][0-9A-Fa-f])")
 
 CHILD_MODE_FLAG = "--_measure-child"
 PROBE_MODE_FLAG = "--_probe"
@@ -232,7 +298,8 @@ def describe_onnx_model(data):
     the graph inputs that are not initializers, each ``{"name", "elem_type", "dims"}``. Raises
     InputError (kind "invalid-model") saying what is wrong.
     """
-    buf = memoryview(bytes(data))
+    # A view, not a copy: the model may be tens of MB and the caller already holds it.
+    buf = memoryview(data if isinstance(data, (bytes, bytearray)) else bytes(data))
     if len(buf) == 0:
         raise InputError("the ONNX model is empty", "invalid-model")
     ir_version = None
@@ -306,11 +373,13 @@ def model_input(description):
 def validate_input_shape(shape):
     """Return `shape` as a list of 4 ints (B, C, H, W) or raise InputError saying why not."""
     if not isinstance(shape, (list, tuple)) or len(shape) != 4:
-        raise InputError("input_shape must be a list of 4 integers [B, C, H, W], got %r" % (shape,))
+        raise InputError(
+            "input_shape must be a list of 4 integers [B, C, H, W], got %s" % _brief(shape)
+        )
     for value in shape:
         # bool is an int subclass; True is not a dimension.
         if isinstance(value, bool) or not isinstance(value, int):
-            raise InputError("input_shape must hold integers, got %r" % (shape,))
+            raise InputError("input_shape must hold integers, got %s" % _brief(shape))
         if value <= 0:
             raise InputError("input_shape dimensions must be positive, got %r" % (shape,))
     batch, _, height, width = shape
@@ -343,7 +412,15 @@ def check_shape_against_input(shape, item):
             "invalid-input",
         )
     for axis, (dim, value) in enumerate(zip(dims, shape)):
-        if isinstance(dim, int) and dim > 0 and dim != value:
+        if isinstance(dim, int) and dim <= 0:
+            # ONNX writes a fixed size in dim_value; 0 or less can hold no image (a symbolic
+            # axis is a dim_param or no value at all).
+            raise InputError(
+                "input %r has fixed size %d on axis %d (%r): a fixed dimension must be "
+                "positive, or symbolic to take any size" % (item["name"], dim, axis, dims),
+                "invalid-model",
+            )
+        if isinstance(dim, int) and dim != value:
             raise InputError(
                 "input %r has fixed size %d on axis %d but input_shape %r asks for %d"
                 % (item["name"], dim, axis, list(shape), value),
@@ -552,6 +629,44 @@ def _probe_main():
     return 0
 
 
+def limit_address_space(limit_bytes):
+    """Cap this process's address space at `limit_bytes` (None or 0: leave it as it is)."""
+    if not limit_bytes or resource is None:
+        return
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = int(limit_bytes)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    # Soft and hard alike, so nothing the model loads can lift it again.
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+# What allocators say when an allocation is refused (onnxruntime's arena, C++, Python, libc).
+_ALLOCATION_FAILURE = re.compile(
+    r"Failed to allocate memory|bad_alloc|bad allocation|MemoryError|Cannot allocate memory|"
+    r"[Oo]ut of memory",
+)
+
+
+def looks_like_allocation_failure(text):
+    """True if `text` (an error or a log) says an allocation was refused."""
+    return bool(_ALLOCATION_FAILURE.search(text or ""))
+
+
+def _rss_bytes(pid):
+    """Resident memory of process `pid` from /proc (None where there is no /proc)."""
+    text = _read_text("/proc/%d/status" % pid)
+    match = re.search(r"^VmRSS:\s*(\d+)\s*kB", text or "", re.MULTILINE)
+    return int(match.group(1)) * 1024 if match else None
+
+
+def memory_limit_message(limit_bytes, detail):
+    return (
+        "the measurement needs more memory than this worker's limit of %d MiB "
+        "(--memory-limit-mb): %s" % (limit_bytes // (1 << 20), detail)
+    )
+
+
 class _ChildError(Exception):
     def __init__(self, kind, message):
         Exception.__init__(self, message)
@@ -622,6 +737,8 @@ def _onnxruntime_measure(spec):
     try:
         session = onnxruntime.InferenceSession(model_path, options, providers=providers)
     except Exception as error:
+        if spec.get("memory_limit_bytes") and looks_like_allocation_failure(str(error)):
+            raise _ChildError("memory-limit", "loading the model: %s" % error) from None
         raise _ChildError(
             "invalid-model", "invalid ONNX model: onnxruntime could not load it: %s" % error
         ) from None
@@ -680,6 +797,8 @@ def _onnxruntime_measure(spec):
     try:
         run_once()
     except Exception as error:
+        if spec.get("memory_limit_bytes") and looks_like_allocation_failure(str(error)):
+            raise _ChildError("memory-limit", "running the model: %s" % error) from None
         raise _ChildError(
             "measurement-failed",
             "the model failed to run on input shape %s: %s" % (shape, error),
@@ -723,10 +842,15 @@ def _measure_child_main(spec_path):
     with open(spec_path) as handle:
         spec = json.load(handle)
     try:
+        # Before onnxruntime is imported: a model that expands to gigabytes (an Expand to a
+        # huge shape fits in 137 bytes) gets a refused allocation, not the board's memory.
+        limit_address_space(spec.get("memory_limit_bytes"))
         outcome = _onnxruntime_measure(spec)
         outcome["ok"] = True
     except _ChildError as error:
         outcome = {"ok": False, "error_kind": error.kind, "error": str(error)}
+    except MemoryError as error:
+        outcome = {"ok": False, "error_kind": "memory-limit", "error": "MemoryError: %s" % error}
     except Exception as error:
         outcome = {
             "ok": False,
@@ -748,8 +872,14 @@ def _kill_group(proc):
     proc.communicate()
 
 
-def _run_with_timeout(cmd, timeout_s, cwd=None):
-    """(returncode, output) of `cmd`, killing its whole process group after `timeout_s`."""
+def _run_with_timeout(cmd, timeout_s, cwd=None, memory_limit_bytes=None, cancelled=None):
+    """(returncode, output) of `cmd`, killing its whole process group when it runs past
+    `timeout_s` (504), when its resident memory passes `memory_limit_bytes` (400
+    "memory-limit") or when `cancelled()` turns true (499 "client-gone": nobody waits for it).
+
+    The resident-memory watch is what bounds trtexec and the GPU providers, where an
+    address-space limit would break CUDA, which reserves far more address space than it uses.
+    """
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
@@ -758,14 +888,40 @@ def _run_with_timeout(cmd, timeout_s, cwd=None):
         cwd=cwd,
         start_new_session=True,
     )
-    try:
-        output, _ = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        _kill_group(proc)
-        raise MeasureError(
-            504, "timeout", "the measurement ran past the %.1f s timeout and was killed" % timeout_s
-        ) from None
-    return proc.returncode, output
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            # Retrying communicate() after its timeout loses no output (documented).
+            output, _ = proc.communicate(
+                timeout=max(0.0, min(WATCH_INTERVAL_S, deadline - time.monotonic()))
+            )
+            return proc.returncode, output
+        except subprocess.TimeoutExpired:
+            pass
+        if time.monotonic() >= deadline:
+            _kill_group(proc)
+            raise MeasureError(
+                504,
+                "timeout",
+                "the measurement ran past the %.1f s timeout and was killed" % timeout_s,
+            )
+        if memory_limit_bytes:
+            rss = _rss_bytes(proc.pid)
+            if rss is not None and rss > memory_limit_bytes:
+                _kill_group(proc)
+                raise MeasureError(
+                    400,
+                    "memory-limit",
+                    memory_limit_message(
+                        memory_limit_bytes,
+                        "its resident memory reached %d MiB and it was killed" % (rss >> 20),
+                    ),
+                )
+        if cancelled is not None and cancelled():
+            _kill_group(proc)
+            raise MeasureError(
+                499, "client-gone", "the client disconnected; the measurement was stopped"
+            )
 
 
 # Child error kinds -> HTTP status of the answer.
@@ -776,6 +932,7 @@ CHILD_ERROR_STATUS = {
     "provider-fallback": 503,
     "backend-missing": 503,
     "measurement-failed": 500,
+    "memory-limit": 400,
 }
 
 
@@ -792,6 +949,8 @@ def run_onnxruntime_child(
     timeout_s=DEFAULT_TIMEOUT_S,
     workdir=None,
     python=None,
+    memory_limit_bytes=None,
+    cancelled=None,
 ):
     """Time `model_path` with onnxruntime in a fresh child process and return its result dict.
 
@@ -799,7 +958,12 @@ def run_onnxruntime_child(
     time.perf_counter: at least `min_runs`, then on until `target_s` has passed, at most
     `max_runs`. intra-op threads = `threads`, inter-op threads = 1, sequential execution; on a
     GPU provider the input is bound once on the device (IOBinding). Raises MeasureError with the
-    HTTP status and kind ("invalid-model", "provider-fallback", "timeout", ...) on failure.
+    HTTP status and kind ("invalid-model", "provider-fallback", "timeout", "memory-limit", ...)
+    on failure.
+
+    `memory_limit_bytes` bounds the child: its address space on the CPU provider (a refused
+    allocation fails at once), its resident memory on every provider (CUDA needs far more
+    address space than memory). `cancelled()`, polled while the child runs, stops it early.
     """
     if execution_provider not in EXECUTION_PROVIDERS:
         raise ValueError(
@@ -821,16 +985,30 @@ def run_onnxruntime_child(
             "max_runs": max_runs,
             "target_s": target_s,
             "result_path": os.path.join(workdir, "result.json"),
+            # An address-space limit only where CUDA is not loaded.
+            "memory_limit_bytes": memory_limit_bytes if execution_provider == "cpu" else None,
         }
         spec_path = os.path.join(workdir, "spec.json")
         with open(spec_path, "w") as handle:
             json.dump(spec, handle)
         cmd = [python or sys.executable, os.path.abspath(__file__), CHILD_MODE_FLAG, spec_path]
-        returncode, output = _run_with_timeout(cmd, timeout_s, cwd=workdir)
+        returncode, output = _run_with_timeout(
+            cmd, timeout_s, cwd=workdir, memory_limit_bytes=memory_limit_bytes, cancelled=cancelled
+        )
         try:
             with open(spec["result_path"]) as handle:
                 outcome = json.load(handle)
         except (OSError, ValueError):
+            if memory_limit_bytes and looks_like_allocation_failure(output):
+                raise MeasureError(
+                    400,
+                    "memory-limit",
+                    memory_limit_message(
+                        memory_limit_bytes,
+                        "the measuring process died on a refused allocation: %s"
+                        % output.strip()[-500:],
+                    ),
+                ) from None
             raise MeasureError(
                 500,
                 "measurement-crashed",
@@ -839,7 +1017,10 @@ def run_onnxruntime_child(
             ) from None
         if not outcome.get("ok"):
             kind = outcome.get("error_kind", "measurement-failed")
-            raise MeasureError(CHILD_ERROR_STATUS.get(kind, 500), kind, outcome.get("error", ""))
+            message = outcome.get("error", "")
+            if kind == "memory-limit":
+                message = memory_limit_message(memory_limit_bytes or 0, message)
+            raise MeasureError(CHILD_ERROR_STATUS.get(kind, 500), kind, message)
         outcome.pop("ok", None)
         return outcome
     finally:
@@ -929,9 +1110,24 @@ def parse_layer_precisions(text):
 
 
 def run_trtexec(
-    trtexec, model_path, item, input_shape, precision, warmup_s, runs, timeout_s, workdir
+    trtexec,
+    model_path,
+    item,
+    input_shape,
+    precision,
+    warmup_s,
+    runs,
+    timeout_s,
+    workdir,
+    memory_limit_bytes=None,
+    cancelled=None,
 ):
-    """Build a TensorRT engine with trtexec, time it, and return the result dict."""
+    """Build a TensorRT engine with trtexec, time it, and return the result dict.
+
+    `memory_limit_bytes` bounds trtexec's resident memory (not its address space: CUDA
+    reserves more than any limit worth setting); `cancelled()` stops it early.
+    """
+    watch = {"memory_limit_bytes": memory_limit_bytes, "cancelled": cancelled}
     times_path = os.path.join(workdir, "times.json")
     layers_path = os.path.join(workdir, "layers.json")
     cmd = [
@@ -952,10 +1148,10 @@ def run_trtexec(
         cmd.append("--fp16")
     detail = ["--exportLayerInfo=" + layers_path, "--profilingVerbosity=detailed"]
     flags = []
-    returncode, log = _run_with_timeout(cmd + detail, timeout_s, cwd=workdir)
+    returncode, log = _run_with_timeout(cmd + detail, timeout_s, cwd=workdir, **watch)
     if returncode != 0 and re.search(r"[Uu]nknown option|[Uu]nrecognized", log):
         # TensorRT before 8.2 has no layer export; time without it and say so.
-        returncode, log = _run_with_timeout(cmd, timeout_s, cwd=workdir)
+        returncode, log = _run_with_timeout(cmd, timeout_s, cwd=workdir, **watch)
         flags.append("engine-precision-unverified")
     if returncode != 0:
         kind = (
@@ -1007,11 +1203,17 @@ class WorkerState:
         self.token = token.encode("utf-8")
         self.max_upload_bytes = int(args.max_upload_mb * 1024 * 1024)
         self.timeout_s = float(args.timeout)
+        self.request_timeout_s = float(args.request_timeout)
+        self.memory_limit_bytes = int(args.memory_limit_mb * 1024 * 1024) or None
+        self.max_connections = args.max_connections
         self.threads = args.threads or os.cpu_count() or 1
-        self.measure_lock = threading.Lock()
+        self.queue = MeasurementQueue(args.queue)
+        self.uploads = UploadBudget(int(args.upload_budget_mb * 1024 * 1024))
         self.busy = False
         self.started_at = time.time()
         self.measurements = 0
+        # Requests whose client had gone before (or while) they were measured.
+        self.dropped = 0
         self.fingerprint = static_fingerprint()
         self.trtexec = find_trtexec(args.trtexec)
         self.trtexec_version = trtexec_version(self.trtexec) if self.trtexec else None
@@ -1021,6 +1223,10 @@ class WorkerState:
         self.default_precision = "fp16" if self.backend == "trtexec" else "fp32"
         self.fingerprint["onnxruntime_version"] = self.onnxruntime.get("version")
         self.fingerprint["tensorrt_version"] = self.trtexec_version
+
+    def retry_after_s(self):
+        """Seconds a refused client should wait: until the running measurement should end."""
+        return self.queue.retry_after_s()
 
     def _choose_ort_provider(self, requested):
         providers = self.onnxruntime.get("providers") or []
@@ -1094,7 +1300,12 @@ class WorkerState:
             "precisions": self.supported_precisions(),
             "limits": {
                 "max_upload_bytes": self.max_upload_bytes,
+                "upload_budget_bytes": self.uploads.capacity,
                 "timeout_s": self.timeout_s,
+                "request_timeout_s": self.request_timeout_s,
+                "memory_limit_bytes": self.memory_limit_bytes,
+                "queue": self.queue.capacity,
+                "max_connections": self.max_connections,
                 "max_batch": MAX_BATCH,
                 "max_side": MAX_SIDE,
                 "max_input_elements": MAX_INPUT_ELEMENTS,
@@ -1104,49 +1315,157 @@ class WorkerState:
             "fingerprint": self.fingerprint_now(),
             "temperatures": temperatures(),
             "busy": self.busy,
+            "queued": self.queue.waiting(),
             "measurements": self.measurements,
+            "dropped": self.dropped,
         }
 
 
-def parse_measure_request(body, state):
-    """Check a /measure JSON body; return (model bytes, model input, settings) or raise."""
+def _brief(value):
+    """A short repr of a client's value for an error message (a value can be 60 MB long)."""
+    return _BRIEF.repr(value)
+
+
+def _brief_name(name):
+    return name if len(name) <= 60 else name[:57] + "..."
+
+
+def _json_number_guard(parse):
+    def parse_bounded(text):
+        # Python 3.6 turns a long digit string into an int in quadratic time.
+        if len(text) > MAX_JSON_NUMBER_CHARS:
+            raise InputError(
+                "a number in the body has %d characters, more than %d"
+                % (len(text), MAX_JSON_NUMBER_CHARS)
+            )
+        return parse(text)
+
+    return parse_bounded
+
+
+def _json_constant(name):
+    raise InputError("%s is not a number this worker accepts" % name)
+
+
+def _decode_base64(encoded):
+    """bytearray of the strict base64 string `encoded`, decoded slice by slice so that at no
+    time a second copy of the whole text exists (b64decode would make one)."""
+    if len(encoded) % 4:
+        raise InputError(
+            "onnx_b64 is not valid base64: its length %d is not a multiple of 4" % len(encoded)
+        )
+    padding = 2 if encoded.endswith("==") else 1 if encoded.endswith("=") else 0
+    model = bytearray(len(encoded) // 4 * 3 - padding)
+    written = 0
+    for start in range(0, len(encoded), BASE64_CHUNK_CHARS):
+        piece = encoded[start : start + BASE64_CHUNK_CHARS]
+        if start + BASE64_CHUNK_CHARS < len(encoded) and piece.endswith("="):
+            raise InputError("onnx_b64 is not valid base64: padding before its end")
+        try:
+            decoded = base64.b64decode(piece.encode("ascii"), validate=True)
+        except (binascii.Error, ValueError, UnicodeEncodeError) as error:
+            raise InputError("onnx_b64 is not valid base64: %s" % error) from None
+        if written + len(decoded) > len(model):
+            raise InputError("onnx_b64 is not valid base64: misplaced padding")
+        model[written : written + len(decoded)] = decoded
+        written += len(decoded)
+    if written != len(model):
+        raise InputError("onnx_b64 is not valid base64: misplaced padding")
+    return model
+
+
+def _ascii_text(body):
     try:
-        request = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as error:
+        return body.decode("ascii")
+    except UnicodeDecodeError as error:
+        raise InputError(
+            "the body must be ASCII JSON (non-ASCII characters escaped, as json.dumps writes "
+            "it); byte %d is not ASCII" % error.start
+        ) from None
+
+
+def _parse_json_text(text):
+    """The JSON object of a /measure body, refusing what would parse to far more memory or
+    time than the body's own size: nesting, many items, long numbers, non-ASCII escapes."""
+    containers = text.count("{") + text.count("[")
+    if containers > MAX_JSON_CONTAINERS:
+        raise InputError(
+            "the body holds %d JSON objects or arrays, more than %d: a /measure body is one "
+            "flat object, nested JSON is refused" % (containers, MAX_JSON_CONTAINERS)
+        )
+    items = text.count(",")
+    if items > MAX_JSON_ITEMS:
+        raise InputError(
+            "the body holds %d JSON items, more than %d: a /measure body is one flat object "
+            "of %d fields" % (items, MAX_JSON_ITEMS, len(MEASURE_FIELDS))
+        )
+    # One escaped non-ASCII character makes Python store a 64 MB string in 4 bytes per
+    # character; every /measure field is ASCII anyway.
+    if "\\u" in text and _NON_ASCII_ESCAPE.search(text):
+        raise InputError("the body escapes a non-ASCII character; every /measure field is ASCII")
+    try:
+        request = json.loads(
+            text,
+            parse_int=_json_number_guard(int),
+            parse_float=_json_number_guard(float),
+            parse_constant=_json_constant,
+        )
+    except InputError:
+        raise
+    except (ValueError, RecursionError) as error:
         raise InputError("the body is not valid JSON: %s" % error) from None
     if not isinstance(request, dict):
         raise InputError("the body must be a JSON object, got %s" % type(request).__name__)
+    return request
+
+
+def parse_measure_request(body, state):
+    """Check a /measure JSON body; return (model bytes, model input, shape, settings) or raise
+    InputError saying what is wrong.
+
+    `body` is bytes, or a list holding them as its one item: the list is emptied, so that the
+    body is freed as soon as it is decoded and a parse holds at most twice the body's size
+    (PARSE_FACTOR) at any time (a plain argument stays referenced by the caller).
+    """
+    if isinstance(body, list):
+        body = body.pop()
+    text = _ascii_text(body)
+    del body
+    request = _parse_json_text(text)
+    del text
     unknown = sorted(set(request) - set(MEASURE_FIELDS))
     if unknown:
         raise InputError(
-            "unknown fields %s; allowed: %s" % (", ".join(unknown), ", ".join(MEASURE_FIELDS))
+            "unknown fields %s; allowed: %s"
+            % (", ".join(_brief_name(name) for name in unknown), ", ".join(MEASURE_FIELDS))
         )
     missing = [name for name in REQUIRED_MEASURE_FIELDS if name not in request]
     if missing:
         raise InputError("missing required fields: %s" % ", ".join(missing))
-    encoded = request["onnx_b64"]
-    if not isinstance(encoded, str):
-        raise InputError("onnx_b64 must be a base64 string")
-    try:
-        model = base64.b64decode(encoded.encode("ascii"), validate=True)
-    except (binascii.Error, ValueError, UnicodeEncodeError) as error:
-        raise InputError("onnx_b64 is not valid base64: %s" % error) from None
+    if not isinstance(request["onnx_b64"], str):
+        raise InputError(
+            "onnx_b64 must be a base64 string, got %s" % type(request["onnx_b64"]).__name__
+        )
     shape = validate_input_shape(request["input_shape"])
     precision = request.get("precision", state.default_precision)
-    if precision not in PRECISIONS:
-        raise InputError("precision must be one of %s, got %r" % (list(PRECISIONS), precision))
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise InputError(
+            "precision must be one of %s, got %s" % (list(PRECISIONS), _brief(precision))
+        )
     warmup_s = request.get("warmup_s", DEFAULT_WARMUP_S)
     if isinstance(warmup_s, bool) or not isinstance(warmup_s, (int, float)):
-        raise InputError("warmup_s must be a number of seconds, got %r" % (warmup_s,))
+        raise InputError("warmup_s must be a number of seconds, got %s" % _brief(warmup_s))
     if not WARMUP_S_LIMITS[0] <= warmup_s <= WARMUP_S_LIMITS[1]:
         raise InputError(
             "warmup_s must be within [%g, %g], got %r" % (WARMUP_S_LIMITS + (warmup_s,))
         )
     runs = request.get("runs", DEFAULT_RUNS)
     if isinstance(runs, bool) or not isinstance(runs, int):
-        raise InputError("runs must be an integer, got %r" % (runs,))
+        raise InputError("runs must be an integer, got %s" % _brief(runs))
     if not RUNS_LIMITS[0] <= runs <= RUNS_LIMITS[1]:
         raise InputError("runs must be within [%d, %d], got %d" % (RUNS_LIMITS + (runs,)))
+    # Decoded last, after the cheap checks; the text is dropped as soon as it is decoded.
+    model = _decode_base64(request.pop("onnx_b64"))
     try:
         item = model_input(describe_onnx_model(model))
     except InputError as error:
@@ -1163,8 +1482,10 @@ def parse_measure_request(body, state):
     return model, item, shape, settings
 
 
-def measure(state, model, item, shape, settings):
-    """Run one measurement (the caller holds state.measure_lock) and return the answer dict."""
+def measure(state, model, item, shape, settings, cancelled=None):
+    """Run one measurement and return the answer dict; only the measuring thread calls it,
+    so measurements never overlap. `cancelled()`, polled while the child runs, stops it
+    (MeasureError 499 "client-gone")."""
     if state.backend is None:
         raise MeasureError(503, "backend-missing", state.backend_reason)
     workdir = tempfile.mkdtemp(prefix="jetsearch-worker-")
@@ -1185,6 +1506,8 @@ def measure(state, model, item, shape, settings):
                 settings["runs"],
                 state.timeout_s,
                 workdir,
+                memory_limit_bytes=state.memory_limit_bytes,
+                cancelled=cancelled,
             )
         else:
             result = run_onnxruntime_child(
@@ -1199,6 +1522,8 @@ def measure(state, model, item, shape, settings):
                 target_s=0.0,
                 timeout_s=state.timeout_s,
                 workdir=workdir,
+                memory_limit_bytes=state.memory_limit_bytes,
+                cancelled=cancelled,
             )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -1214,161 +1539,865 @@ def measure(state, model, item, shape, settings):
     return result
 
 
-class WorkerHandler(BaseHTTPRequestHandler):
-    server_version = "jetsearch-worker/" + WORKER_VERSION
-    # A client that stops sending mid-body must not hold a thread forever.
-    timeout = 120
+class UploadBudget(object):
+    """Bytes of uploads held at once, counted before they are read: a body reserves
+    PARSE_FACTOR times its Content-Length until it is parsed, then the size of its model until
+    its connection closes. A request that does not fit is answered 503, never buffered."""
 
-    def do_GET(self):
-        self._dispatch("GET")
+    def __init__(self, capacity):
+        self.capacity = int(capacity)
+        self.used = 0
+        self._lock = threading.Lock()
 
-    def do_POST(self):
-        self._dispatch("POST")
+    def reserve(self, size):
+        with self._lock:
+            if self.used + size > self.capacity:
+                return False
+            self.used += size
+            return True
 
-    def do_PUT(self):
-        self._dispatch("PUT")
+    def release(self, size):
+        with self._lock:
+            self.used -= size
 
-    def do_DELETE(self):
-        self._dispatch("DELETE")
 
-    @property
-    def state(self):
-        return self.server.state
+class MeasurementQueue(object):
+    """Parsed measurements for the one measuring thread: the running one plus at most
+    `capacity` waiting. It also remembers how long measurements take, for Retry-After."""
 
-    def log_message(self, format, *args):
-        sys.stderr.write(
-            "%s %s %s\n"
-            % (time.strftime("%Y-%m-%d %H:%M:%S"), self.address_string(), format % args)
+    def __init__(self, capacity):
+        self.capacity = int(capacity)
+        self._jobs = collections.deque()
+        self._cond = threading.Condition()
+        self._running_since = None
+        self._mean_s = None
+        self._closed = False
+
+    def _held(self):
+        return len(self._jobs) + (0 if self._running_since is None else 1)
+
+    def full(self):
+        with self._cond:
+            return self._held() > self.capacity
+
+    def waiting(self):
+        with self._cond:
+            return len(self._jobs)
+
+    def offer(self, job):
+        """Queue `job`, or return False when the queue is full."""
+        with self._cond:
+            if self._held() > self.capacity:
+                return False
+            self._jobs.append(job)
+            self._cond.notify()
+            return True
+
+    def take(self):
+        """The next job (blocking), or None once the queue is closed."""
+        with self._cond:
+            while not self._jobs and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return None
+            self._running_since = time.monotonic()
+            return self._jobs.popleft()
+
+    def done(self, measured):
+        with self._cond:
+            if measured and self._running_since is not None:
+                took = time.monotonic() - self._running_since
+                self._mean_s = took if self._mean_s is None else 0.7 * self._mean_s + 0.3 * took
+            self._running_since = None
+
+    def retry_after_s(self):
+        """Whole seconds until a slot should be free: the rest of the running measurement."""
+        with self._cond:
+            remaining = self._mean_s if self._mean_s is not None else 1.0
+            if self._running_since is not None:
+                remaining -= time.monotonic() - self._running_since
+        low, high = RETRY_AFTER_LIMITS_S
+        return int(min(high, max(low, math.ceil(remaining))))
+
+    def close(self):
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+class _HttpError(Exception):
+    def __init__(self, status, kind, message):
+        Exception.__init__(self, message)
+        self.status = status
+        self.kind = kind
+
+
+_HTTP_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+# Headers whose repetition would let two readers of one request disagree.
+_SINGLE_HEADERS = ("authorization", "content-length", "content-type", "transfer-encoding")
+ROUTES = {"/health": "GET", "/info": "GET", "/measure": "POST"}
+
+
+def _head_end(buffer):
+    """(index, separator length) of the blank line ending a request head, or None."""
+    found = [(buffer.find(sep), len(sep)) for sep in (b"\r\n\r\n", b"\n\n")]
+    found = [item for item in found if item[0] >= 0]
+    return min(found) if found else None
+
+
+def parse_request_head(head):
+    """(method, target, {lower-case header name: value}) of an HTTP/1.x request head (the
+    bytes before its blank line); _HttpError 400 or 431 for anything malformed."""
+    lines = head.decode("iso-8859-1").replace("\r\n", "\n").split("\n")
+    if len(lines) - 1 > MAX_HEADERS:
+        raise _HttpError(431, "headers-too-large", "more than %d header lines" % MAX_HEADERS)
+    parts = lines[0].split(" ")
+    if (
+        len(parts) != 3
+        or not _HTTP_TOKEN.match(parts[0])
+        or not re.match(r"^HTTP/1\.\d$", parts[2])
+    ):
+        raise _HttpError(
+            400, "invalid-request", "malformed HTTP/1.x request line %s" % _brief(lines[0])
         )
+    headers = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if not sep or not _HTTP_TOKEN.match(name):
+            raise _HttpError(400, "invalid-request", "malformed header line %s" % _brief(line))
+        name = name.lower()
+        value = value.strip()
+        if name in headers:
+            if name in _SINGLE_HEADERS:
+                raise _HttpError(400, "invalid-request", "header %s is given twice" % name)
+            headers[name] += ", " + value
+        else:
+            headers[name] = value
+    return parts[0], parts[1], headers
 
-    def _send_json(self, status, payload, headers=None):
-        body = json.dumps(payload).encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
 
-    def _send_error(self, status, kind, message, headers=None):
-        self._send_json(status, {"error": message, "error_kind": kind}, headers)
+def http_response(status, payload, headers=None):
+    """The bytes of a complete JSON answer; every connection closes after one answer."""
+    body = json.dumps(payload).encode("utf-8")
+    lines = [
+        "HTTP/1.1 %d %s" % (status, http.client.responses.get(status, "Error")),
+        "Server: jetsearch-worker/%s" % WORKER_VERSION,
+        "Date: %s" % email.utils.formatdate(usegmt=True),
+        "Content-Type: application/json",
+        "Content-Length: %d" % len(body),
+        "Connection: close",
+    ]
+    for name, value in sorted((headers or {}).items()):
+        lines.append("%s: %s" % (name, value))
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
-    def _authorized(self):
-        header = self.headers.get("Authorization", "")
-        if not header.startswith("Bearer "):
-            return False
-        return hmac.compare_digest(
-            header[len("Bearer ") :].strip().encode("utf-8"), self.state.token
-        )
 
-    def _dispatch(self, method):
-        path = self.path.split("?", 1)[0]
+def error_payload(kind, message):
+    return {"error": message, "error_kind": kind}
+
+
+def client_gone(sock):
+    """True if the client of `sock` has closed or reset the connection.
+
+    A closed peer makes the socket readable with nothing to read (EOF) or an error; a peer
+    that is still waiting leaves it unreadable. MSG_PEEK reads nothing away.
+    """
+    try:
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
+            ready = poller.poll(0)
+        else:  # pragma: no cover - no poll() (Windows)
+            ready = select.select([sock], [], [], 0)[0]
+    except (OSError, ValueError):
+        return True
+    if not ready:
+        return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
+
+
+class _Connection(object):
+    """One client connection. The I/O loop owns it, except in phase "processing", when one
+    handler or the measuring thread does until it hands the answer back."""
+
+    def __init__(self, sock, address, number, deadline):
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.address = address
+        self.number = number
+        self.accepted_at = time.monotonic()
+        # phase: head -> body (POST /measure) -> processing -> answer; answers can come early.
+        self.phase = "head"
+        self.deadline = deadline
+        self.open = True
+        self.events = 0
+        self.head = bytearray()
+        self.method = None
+        self.path = None
+        self.trusted = False
+        self.declared = None
+        self.body = None
+        self.received = 0
+        self.reserved = 0
+        self.out = b""
+        self.out_pos = 0
+        self.answered = False
+        self.peer_done = False
+        self.drain_left = 0
+
+    def take_body(self):
+        """The body, leaving no reference here (so its parser can free it)."""
+        body, self.body = self.body, None
+        return body
+
+    def describe(self):
+        host = self.address[0] if isinstance(self.address, tuple) else self.address
+        return "%s %s %s" % (host, self.method or "-", _brief_name(self.path or "-"))
+
+
+class _Measurement(object):
+    __slots__ = ("conn", "model", "item", "shape", "settings")
+
+    def __init__(self, conn, model, item, shape, settings):
+        self.conn = conn
+        self.model = model
+        self.item = item
+        self.shape = shape
+        self.settings = settings
+
+
+_LISTENER = object()
+_WAKER = object()
+
+
+class WorkerServer(object):
+    """The worker's HTTP server: one I/O loop, a fixed pool of handler threads, one measuring
+    thread.
+
+    The loop (the thread that calls :meth:`serve_forever`) owns every socket: it accepts,
+    reads request heads and bodies, checks the token as soon as the head is in, answers
+    /health and every refusal itself, and writes every answer. A connection costs no thread
+    while its client is slow or silent, and it has until ``--request-timeout`` for its whole
+    request (head and body) before it is answered 408. Past ``--max-connections`` the oldest
+    connection that has not yet sent a complete head is closed for the newcomer, so idle
+    connections cannot lock out anyone. HANDLER_THREADS threads parse uploads (within the
+    upload budget) and answer /info; one thread measures, one request at a time from a queue
+    of at most ``--queue``, and first drops a request whose client has gone.
+    """
+
+    def __init__(self, address, state):
+        host, port = address
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.socket = socket.socket(family, socket.SOCK_STREAM)
         try:
-            if not self._authorized():
-                self.close_connection = True
-                self._send_error(
-                    401,
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.socket.bind((host, port))
+            self.socket.listen(LISTEN_BACKLOG)
+        except OSError:
+            self.socket.close()
+            raise
+        self.socket.setblocking(False)
+        self.server_address = self.socket.getsockname()
+        self.state = state
+        self.max_connections = state.max_connections
+        if resource is not None:
+            # Each connection is a file descriptor; keep some for the children's pipes.
+            soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+            if soft != resource.RLIM_INFINITY:
+                self.max_connections = max(8, min(self.max_connections, soft - 64))
+        state.max_connections = self.max_connections
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self.socket, selectors.EVENT_READ, _LISTENER)
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._wake_reader.setblocking(False)
+        self._wake_writer.setblocking(False)
+        self._selector.register(self._wake_reader, selectors.EVENT_READ, _WAKER)
+        # Answers from the threads; deque append and popleft are atomic.
+        self._handbacks = collections.deque()
+        self._connections = {}
+        self._count = 0
+        self._jobs = queue.Queue(HANDLER_QUEUE)
+        self._stopping = False
+        self._next_sweep = 0.0
+        self._threads = [
+            threading.Thread(target=self._handler_main, name="handler-%d" % index)
+            for index in range(HANDLER_THREADS)
+        ]
+        self._threads.append(threading.Thread(target=self._measurer_main, name="measurer"))
+        for thread in self._threads:
+            thread.daemon = True
+            thread.start()
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def serve_forever(self, poll_interval=0.2):
+        """Serve until :meth:`shutdown` (or an exception such as KeyboardInterrupt)."""
+        while not self._stopping:
+            for key, mask in self._selector.select(poll_interval):
+                if key.data is _LISTENER:
+                    self._accept()
+                elif key.data is _WAKER:
+                    with contextlib.suppress(OSError):
+                        while self._wake_reader.recv(4096):
+                            pass
+                else:
+                    # An answer goes out before more input is read (and maybe thrown away);
+                    # a connection closed earlier in this batch is skipped.
+                    conn = key.data
+                    if mask & selectors.EVENT_WRITE and conn.open and conn.out:
+                        self._writable(conn)
+                    if mask & selectors.EVENT_READ and conn.open:
+                        self._readable(conn)
+            self._take_handbacks()
+            now = time.monotonic()
+            if now >= self._next_sweep:
+                self._sweep(now)
+                self._next_sweep = now + 0.25
+
+    def shutdown(self):
+        self._stopping = True
+        self._wake()
+
+    def server_close(self):
+        self.state.queue.close()
+        for _ in range(HANDLER_THREADS):
+            with contextlib.suppress(queue.Full):
+                self._jobs.put_nowait((None, None))
+        for conn in list(self._connections.values()):
+            self._close(conn)
+        self._selector.close()
+        for sock in (self.socket, self._wake_reader, self._wake_writer):
+            sock.close()
+
+    def _log(self, message):
+        sys.stderr.write("%s %s\n" % (time.strftime("%Y-%m-%d %H:%M:%S"), message))
+
+    def _wake(self):
+        with contextlib.suppress(OSError):  # full: a wake-up is pending anyway
+            self._wake_writer.send(b"\0")
+
+    def _set_interest(self, conn):
+        if conn.phase in ("head", "body"):
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.out else 0)
+        elif conn.phase == "answer":
+            events = (selectors.EVENT_WRITE if conn.out else 0) | (
+                0 if conn.peer_done else selectors.EVENT_READ
+            )
+        else:
+            events = 0
+        if events == conn.events:
+            return
+        if conn.events == 0:
+            self._selector.register(conn.sock, events, conn)
+        elif events == 0:
+            self._selector.unregister(conn.sock)
+        else:
+            self._selector.modify(conn.sock, events, conn)
+        conn.events = events
+
+    def _accept(self):
+        for _ in range(ACCEPT_BURST):
+            try:
+                sock, address = self.socket.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:  # out of file descriptors: the sweep frees some
+                self._log("cannot accept a connection: %s" % error)
+                return
+            sock.setblocking(False)
+            if len(self._connections) >= self.max_connections and not self._evict():
+                # Everything open is an authorised request in progress: refuse the newcomer.
+                with contextlib.suppress(OSError):
+                    sock.send(
+                        http_response(
+                            503,
+                            error_payload(
+                                "busy",
+                                "%d connections are open (--max-connections)"
+                                % self.max_connections,
+                            ),
+                            {"Retry-After": str(self.state.retry_after_s())},
+                        )
+                    )
+                sock.close()
+                continue
+            self._count += 1
+            conn = _Connection(
+                sock, address, self._count, time.monotonic() + self.state.request_timeout_s
+            )
+            self._connections[conn.fd] = conn
+            self._set_interest(conn)
+
+    def _evict(self):
+        """Close the connection worth least to make room: one lingering after its answer,
+        else the oldest that has not sent a complete head. False if there is none."""
+        lingering = [c for c in self._connections.values() if c.phase == "answer" and c.answered]
+        waiting = [c for c in self._connections.values() if c.phase == "head"]
+        for candidates in (lingering, waiting):
+            if candidates:
+                victim = min(candidates, key=lambda conn: conn.accepted_at)
+                if victim.phase == "head":
+                    self._log(
+                        "closed an idle connection from %s: %d connections are open "
+                        "(--max-connections)" % (victim.describe(), len(self._connections))
+                    )
+                self._close(victim)
+                return True
+        return False
+
+    def _sweep(self, now):
+        for conn in list(self._connections.values()):
+            if conn.phase == "processing" or now < conn.deadline:
+                continue
+            if conn.phase == "head" and not conn.head:
+                self._log("closed a silent connection from %s" % conn.describe())
+                self._close(conn)
+            elif conn.phase in ("head", "body"):
+                conn.declared = None  # too slow: the rest of its body is not waited for
+                got = (
+                    ""
+                    if conn.phase == "head"
+                    else " (%d of %d body bytes)"
+                    % (
+                        conn.received,
+                        len(conn.body),
+                    )
+                )
+                self._reply(
+                    conn,
+                    408,
+                    error_payload(
+                        "request-timeout",
+                        "the request did not arrive within %g s%s (--request-timeout)"
+                        % (self.state.request_timeout_s, got),
+                    ),
+                )
+            else:
+                self._close(conn)
+
+    def _close(self, conn):
+        if not conn.open:
+            return
+        conn.open = False
+        if conn.events:
+            self._selector.unregister(conn.sock)
+            conn.events = 0
+        self._connections.pop(conn.fd, None)
+        conn.body = None
+        self._release(conn)
+        with contextlib.suppress(OSError):
+            conn.sock.close()
+
+    def _release(self, conn):
+        if conn.reserved:
+            self.state.uploads.release(conn.reserved)
+            conn.reserved = 0
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _readable(self, conn):
+        if conn.phase == "head":
+            self._read_head(conn)
+        elif conn.phase == "body":
+            self._read_body(conn)
+        elif conn.phase == "answer":
+            self._drain(conn)
+
+    def _recv(self, conn, size):
+        """Bytes read, b"" at the client's end, None when there is nothing to read now."""
+        try:
+            return conn.sock.recv(size)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            return b""
+
+    def _read_head(self, conn):
+        data = self._recv(conn, 8192)
+        if data is None:
+            return
+        if not data:
+            self._close(conn)
+            return
+        conn.head += data
+        end = _head_end(conn.head)
+        if end is None or end[0] > MAX_HEADER_BYTES:
+            if len(conn.head) > MAX_HEADER_BYTES:
+                self._reply(
+                    conn,
+                    431,
+                    error_payload(
+                        "headers-too-large",
+                        "the request head is over %d bytes" % MAX_HEADER_BYTES,
+                    ),
+                )
+            return
+        index, separator = end
+        head, rest = bytes(conn.head[:index]), bytes(conn.head[index + separator :])
+        conn.head = None
+        self._on_head(conn, head, rest)
+
+    def _on_head(self, conn, head, rest):
+        try:
+            method, target, headers = parse_request_head(head)
+        except _HttpError as error:
+            self._reply(conn, error.status, error_payload(error.kind, str(error)))
+            return
+        conn.method = method
+        conn.path = target.split("?", 1)[0]
+        if not self._authorized(headers.get("authorization", "")):
+            self._reply(
+                conn,
+                401,
+                error_payload(
                     "unauthorized",
                     "missing or wrong token: send 'Authorization: Bearer TOKEN' with the token "
                     "from the worker's --token-file",
-                    {"WWW-Authenticate": "Bearer"},
-                )
-                return
-            routes = {"/health": ("GET", self._health), "/info": ("GET", self._info)}
-            routes["/measure"] = ("POST", self._measure)
-            if path not in routes:
-                self._send_error(
-                    404, "not-found", "no such endpoint %s; have %s" % (path, sorted(routes))
-                )
-                return
-            allowed, handler = routes[path]
-            if method != allowed:
-                self._send_error(
-                    405, "method-not-allowed", "%s needs %s" % (path, allowed), {"Allow": allowed}
-                )
-                return
-            handler()
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        except Exception as error:
-            traceback.print_exc()
-            with contextlib.suppress(OSError):
-                self._send_error(500, "internal-error", "%s: %s" % (type(error).__name__, error))
+                ),
+                {"WWW-Authenticate": "Bearer"},
+            )
+            return
+        conn.trusted = True
+        allowed = ROUTES.get(conn.path)
+        if allowed is None:
+            self._reply(
+                conn,
+                404,
+                error_payload(
+                    "not-found",
+                    "no such endpoint %s; have %s" % (_brief(conn.path), sorted(ROUTES)),
+                ),
+            )
+        elif method != allowed:
+            self._reply(
+                conn,
+                405,
+                error_payload(
+                    "method-not-allowed", "%s needs %s" % (_brief_name(conn.path), allowed)
+                ),
+                {"Allow": allowed},
+            )
+        elif conn.path == "/health":
+            self._reply(conn, 200, {"status": "ok", "busy": self.state.busy})
+        elif conn.path == "/info":
+            self._process(conn, "info")
+        else:
+            self._start_body(conn, headers, rest)
 
-    def _health(self):
-        self._send_json(200, {"status": "ok", "busy": self.state.busy})
+    def _authorized(self, header):
+        if not header.startswith("Bearer "):
+            return False
+        # latin-1 gives back the bytes the client sent.
+        sent = header[len("Bearer ") :].strip().encode("latin-1")
+        return hmac.compare_digest(sent, self.state.token)
 
-    def _info(self):
-        self._send_json(200, self.state.info())
-
-    def _read_body(self):
-        raw_length = self.headers.get("Content-Length")
-        if raw_length is None:
-            raise MeasureError(411, "length-required", "send the body with a Content-Length header")
-        try:
-            length = int(raw_length)
-        except ValueError:
-            raise MeasureError(
-                400, "invalid-request", "Content-Length %r is not an integer" % raw_length
-            ) from None
-        if length < 0:
-            raise MeasureError(400, "invalid-request", "Content-Length must not be negative")
-        if length > self.state.max_upload_bytes:
+    def _start_body(self, conn, headers, rest):
+        state = self.state
+        raw_length = headers.get("content-length")
+        if "transfer-encoding" in headers or raw_length is None:
+            self._reply(
+                conn,
+                411,
+                error_payload(
+                    "length-required",
+                    "send the body with a Content-Length header (no Transfer-Encoding)",
+                ),
+            )
+            return
+        match = re.match(r"^(-?)(\d+)$", raw_length)
+        if not match:
+            self._reply(
+                conn,
+                400,
+                error_payload(
+                    "invalid-request", "Content-Length %s is not an integer" % _brief(raw_length)
+                ),
+            )
+            return
+        if match.group(1):
+            self._reply(
+                conn,
+                400,
+                error_payload("invalid-request", "Content-Length must not be negative"),
+            )
+            return
+        digits = match.group(2)
+        if len(digits) > 18 or int(digits) > state.max_upload_bytes:
             # Checked before reading: an oversize body is never buffered.
-            self.close_connection = True
-            raise MeasureError(
+            self._reply(
+                conn,
                 413,
-                "too-large",
-                "body of %d bytes is over this worker's limit of %d bytes (--max-upload-mb)"
-                % (length, self.state.max_upload_bytes),
+                error_payload(
+                    "too-large",
+                    "body of %s bytes is over this worker's limit of %d bytes (--max-upload-mb)"
+                    % (_brief(digits), state.max_upload_bytes),
+                ),
             )
-        content_type = self.headers.get("Content-Type", "application/json").split(";")[0].strip()
+            return
+        length = int(digits)
+        conn.declared = length
+        conn.received = min(len(rest), length)
+        content_type = headers.get("content-type", "application/json").split(";")[0].strip()
         if content_type != "application/json":
-            self.close_connection = True
-            raise MeasureError(
-                415, "unsupported-media-type", "send application/json, got %s" % content_type
+            self._reply(
+                conn,
+                415,
+                error_payload(
+                    "unsupported-media-type", "send application/json, got %s" % _brief(content_type)
+                ),
             )
-        body = self.rfile.read(length)
-        if len(body) != length:
-            raise MeasureError(
-                400, "invalid-request", "the body ended after %d of %d bytes" % (len(body), length)
+            return
+        if state.queue.full():
+            self._reply_busy(
+                conn,
+                "the measurement queue is full (%d waiting behind the running one, --queue)"
+                % state.queue.capacity,
             )
-        return body
+            return
+        reservation = PARSE_FACTOR * length
+        if not state.uploads.reserve(reservation):
+            self._reply_busy(
+                conn,
+                "the upload budget is in use (%d of %d bytes held, --upload-budget-mb); "
+                "this body needs %d" % (state.uploads.used, state.uploads.capacity, reservation),
+            )
+            return
+        conn.reserved = reservation
+        conn.body = bytearray(length)
+        conn.body[: conn.received] = rest[: conn.received]
+        conn.phase = "body"
+        if conn.received == length:
+            self._process(conn, "measure")
+            return
+        if headers.get("expect", "").lower() == "100-continue":
+            self._queue_output(conn, b"HTTP/1.1 100 Continue\r\n\r\n")
+        self._set_interest(conn)
 
-    def _measure(self):
+    def _read_body(self, conn):
+        missing = len(conn.body) - conn.received
         try:
-            body = self._read_body()
-            model, item, shape, settings = parse_measure_request(body, self.state)
-        except InputError as error:
-            self._send_error(400, error.kind, str(error))
+            view = memoryview(conn.body)[conn.received :]
+            count = conn.sock.recv_into(view, min(missing, 1 << 18))
+        except (BlockingIOError, InterruptedError):
             return
-        except MeasureError as error:
-            self._send_error(error.status, error.kind, str(error))
+        except OSError:
+            count = 0
+        finally:
+            view = None
+        if count == 0:
+            self._log(
+                "%s: the client left after %d of %d body bytes"
+                % (conn.describe(), conn.received, len(conn.body))
+            )
+            self._close(conn)
             return
-        with self.state.measure_lock:
-            self.state.busy = True
-            try:
-                result = measure(self.state, model, item, shape, settings)
-                self.state.measurements += 1
-            except MeasureError as error:
-                self.log_message("measurement failed (%s): %s", error.kind, error)
-                self._send_error(error.status, error.kind, str(error))
+        conn.received += count
+        if conn.received == len(conn.body):
+            self._process(conn, "measure")
+
+    def _drain(self, conn):
+        """Read and throw away what the client still sends after its answer."""
+        data = self._recv(conn, 65536)
+        if data is None:
+            return
+        if not data:
+            conn.peer_done = True
+            if conn.answered:
+                self._close(conn)
+            else:
+                self._set_interest(conn)
+            return
+        conn.drain_left -= len(data)
+        if conn.drain_left < 0:
+            self._close(conn)
+
+    # -- answering -------------------------------------------------------------------------
+
+    def _process(self, conn, kind):
+        conn.phase = "processing"
+        self._set_interest(conn)
+        try:
+            self._jobs.put_nowait((kind, conn))
+        except queue.Full:
+            self._reply(
+                conn,
+                503,
+                error_payload("busy", "all request handlers are busy"),
+                {"Retry-After": "1"},
+            )
+
+    def _reply_busy(self, conn, message):
+        seconds = self.state.retry_after_s()
+        self._reply(
+            conn,
+            503,
+            error_payload("busy", "%s; retry after %d s" % (message, seconds)),
+            {"Retry-After": str(seconds)},
+        )
+
+    def _reply(self, conn, status, payload, headers=None):
+        self._send(conn, status, http_response(status, payload, headers))
+
+    def _send(self, conn, status, data):
+        """Start writing the answer `data`, then close (loop thread only)."""
+        pending = 0
+        if conn.trusted and conn.declared is not None:
+            # An authorised client's body that was not read yet is read and thrown away, so
+            # that it gets to read this answer (a 503 it can retry) instead of a reset.
+            pending = max(0, conn.declared - conn.received)
+        conn.drain_left = pending + UNTRUSTED_DRAIN_BYTES
+        conn.body = None
+        self._release(conn)
+        conn.phase = "answer"
+        conn.deadline = time.monotonic() + ANSWER_TIMEOUT_S
+        self._log("%s -> %d" % (conn.describe(), status))
+        self._queue_output(conn, data)
+        self._set_interest(conn)
+
+    def _queue_output(self, conn, data):
+        conn.out = conn.out[conn.out_pos :] + data
+        conn.out_pos = 0
+
+    def _writable(self, conn):
+        try:
+            sent = conn.sock.send(memoryview(conn.out)[conn.out_pos : conn.out_pos + (1 << 18)])
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(conn)
+            return
+        conn.out_pos += sent
+        if conn.out_pos < len(conn.out):
+            return
+        conn.out = b""
+        conn.out_pos = 0
+        if conn.phase == "answer":
+            conn.answered = True
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_WR)
+            if conn.peer_done:
+                self._close(conn)
                 return
+            if conn.drain_left <= UNTRUSTED_DRAIN_BYTES:
+                conn.deadline = min(conn.deadline, time.monotonic() + LINGER_S)
+        self._set_interest(conn)
+
+    def _take_handbacks(self):
+        while True:
+            try:
+                conn, status, data = self._handbacks.popleft()
+            except IndexError:
+                return
+            if not conn.open:
+                continue
+            if data is None:
+                self._close(conn)
+            else:
+                self._send(conn, status, data)
+
+    # -- the threads -----------------------------------------------------------------------
+
+    def hand_back(self, conn, status, data):
+        """Give `conn` back to the loop with the answer `data` to write (None: close it)."""
+        self._handbacks.append((conn, status, data))
+        self._wake()
+
+    def _hand_back_json(self, conn, status, payload, headers=None):
+        self.hand_back(conn, status, http_response(status, payload, headers))
+
+    def _handler_main(self):
+        while True:
+            kind, conn = self._jobs.get()
+            if kind is None:
+                return
+            try:
+                if kind == "info":
+                    self._hand_back_json(conn, 200, self.state.info())
+                else:
+                    self._prepare_measurement(conn)
+            except Exception as error:
+                traceback.print_exc()
+                self._hand_back_json(
+                    conn,
+                    500,
+                    error_payload("internal-error", "%s: %s" % (type(error).__name__, error)),
+                )
+
+    def _prepare_measurement(self, conn):
+        state = self.state
+        try:
+            model, item, shape, settings = parse_measure_request([conn.take_body()], state)
+        except InputError as error:
+            self._hand_back_json(conn, 400, error_payload(error.kind, str(error)))
+            return
+        # From now on the connection holds only the model, until it closes.
+        state.uploads.release(conn.reserved - len(model))
+        conn.reserved = len(model)
+        if not state.queue.offer(_Measurement(conn, model, item, shape, settings)):
+            seconds = state.retry_after_s()
+            self._hand_back_json(
+                conn,
+                503,
+                error_payload(
+                    "busy",
+                    "the measurement queue is full (%d waiting behind the running one, --queue); "
+                    "retry after %d s" % (state.queue.capacity, seconds),
+                ),
+                {"Retry-After": str(seconds)},
+            )
+
+    def _measurer_main(self):
+        state = self.state
+        while True:
+            job = state.queue.take()
+            if job is None:
+                return
+            conn = job.conn
+            measured = False
+            try:
+                if client_gone(conn.sock):
+                    raise MeasureError(
+                        499, "client-gone", "the client disconnected before it was measured"
+                    )
+                state.busy = True
+                try:
+                    result = measure(
+                        state,
+                        job.model,
+                        job.item,
+                        job.shape,
+                        job.settings,
+                        cancelled=lambda: client_gone(conn.sock),
+                    )
+                finally:
+                    state.busy = False
+                job.model = None
+                measured = True
+                state.measurements += 1
+                self.hand_back(conn, 200, http_response(200, result))
+            except MeasureError as error:
+                if error.kind == "client-gone":
+                    state.dropped += 1
+                    self._log("dropped a measurement for %s: %s" % (conn.describe(), error))
+                    self.hand_back(conn, None, None)
+                else:
+                    self._log("measurement failed (%s): %s" % (error.kind, error))
+                    self._hand_back_json(conn, error.status, error_payload(error.kind, str(error)))
+            except Exception as error:
+                traceback.print_exc()
+                self._hand_back_json(
+                    conn,
+                    500,
+                    error_payload("internal-error", "%s: %s" % (type(error).__name__, error)),
+                )
             finally:
-                self.state.busy = False
-        self._send_json(200, result)
-
-
-class WorkerServer(socketserver.ThreadingMixIn, HTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, address, state):
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        HTTPServer.__init__(self, address, WorkerHandler)
-        self.state = state
+                job.model = None
+                state.queue.done(measured)
 
 
 def read_token(path):
@@ -1412,6 +2441,42 @@ def build_parser():
         default=DEFAULT_TIMEOUT_S,
         help="seconds one measurement may take (default %(default)s)",
     )
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=DEFAULT_REQUEST_TIMEOUT_S,
+        help="seconds a client has to send its whole request, head and body (default "
+        "%(default)s); slower connections are answered 408 and closed",
+    )
+    parser.add_argument(
+        "--memory-limit-mb",
+        type=float,
+        default=DEFAULT_MEMORY_LIMIT_MB,
+        help="memory of the measuring process (default %(default)s; 0: no limit): its address "
+        "space on onnxruntime's CPU provider, its resident memory on every backend; a model "
+        "that needs more is answered 400 (memory-limit)",
+    )
+    parser.add_argument(
+        "--queue",
+        type=int,
+        default=DEFAULT_QUEUE,
+        help="measurements that may wait behind the running one (default %(default)s); more "
+        "are answered 503 with Retry-After",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        help="open connections (default %(default)s); past it the oldest idle one is closed",
+    )
+    parser.add_argument(
+        "--upload-budget-mb",
+        type=float,
+        default=None,
+        help="upload memory held at once: bodies being read and parsed count twice their "
+        "size, queued models their size (default the larger of %g and twice --max-upload-mb); "
+        "a request that does not fit is answered 503 with Retry-After" % DEFAULT_UPLOAD_BUDGET_MB,
+    )
     parser.add_argument("--backend", choices=("auto",) + BACKENDS, default="auto")
     parser.add_argument("--trtexec", default=None, help="path of trtexec if not on PATH")
     parser.add_argument(
@@ -1430,8 +2495,23 @@ def run_worker(argv=None):
     # type: (Optional[List[str]]) -> int
     """Start the worker with command-line arguments `argv`; returns the exit code."""
     args = build_parser().parse_args(argv)
-    if args.max_upload_mb <= 0 or args.timeout <= 0 or args.threads < 0:
-        sys.stderr.write("worker: --max-upload-mb and --timeout must be positive, --threads >= 0\n")
+    if args.upload_budget_mb is None:
+        args.upload_budget_mb = max(DEFAULT_UPLOAD_BUDGET_MB, PARSE_FACTOR * args.max_upload_mb)
+    problems = []
+    if args.max_upload_mb <= 0 or args.timeout <= 0 or args.request_timeout <= 0:
+        problems.append("--max-upload-mb, --timeout and --request-timeout must be positive")
+    if args.threads < 0 or args.queue < 0 or args.memory_limit_mb < 0:
+        problems.append("--threads, --queue and --memory-limit-mb must be >= 0")
+    if args.max_connections < 1:
+        problems.append("--max-connections must be at least 1")
+    if args.upload_budget_mb < PARSE_FACTOR * args.max_upload_mb:
+        problems.append(
+            "--upload-budget-mb %g must be at least %d x --max-upload-mb (%g): a body counts "
+            "%d times its size while it is parsed"
+            % (args.upload_budget_mb, PARSE_FACTOR, args.max_upload_mb, PARSE_FACTOR)
+        )
+    if problems:
+        sys.stderr.write("worker: %s\n" % "; ".join(problems))
         return 2
     try:
         token = read_token(args.token_file)
@@ -1458,6 +2538,20 @@ def run_worker(argv=None):
     sys.stdout.write(
         "jetsearch worker %s listening on http://%s:%d target=%s backend=%s\n"
         % (WORKER_VERSION, host, port, state.target, state.backend or "none")
+    )
+    sys.stdout.write(
+        "limits: request %g s, measurement %g s, measuring process %s, queue %d, "
+        "connections %d, uploads %d MiB at once\n"
+        % (
+            state.request_timeout_s,
+            state.timeout_s,
+            "%d MiB" % (state.memory_limit_bytes >> 20)
+            if state.memory_limit_bytes
+            else "unlimited",
+            state.queue.capacity,
+            server.max_connections,
+            state.uploads.capacity >> 20,
+        )
     )
     if state.backend is None:
         sys.stdout.write("no timing backend: %s\n" % state.backend_reason)

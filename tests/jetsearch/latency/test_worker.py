@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import ast
 import base64
+import contextlib
 import http.client
 import json
+import selectors
 import shutil
+import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -23,11 +27,13 @@ from latency_cases import (
     WARMUP_S,
     WorkerProcess,
     conv_relu_resize_model,
+    launch_worker,
     runtime_failing_model,
     unknown_op_model,
 )
+from onnx import TensorProto, helper, numpy_helper
 
-from jetsearch.latency import worker
+from jetsearch.latency import LatencyError, RemotePool, worker
 from jetsearch.latency.worker import worker_path
 
 SOURCE = worker_path().read_text()
@@ -347,7 +353,8 @@ def test_failed_measurement_leaves_the_worker_serving(shared_worker: WorkerProce
 
 
 def test_timed_out_measurement_is_504_and_the_worker_goes_on(worker_factory) -> None:
-    impatient = worker_factory("--timeout", "1")
+    # 3 s: a tiny measurement fits on a busy machine (1 s did not: onnxruntime's start alone).
+    impatient = worker_factory("--timeout", "3")
     start = time.monotonic()
     status, answer = impatient.request("/measure", measure_body(warmup_s=30))
     assert status == 504 and answer["error_kind"] == "timeout"
@@ -485,3 +492,544 @@ def test_trtexec_output_parsers() -> None:
     }
     names_only = {"Layers": ["conv", "relu"]}
     assert worker.parse_layer_precisions(json.dumps(names_only))["unknown"] == 2
+
+
+# -- hostile requests: always a 4xx with the reason, never a 500 ------------------------------
+
+
+def fixed_dim_model(height: int) -> bytes:
+    """Identity on an input whose height is the fixed `height` (0 or negative: no image fits)."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["image"], ["mask"])],
+        "fixed_dim",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, height, "W"])],
+        [helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N", 3, height, "W"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def expanding_model(shape: tuple[int, ...]) -> bytes:
+    """A model of ~140 bytes whose one node, Expand, makes a float32 tensor of `shape`."""
+    graph = helper.make_graph(
+        [helper.make_node("Expand", ["image", "shape"], ["mask"])],
+        "expands",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("mask", TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(np.array(shape, dtype=np.int64), "shape")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+# Expand broadcasts the [1, 3, 16, 16] input to this: 3 GiB of float32.
+HUGE = (1 << 20, 3, 16, 16)
+
+
+def valid_body_text(**fields) -> str:
+    return json.dumps(measure_body(**fields))
+
+
+NESTED = 100_000
+
+
+@pytest.mark.parametrize(
+    ("body", "kind", "message"),
+    [
+        (b"[" * NESTED + b"]" * NESTED, "invalid-request", "nested JSON is refused"),
+        (
+            valid_body_text()[:-1].encode() + b', "runs": ' + b"[" * 40 + b"]" * 40 + b"}",
+            "invalid-request",
+            "nested JSON is refused",
+        ),
+        (b"[" + b"{}," * NESTED + b"{}]", "invalid-request", "nested JSON is refused"),
+        (b'{"input_shape": [' + b"1," * NESTED + b"1]}", "invalid-request", "JSON items"),
+        (
+            valid_body_text(runs=5)[:-1].encode() + b', "warmup_s": ' + b"9" * 5000 + b"}",
+            "invalid-request",
+            "a number in the body has 5000 characters",
+        ),
+        (valid_body_text(warmup_s=float("nan")).encode(), "invalid-request", "NaN is not"),
+        (
+            valid_body_text(precision="fp16\N{GRINNING FACE}").encode(),
+            "invalid-request",
+            "escapes a non-ASCII character",
+        ),
+        (
+            json.dumps(measure_body(precision="fp16é"), ensure_ascii=False).encode(),
+            "invalid-request",
+            "must be ASCII JSON",
+        ),
+        (measure_body(input_shape=[1, 3, 0, 16]), "invalid-request", "must be positive"),
+        (measure_body(input_shape=[1, 3, -16, 16]), "invalid-request", "must be positive"),
+        (measure_body(fixed_dim_model(0)), "invalid-model", "fixed size 0 on axis 2"),
+        (measure_body(fixed_dim_model(-1)), "invalid-model", "fixed size -1 on axis 2"),
+        (measure_body(onnx_b64=12), "invalid-request", "onnx_b64 must be a base64 string"),
+        (measure_body(onnx_b64="QUJD="), "invalid-request", "not valid base64"),
+        (measure_body(onnx_b64=""), "invalid-model", "the ONNX model is empty"),
+        (measure_body(input_shape={"B": 1}), "invalid-request", "list of 4 integers"),
+        (measure_body(input_shape="x" * 10**6), "invalid-request", "list of 4 integers"),
+        (measure_body(precision=["fp16"]), "invalid-request", "precision must be one of"),
+        (measure_body(warmup_s="1"), "invalid-request", "warmup_s must be a number"),
+        (measure_body(runs=5.5), "invalid-request", "runs must be an integer"),
+        (measure_body(**{"x" * 10**5: 1}), "invalid-request", "unknown fields"),
+    ],
+    ids=lambda value: value if isinstance(value, str) and len(value) < 50 else "",
+)
+def test_hostile_bodies_are_400_with_the_reason(
+    shared_worker: WorkerProcess, body, kind, message
+) -> None:
+    status, answer = shared_worker.request("/measure", body)
+    assert (status, answer["error_kind"]) == (400, kind), answer
+    assert message in answer["error"]
+    assert len(answer["error"]) < 1000  # a 1 MB value is not echoed back
+
+
+def http_request_bytes(
+    method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b""
+) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: worker"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def address(worker_process: WorkerProcess) -> tuple[str, int]:
+    parts = urlsplit(worker_process.url)
+    return parts.hostname, parts.port
+
+
+def exchange(worker_process: WorkerProcess, data: bytes, timeout: float = 10.0):
+    """Send raw bytes; return (status, headers, JSON answer)."""
+    with socket.create_connection(address(worker_process), timeout=timeout) as sock:
+        sock.sendall(data)
+        answer = http.client.HTTPResponse(sock)
+        answer.begin()
+        return answer.status, dict(answer.getheaders()), json.loads(answer.read() or b"{}")
+
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "message"),
+    [
+        (b"GARBAGE\r\n\r\n", 400, "malformed HTTP/1.x request line"),
+        (b"GET /health HTTP/2.0\r\n\r\n", 400, "malformed HTTP/1.x request line"),
+        (b"GET /health HTTP/1.1\r\nno colon here\r\n\r\n", 400, "malformed header line"),
+        (b"GET /health HTTP/1.1\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", 431, "over 16384"),
+        (
+            b"GET /health HTTP/1.1\r\n" + b"X-Many: 1\r\n" * 100 + b"\r\n",
+            431,
+            "more than 64 header lines",
+        ),
+        (
+            http_request_bytes("GET", "/health", {**AUTH, "authorization": "Bearer x"}),
+            400,
+            "authorization is given twice",
+        ),
+        (
+            http_request_bytes("POST", "/measure", {**AUTH, "Transfer-Encoding": "chunked"}),
+            411,
+            "Content-Length",
+        ),
+        (
+            http_request_bytes("POST", "/measure", {**AUTH, "Content-Length": "12abc"}),
+            400,
+            "is not an integer",
+        ),
+        (
+            http_request_bytes("POST", "/measure", {**AUTH, "Content-Length": "-5"}),
+            400,
+            "must not be negative",
+        ),
+        (
+            http_request_bytes("POST", "/measure", {**AUTH, "Content-Length": "9" * 40}),
+            413,
+            "over this worker's limit",
+        ),
+        (http_request_bytes("BREW", "/health", AUTH), 405, "/health needs GET"),
+    ],
+    ids=lambda value: value if isinstance(value, str) else "",
+)
+def test_malformed_http_is_4xx_with_the_reason(
+    shared_worker: WorkerProcess, data: bytes, status: int, message: str
+) -> None:
+    got, _, answer = exchange(shared_worker, data)
+    assert got == status and message in answer["error"], answer
+    assert shared_worker.request("/health")[0] == 200
+
+
+def test_the_token_is_checked_before_any_body_is_read(shared_worker: WorkerProcess) -> None:
+    headers = {"Authorization": "Bearer wrong", "Content-Length": str(10 * 1024 * 1024)}
+    start = time.monotonic()
+    status, _, answer = exchange(shared_worker, http_request_bytes("POST", "/measure", headers))
+    assert status == 401 and answer["error_kind"] == "unauthorized"
+    assert time.monotonic() - start < 5  # no body was waited for
+
+
+# -- memory limits ------------------------------------------------------------------------------
+
+
+def test_a_model_that_expands_to_gigabytes_is_refused_under_the_memory_limit(
+    shared_worker: WorkerProcess,
+) -> None:
+    model = expanding_model(HUGE)
+    assert len(model) < 200
+    status, answer = shared_worker.request("/measure", measure_body(model))
+    assert (status, answer["error_kind"]) == (400, "memory-limit"), answer
+    assert "limit of 2048 MiB (--memory-limit-mb)" in answer["error"]  # the default
+    assert shared_worker.request("/measure", measure_body())[0] == 200
+
+
+HOG_TRTEXEC = """#!{python}
+# Stands in for a trtexec that eats memory: 512 MB, touched, then a long wait.
+import sys, time
+if "--help" in sys.argv:
+    print("&&&& RUNNING TensorRT.trtexec [TensorRT v8502] # trtexec --help")
+    sys.exit(0)
+hog = b"x" * (512 << 20)
+time.sleep(60)
+"""
+
+
+def test_resident_memory_of_any_backend_is_held_to_the_limit(worker_factory, tmp_path) -> None:
+    # trtexec and CUDA cannot run under an address-space limit: their resident memory is watched.
+    fake = tmp_path / "trtexec"
+    fake.write_text(HOG_TRTEXEC.format(python=sys.executable))
+    fake.chmod(0o755)
+    board = worker_factory(
+        "--backend", "trtexec", "--trtexec", str(fake), "--memory-limit-mb", "64"
+    )
+    start = time.monotonic()
+    status, answer = board.request("/measure", measure_body())
+    assert (status, answer["error_kind"]) == (400, "memory-limit"), answer
+    assert "limit of 64 MiB (--memory-limit-mb)" in answer["error"]
+    assert "resident memory reached" in answer["error"]
+    assert time.monotonic() - start < 20  # killed, not waited for
+    assert board.request("/health") == (200, {"status": "ok", "busy": False})
+
+
+def test_an_upload_budget_below_two_bodies_refuses_to_start(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    finished = subprocess.run(
+        [sys.executable, str(worker_path()), "--target", "agx", "--token-file", str(token_file)]
+        + ["--max-upload-mb", "10", "--upload-budget-mb", "15"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert finished.returncode == 2
+    assert "--upload-budget-mb 15 must be at least 2 x --max-upload-mb" in finished.stderr
+
+
+# -- a worker no client can lock out or exhaust -----------------------------------------------
+
+FAKE_SH_TRTEXEC = """#!/bin/sh
+# Stands in for trtexec cheaply: records its call, "warms up" by sleeping --warmUp ms, writes
+# --iterations times of 0.5 ms. A long warm-up holds the worker for as long as a test needs.
+for arg in "$@"; do
+  case "$arg" in
+    --help) echo "&&&& RUNNING TensorRT.trtexec [TensorRT v8502] # trtexec --help"; exit 0 ;;
+    --warmUp=*) warm=${{arg#--warmUp=}} ;;
+    --iterations=*) runs=${{arg#--iterations=}} ;;
+    --exportTimes=*) times=${{arg#--exportTimes=}} ;;
+  esac
+done
+echo "$*" >> {record}
+if [ "$warm" -gt 0 ]; then sleep "$((warm / 1000)).$(printf %03d $((warm % 1000)))"; fi
+i=1
+{{ printf '[{{"computeMs": 0.5}}'; while [ $i -lt $runs ]; do printf ', {{"computeMs": 0.5}}';
+   i=$((i + 1)); done; printf ']'; }} > "$times"
+echo "[I] Warmup completed 3 queries over $warm ms"
+echo "&&&& PASSED TensorRT.trtexec"
+"""
+FAKE_BOARD_TIMEOUT_S = 4
+
+
+def write_fake_trtexec(directory: Path) -> tuple[Path, Path]:
+    """(the stand-in trtexec, the file where it records its calls) in `directory`."""
+    record = directory / "trtexec-calls.txt"
+    record.touch()
+    fake = directory / "trtexec"
+    fake.write_text(FAKE_SH_TRTEXEC.format(record=record))
+    fake.chmod(0o755)
+    return fake, record
+
+
+@pytest.fixture(scope="module")
+def fake_board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    """A worker whose stand-in trtexec costs milliseconds, with a queue of 2, a request
+    deadline of 4 s and room for 400 connections."""
+    directory = tmp_path_factory.mktemp("fake-board")
+    fake, record = write_fake_trtexec(directory)
+    board = launch_worker(
+        directory,
+        *("--backend", "trtexec", "--trtexec", str(fake), "--queue", "2"),
+        *("--request-timeout", str(FAKE_BOARD_TIMEOUT_S), "--max-connections", "400"),
+    )
+    board.extra["record"] = record
+    yield board
+    board.stop()
+
+
+def trtexec_calls(board: WorkerProcess) -> int:
+    return len(board.extra["record"].read_text().splitlines())
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.02)
+
+
+def measure_in_background(board: WorkerProcess, **fields) -> tuple[threading.Thread, list]:
+    answers: list = []
+    thread = threading.Thread(
+        target=lambda: answers.append(board.request("/measure", measure_body(**fields)))
+    )
+    thread.start()
+    return thread, answers
+
+
+def send_measure_request(board: WorkerProcess, **fields) -> socket.socket:
+    """The socket of a whole /measure request sent, its answer not read."""
+    body = json.dumps(measure_body(**fields)).encode()
+    headers = {**AUTH, "Content-Type": "application/json", "Content-Length": str(len(body))}
+    sock = socket.create_connection(address(board), timeout=10)
+    sock.sendall(http_request_bytes("POST", "/measure", headers, body))
+    return sock
+
+
+def info(board: WorkerProcess) -> dict:
+    status, answer = board.request("/info")
+    assert status == 200
+    return answer
+
+
+def is_open(sock: socket.socket) -> bool:
+    sock.setblocking(False)
+    try:
+        return sock.recv(1, socket.MSG_PEEK) != b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+
+
+def test_silent_and_slow_connections_do_not_delay_an_authorised_client(fake_board) -> None:
+    silent = [socket.create_connection(address(fake_board)) for _ in range(300)]
+    slow_heads = [socket.create_connection(address(fake_board)) for _ in range(10)]
+    slow_bodies = [socket.create_connection(address(fake_board)) for _ in range(10)]
+    for sock in slow_heads:
+        sock.sendall(b"GET /health HTTP/1.1\r\nX-Slow: ")
+    slow_body_head = http_request_bytes(
+        "POST", "/measure", {**AUTH, "Content-Type": "application/json", "Content-Length": "9999"}
+    )
+    for sock in slow_bodies:
+        sock.sendall(slow_body_head + b'{"runs": ')
+    stop = threading.Event()
+
+    def dribble() -> None:  # one byte per connection every 0.2 s, as slow-loris does
+        while not stop.wait(0.2):
+            for sock in slow_heads + slow_bodies:
+                with contextlib.suppress(OSError):
+                    sock.send(b"1")
+
+    dribbler = threading.Thread(target=dribble)
+    dribbler.start()
+    try:
+        start = time.monotonic()
+        assert fake_board.request("/health", timeout=5) == (200, {"status": "ok", "busy": False})
+        assert time.monotonic() - start < 1.0
+        status, answer = fake_board.request("/measure", measure_body(), timeout=5)
+        assert status == 200 and answer["samples_ms"]
+        assert all(is_open(sock) for sock in silent + slow_heads + slow_bodies)  # held open
+        # The deadline covers the whole request: the dribblers get 408, the silent are closed.
+        wait_until(lambda: not any(is_open(sock) for sock in silent), FAKE_BOARD_TIMEOUT_S + 3)
+    finally:
+        stop.set()
+        dribbler.join()
+    for sock in slow_heads + slow_bodies:
+        sock.setblocking(True)
+        sock.settimeout(5)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408 ") and b"--request-timeout" in answer
+    for sock in silent + slow_heads + slow_bodies:
+        sock.close()
+
+
+def test_idle_connections_past_the_limit_make_room(fake_board) -> None:
+    idle = [socket.create_connection(address(fake_board)) for _ in range(450)]  # limit: 400
+    try:
+        start = time.monotonic()
+        assert fake_board.request("/health", timeout=5)[0] == 200
+        assert time.monotonic() - start < 1.0
+        wait_until(lambda: sum(not is_open(sock) for sock in idle) >= 50, 5)
+        assert all(is_open(sock) for sock in idle[-300:])  # the oldest made room
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_200_concurrent_health_checks_are_all_answered_quickly(fake_board) -> None:
+    request = http_request_bytes("GET", "/health", AUTH)
+    start = time.monotonic()
+    sockets = [socket.create_connection(address(fake_board), timeout=10) for _ in range(200)]
+    for sock in sockets:
+        sock.sendall(request)
+    answers = {sock: b"" for sock in sockets}
+    with selectors.DefaultSelector() as selector:
+        for sock in sockets:
+            sock.setblocking(False)
+            selector.register(sock, selectors.EVENT_READ)
+        while selector.get_map() and time.monotonic() - start < 10:
+            for key, _ in selector.select(1.0):
+                chunk = key.fileobj.recv(65536)
+                answers[key.fileobj] += chunk
+                if not chunk:
+                    selector.unregister(key.fileobj)
+    elapsed = time.monotonic() - start
+    for sock in sockets:
+        sock.close()
+    assert all(answer.startswith(b"HTTP/1.1 200 ") for answer in answers.values())
+    assert all(answer.endswith(b'{"status": "ok", "busy": false}') for answer in answers.values())
+    assert elapsed < 3.0
+
+
+def test_an_abandoned_request_is_not_measured(fake_board) -> None:
+    before, calls = info(fake_board), trtexec_calls(fake_board)
+    holder, held = measure_in_background(fake_board, warmup_s=1.5)
+    wait_until(lambda: fake_board.request("/health")[1]["busy"])
+    # Would hold the worker for 3 s if measured; the client leaves right after sending.
+    send_measure_request(fake_board, warmup_s=3.0).close()
+    wait_until(lambda: info(fake_board)["queued"] == 1)
+    status, answer = fake_board.request("/measure", measure_body())
+    holder.join()
+    assert status == 200 and held[0][0] == 200
+    # The next measurement started as soon as the first ended: the abandoned one was dropped.
+    assert answer["started_at"] - held[0][1]["finished_at"] < 1.0
+    after = info(fake_board)
+    assert after["dropped"] == before["dropped"] + 1
+    assert after["measurements"] == before["measurements"] + 2
+    assert trtexec_calls(fake_board) == calls + 2
+    assert "disconnected before it was measured" in fake_board.log()
+
+
+def test_a_measurement_whose_client_leaves_is_stopped(fake_board) -> None:
+    before, calls = info(fake_board), trtexec_calls(fake_board)
+    client = send_measure_request(fake_board, warmup_s=10.0)
+    wait_until(lambda: fake_board.request("/health")[1]["busy"])
+    client.close()
+    left = time.monotonic()
+    wait_until(lambda: not fake_board.request("/health")[1]["busy"], 3)
+    assert time.monotonic() - left < 2.0  # not the 10 s it asked for
+    after = info(fake_board)
+    assert after["dropped"] == before["dropped"] + 1
+    assert after["measurements"] == before["measurements"]
+    assert trtexec_calls(fake_board) == calls + 1
+    assert "the client disconnected; the measurement was stopped" in fake_board.log()
+
+
+def test_a_full_queue_answers_503_with_retry_after(fake_board) -> None:
+    running = measure_in_background(fake_board, warmup_s=1.5)
+    wait_until(lambda: fake_board.request("/health")[1]["busy"])
+    waiting = [measure_in_background(fake_board) for _ in range(2)]  # --queue 2
+    wait_until(lambda: info(fake_board)["queued"] == 2)
+    body = json.dumps(measure_body()).encode()
+    headers = {**AUTH, "Content-Type": "application/json", "Content-Length": str(len(body))}
+    status, answer_headers, answer = exchange(
+        fake_board, http_request_bytes("POST", "/measure", headers, body)
+    )
+    assert (status, answer["error_kind"]) == (503, "busy")
+    assert "the measurement queue is full" in answer["error"] and "--queue" in answer["error"]
+    assert 1 <= int(answer_headers["Retry-After"]) <= 600
+    for thread, answers in [running, *waiting]:
+        thread.join()
+        assert answers[0][0] == 200
+
+
+def test_uploads_beyond_the_budget_wait_outside(worker_factory) -> None:
+    board = worker_factory("--max-upload-mb", "1", "--upload-budget-mb", "2")
+    length = 1024 * 1024
+    headers = {**AUTH, "Content-Type": "application/json", "Content-Length": str(length)}
+    hog = socket.create_connection(address(board), timeout=10)
+    hog.sendall(http_request_bytes("POST", "/measure", headers, b" " * (length // 2)))
+    wait_until(lambda: "upload budget" in str(board.request("/measure", measure_body())), 5)
+    status, answer = board.request("/measure", measure_body())
+    assert (status, answer["error_kind"]) == (503, "busy")
+    assert "--upload-budget-mb" in answer["error"]
+    hog.close()  # the half-sent body is given back
+    wait_until(lambda: board.request("/measure", measure_body())[0] == 200, 10)
+
+
+def rss_bytes(pid: int, field: str = "VmRSS") -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split(f"{field}:")[1].split()[0]) * 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+def test_a_large_upload_is_parsed_in_about_twice_its_size(worker_factory, tmp_path) -> None:
+    fake, _ = write_fake_trtexec(tmp_path)
+    board = worker_factory("--backend", "trtexec", "--trtexec", str(fake), "--max-upload-mb", "40")
+    model = conv_relu_resize_model(4, channels=200_000)  # 21.6 MB of weights
+    body = json.dumps(measure_body(model, warmup_s=0)).encode()
+    assert 25e6 < len(body) < 40 * 2**20
+    peak_before = rss_bytes(board.process.pid, "VmHWM")
+    assert board.request("/measure", body)[0] == 200
+    # Body, text and decoded model never coexist whole: ~2.4x the body here, 3.75x before.
+    assert rss_bytes(board.process.pid, "VmHWM") - peak_before < 3.0 * len(body)
+
+
+def test_expect_100_continue_is_answered(fake_board) -> None:
+    body = json.dumps(measure_body(warmup_s=0)).encode()
+    headers = {**AUTH, "Content-Type": "application/json", "Content-Length": str(len(body))}
+    with socket.create_connection(address(fake_board), timeout=10) as sock:
+        sock.sendall(http_request_bytes("POST", "/measure", {**headers, "Expect": "100-continue"}))
+        assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"  # before any body
+        sock.sendall(body)
+        answer = http.client.HTTPResponse(sock)
+        answer.begin()
+        assert answer.status == 200 and json.loads(answer.read())["samples_ms"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+def test_worker_memory_stays_flat_over_100_measurements(fake_board) -> None:
+    body = measure_body(conv_relu_resize_model(3, channels=3000), warmup_s=0)  # 440 kB
+    for _ in range(20):  # the allocator settles
+        assert fake_board.request("/measure", body)[0] == 200
+    settled = rss_bytes(fake_board.process.pid)
+    for _ in range(100):
+        assert fake_board.request("/measure", body)[0] == 200
+    # Keeping any part of each body would show: 100 of them are 44 MB.
+    assert rss_bytes(fake_board.process.pid) - settled < 4 * 1024 * 1024
+
+
+# -- the host-side client against a busy worker -------------------------------------------------
+
+
+def test_remote_pool_waits_out_a_busy_worker(fake_board) -> None:
+    pool = RemotePool([fake_board.url], TOKEN, "agx", warmup_s=0.0, runs=5, max_cv=100.0)
+    running = measure_in_background(fake_board, warmup_s=1.5)
+    wait_until(lambda: fake_board.request("/health")[1]["busy"])
+    waiting = [measure_in_background(fake_board) for _ in range(2)]
+    wait_until(lambda: info(fake_board)["queued"] == 2)
+    start = time.monotonic()
+    result = pool.measure(conv_relu_resize_model(0), SHAPE)  # 503 first, then a retry
+    assert result.fingerprint["worker_url"] == fake_board.url
+    assert time.monotonic() - start >= 0.5
+    assert "/measure -> 503" in fake_board.log()
+    for thread, answers in [running, *waiting]:
+        thread.join()
+        assert answers[0][0] == 200
+
+
+def test_remote_pool_shows_the_workers_reason(shared_worker: WorkerProcess) -> None:
+    pool = RemotePool([shared_worker.url], TOKEN, "agx", warmup_s=WARMUP_S, runs=5)
+    with pytest.raises(LatencyError, match=r"memory-limit.*limit of 2048 MiB"):
+        pool.measure(expanding_model(HUGE), SHAPE)
