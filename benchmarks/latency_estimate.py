@@ -7,13 +7,8 @@ Samples ``--n`` JetSeg networks (the three presets, then random configs of ``--s
 ``--seed``), times each on this CPU with onnxruntime through LocalProvider (a fresh child
 process per network, warm-up, then timed runs), and estimates each with the ``local`` device
 profile. The networks are split in two halves at random (``--seed``); the ``local`` profile is
-calibrated on one half and predicts the other, three ways:
+calibrated on one half and predicts the other, two ways:
 
-* by layers (nn-Meter's kernel-level predictor): every calibration network is also profiled
-  node by node with onnxruntime's profiler (``--profile-runs`` runs after warm-up, median per
-  node), the per-node model is fitted on those thousands of nodes plus the calibration
-  networks' measured totals, and a held-out network is predicted from its ONNX graph alone
-  (the graph onnxruntime would run, its shapes inferred; nothing of it is timed);
 * by totals: the roofline fitted to the calibration networks' measured totals;
 * uncalibrated: the roofline with the profile's own figures.
 
@@ -39,20 +34,7 @@ from typing import Any
 import torch
 
 from jetsearch.latency import LatencyCache, LocalProvider
-from jetsearch.latency.estimate import (
-    FitQuality,
-    ProfiledNetwork,
-    calibrate,
-    calibrate_layers,
-    local_profile,
-    network_cost,
-    node_features,
-    profiled_network,
-    record_config,
-    record_layer_profile,
-    roofline,
-)
-from jetsearch.latency.local import profile_layers
+from jetsearch.latency.estimate import FitQuality, calibrate, local_profile, network_cost, roofline
 from jetsearch.latency.worker import cpu_model
 from jetsearch.space import load_space
 from jetseg.config import arch_hash, dump_config, load_config, preset_names
@@ -71,50 +53,34 @@ def _size(text: str) -> tuple[int, int]:
     return height, width
 
 
-def _measure_all(
-    configs: list, args: argparse.Namespace, provider: LocalProvider, profiled: set[int]
-) -> tuple[list[Any], dict[int, ProfiledNetwork]]:
-    """One LatencyResult per config (from the cache when it holds one, else measured and stored)
-    and, for the configs in `profiled`, the per-node table profiled right after the measurement:
-    a busy machine then slows the total and the nodes alike."""
+def _measure_all(configs: list, args: argparse.Namespace, provider: LocalProvider) -> list[Any]:
+    """One LatencyResult per config (from the cache when it holds one, else measured and stored)."""
     height, width = args.size
     cache = LatencyCache(args.cache) if args.cache else None
     target_key = provider.target_fingerprint_key()
-    results, networks = [], {}
+    results = []
     for i, config in enumerate(configs):
         shape = (1, config.in_channels, height, width)
         digest = arch_hash(config)
         result = cache.get(digest, shape, target_key) if cache is not None else None
         source = "cached"
-        onnx_bytes = export_onnx(build_model(config), input_size=(height, width))
         if result is None:
+            onnx_bytes = export_onnx(build_model(config), input_size=(height, width))
             started = time.perf_counter()
             result = provider.measure(onnx_bytes, shape)
             source = f"measured in {time.perf_counter() - started:.1f} s"
             if cache is not None:
                 extra = {"config_yaml": dump_config(config), "name": config.name}
                 cache.put(digest, shape, target_key, result, extra=extra)
-                record_config(cache, config)
+                cache.record_config(config)
         flags = f" [{', '.join(result.flags)}]" if result.flags else ""
         line = (
             f"  {i + 1:3d}/{len(configs)} {config.name:<14} {result.median_ms:9.3f} ms "
             f"(cv {result.cv:.3f}, {result.timed_runs} runs, {source}){flags}"
         )
-        if i in profiled:
-            layer_profile = profile_layers(
-                onnx_bytes, shape, threads=args.threads, runs=args.profile_runs
-            )
-            network = profiled_network(onnx_bytes, layer_profile, result.median_ms, config.name)
-            networks[i] = network
-            if cache is not None:
-                record_layer_profile(cache, digest, shape, target_key, network)
-            line += (
-                f"; calibration network: {len(network.nodes)} nodes profiled, node sum "
-                f"{layer_profile.node_total_ms:.3f} ms"
-            )
         print(line, flush=True)
         results.append(result)
-    return results, networks
+    return results
 
 
 def _quality_line(label: str, quality: FitQuality) -> str:
@@ -136,15 +102,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime threads")
     parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per network")
     parser.add_argument("--runs", type=int, default=30, help="timed runs per network (at least)")
-    parser.add_argument(
-        "--profile-runs", type=int, default=20, help="profiled runs per calibration network"
-    )
     parser.add_argument("--cache", help="latency cache to store and reuse measurements")
     parser.add_argument("--json", help="write the protocol, every network and the figures here")
     args = parser.parse_args()
     if args.n < 6:
         parser.error("--n must be at least 6 (three to calibrate on, three to predict)")
-    torch.set_num_threads(1)  # profiling and export only; the timing runs in its own process
+    torch.set_num_threads(1)  # network costs and export only; the timing runs in its own process
 
     presets = [load_config(name) for name in preset_names()][: args.n]
     configs = presets + load_space(args.space).random_configs(args.n - len(presets), args.seed)
@@ -168,10 +131,6 @@ def main() -> None:
         f"{args.space!r} (seed {args.seed})",
         "profile": profile.source,
         "split": f"random halves (seed {args.seed}): calibrate on one, predict the other",
-        "layer calibration": f"each calibration network profiled per node by onnxruntime "
-        f"right after its measurement ({args.profile_runs} runs after 5 warm-up runs, median "
-        "per node, fresh process); "
-        "held-out networks predicted from their ONNX graph only (not timed)",
         "held-out truth": "LocalProvider's measured median (unprofiled)",
         "load": f"1-minute load average {os.getloadavg()[0]:.2f} at start "
         f"({os.cpu_count()} logical cores)",
@@ -182,10 +141,8 @@ def main() -> None:
     order = list(range(len(configs)))
     random.Random(args.seed).shuffle(order)
     fitting, held_out = sorted(order[: len(order) // 2]), sorted(order[len(order) // 2 :])
-    print(
-        f"\nmeasuring {len(configs)} networks (and profiling the {len(fitting)} calibration ones):"
-    )
-    results, profiled = _measure_all(configs, args, provider, set(fitting))
+    print(f"\nmeasuring {len(configs)} networks:")
+    results = _measure_all(configs, args, provider)
     measured = [result.median_ms for result in results]
 
     print("\nestimating (network costs at the same size)...", flush=True)
@@ -198,48 +155,24 @@ def main() -> None:
     calibrated = [roofline(c, profile, None, calibration.parameters).total_ms for c in costs]
     uncalibrated = [roofline(c, profile).total_ms for c in costs]
 
-    networks = [profiled[i] for i in fitting]
-    layer_calibration = calibrate_layers(
-        networks, profile, target_key=provider.target_fingerprint_key(), threads=args.threads
-    )
-    assert layer_calibration.layers is not None
-    by_layers = {}
-    print("predicting the held-out networks by layers (from their ONNX graphs)...", flush=True)
-    for i in held_out:
-        onnx_bytes = export_onnx(build_model(configs[i]), input_size=(height, width))
-        shape = (1, configs[i].in_channels, height, width)
-        nodes = node_features(onnx_bytes, shape, threads=args.threads)
-        by_layers[i] = layer_calibration.layers.network_ms(nodes)
-
     print(f"\nheld-out networks ({len(held_out)}; calibrated on the other {len(fitting)}):")
     print(
-        f"{'network':<16}{'measured ms':>13}{'by layers':>11}{'error':>8}{'by totals':>11}"
+        f"{'network':<16}{'measured ms':>13}{'by totals':>11}"
         f"{'error':>8}{'uncalibrated':>14}{'error':>8}{'GFLOPs':>9}{'MB moved':>10}"
     )
     for i in held_out:
         print(
-            f"{configs[i].name:<16}{measured[i]:>13.3f}{by_layers[i]:>11.3f}"
-            f"{100 * (by_layers[i] / measured[i] - 1):>+7.1f}%{calibrated[i]:>11.3f}"
+            f"{configs[i].name:<16}{measured[i]:>13.3f}{calibrated[i]:>11.3f}"
             f"{100 * (calibrated[i] / measured[i] - 1):>+7.1f}%{uncalibrated[i]:>14.3f}"
             f"{100 * (uncalibrated[i] / measured[i] - 1):>+7.1f}%"
             f"{costs[i].flops / 1e9:>9.3f}{costs[i].bytes / 1e6:>10.1f}"
         )
     truth = [measured[i] for i in held_out]
-    held_layers = FitQuality.of([by_layers[i] for i in held_out], truth)
     held_calibrated = FitQuality.of([calibrated[i] for i in held_out], truth)
     held_uncalibrated = FitQuality.of([uncalibrated[i] for i in held_out], truth)
     print(f"\nheld-out half (n={len(held_out)}):")
-    print("  " + _quality_line("by layers", held_layers))
     print("  " + _quality_line("by totals", held_calibrated))
     print("  " + _quality_line("uncalibrated", held_uncalibrated))
-    assert calibration.parameters is not None
-    model = layer_calibration.layers
-    print(
-        f"fitting half (n={len(fitting)}), by layers: {layer_calibration.fit.describe()}; "
-        f"{sum(len(n.nodes) for n in networks)} nodes, {len(model.coefficients)} coefficient "
-        f"sets, node errors weighted by time^-{model.weighting:g}, network = "
-        f"{model.scale:.3f} x nodes + {model.constant_ms:.3f} ms"
-    )
     print(
         f"fitting half (n={len(fitting)}), by totals: {calibration.fit.describe()}; "
         f"{calibration.parameters.combine} roofline, "
@@ -256,7 +189,6 @@ def main() -> None:
                     "arch_hash": arch_hash(config),
                     "half": "fit" if i in fitting else "held-out",
                     "measured_ms": measured[i],
-                    "by_layers_ms": by_layers.get(i),
                     "calibrated_ms": calibrated[i],
                     "uncalibrated_ms": uncalibrated[i],
                     "gflops": costs[i].flops / 1e9,
@@ -265,12 +197,10 @@ def main() -> None:
                 for i, config in enumerate(configs)
             ],
             "held_out": {
-                "by_layers": held_layers.to_dict(),
                 "calibrated": held_calibrated.to_dict(),
                 "uncalibrated": held_uncalibrated.to_dict(),
             },
             "calibration": calibration.to_dict(),
-            "layer_calibration": layer_calibration.to_dict(),
         }
         Path(args.json).write_text(json.dumps(payload, indent=1) + "\n")
         print(f"wrote {args.json}")

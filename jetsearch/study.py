@@ -34,7 +34,8 @@ from typing import Any, Literal
 
 import yaml
 
-from jetseg.config import ConfigError, JetSegConfig, arch_hash, dump_config, parse_dataclass
+from jetsearch.latency.chain import LatencyChain
+from jetseg.config import ConfigError, arch_hash, dump_config, parse_dataclass
 from jetseg.loss import LOSS_NAMES
 
 STUDIES_DIR_ENV = "JETSEARCH_STUDIES_DIR"
@@ -289,103 +290,6 @@ def open_storage(url: str, *, heartbeat: bool = True):
 
 
 # ---------------------------------------------------------------------------------------------
-# latency
-
-
-class LatencyChain:
-    """The spec's providers in order of preference; a failure falls through to the next.
-
-    Measured results are cached per (arch_hash, input shape, target); estimates are labelled.
-    A provider that cannot be set up (no workers listed, no token) is skipped with its reason.
-    """
-
-    def __init__(self, spec: StudySpec) -> None:
-        from jetsearch.latency import CachedProvider, LatencyCache
-
-        self.spec = spec
-        self.providers: list[tuple[str, Any]] = []
-        self.skipped: list[str] = []
-        cache = LatencyCache(spec.latency.cache) if spec.latency.cache else None
-        self.cache = cache
-        for kind in spec.latency.providers:
-            try:
-                provider = self._make(kind)
-            except (StudyError, OSError) as err:
-                self.skipped.append(f"{kind}: {err}")
-                continue
-            if cache is not None and kind != "estimate":
-                provider = CachedProvider(provider, cache)
-            self.providers.append((kind, provider))
-        if not self.providers:
-            raise StudyError("no latency provider is usable: " + "; ".join(self.skipped))
-
-    def _make(self, kind: str):
-        lat = self.spec.latency
-        if kind == "workers":
-            from jetsearch.latency.remote import RemotePool, read_token_file
-
-            if not lat.workers:
-                raise StudyError("no workers listed (latency.workers or --workers)")
-            if not lat.token_file:
-                raise StudyError("latency.token_file is not set")
-            try:
-                token = read_token_file(lat.token_file)
-            except ValueError as err:
-                raise StudyError(str(err)) from err
-            return RemotePool(list(lat.workers), token=token, target=self.spec.target)
-        if kind == "local":
-            from jetsearch.latency import LocalProvider
-
-            precision = lat.precision if lat.execution_provider != "cpu" else "fp32"
-            return LocalProvider(
-                execution_provider=lat.execution_provider,
-                precision=precision,
-                threads=lat.threads,
-                warmup_s=lat.warmup_s,
-                min_runs=lat.runs,
-                max_runs=lat.runs,
-            )
-        from jetsearch.latency.estimate import EstimateProvider, get_profile
-
-        profile = get_profile(lat.device_profile or self.spec.target)
-        precision = lat.precision if lat.precision in profile.precisions else None
-        return EstimateProvider(profile.name, cache_path=lat.cache, precision=precision)
-
-    def describe(self) -> str:
-        names = ", ".join(kind for kind, _ in self.providers)
-        skipped = f" (skipped: {'; '.join(self.skipped)})" if self.skipped else ""
-        return names + skipped
-
-    def measure(self, onnx_bytes: bytes, config: JetSegConfig, digest: str):
-        from jetsearch.latency import CachedProvider, LatencyError
-
-        h, w = self.spec.latency.input_size
-        shape = (1, config.in_channels, h, w)
-        errors = []
-        for kind, provider in self.providers:
-            try:
-                if kind == "estimate":
-                    return provider.measure(onnx_bytes, shape, config=config), errors
-                if isinstance(provider, CachedProvider):
-                    result = provider.measure(onnx_bytes, shape, arch_hash=digest)
-                else:
-                    result = provider.measure(onnx_bytes, shape)
-                if self.cache is not None:
-                    from jetsearch.latency.estimate import record_config
-
-                    # `jetsearch latency calibrate` fits estimates from these measurements.
-                    record_config(self.cache, config)
-                return result, errors
-            except LatencyError as err:
-                errors.append(f"{kind}: {err}")
-        raise StudyError("every latency provider failed: " + "; ".join(errors))
-
-    def close(self) -> None:
-        for _, provider in self.providers:
-            provider.close()
-
-
-# ---------------------------------------------------------------------------------------------
 # the objective
 
 
@@ -469,7 +373,7 @@ class Objective:
         trial.set_user_attr("paper_flops", report.flops)
         onnx_bytes = export_onnx(model, input_size=(h, w))
 
-        result, errors = self.latency.measure(onnx_bytes, config, digest)
+        result, errors = self.latency.measure(onnx_bytes, config)
         if errors:
             trial.set_user_attr("latency_fallbacks", errors)
         latency_ms = result.median_ms

@@ -6,7 +6,6 @@ board would refuse, before any process is started or any byte is sent.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,8 +59,3 @@ def inspect_model(model: bytes, input_shape: tuple[int, ...]) -> ModelInput:
         raise InvalidModelError(f"invalid ONNX model: {error}") from None
     dims = None if item["dims"] is None else tuple(item["dims"])
     return ModelInput(item["name"], worker.ONNX_ELEM_TYPE_NAMES[item["elem_type"]], dims)
-
-
-def onnx_sha256(onnx_model: bytes | str | os.PathLike) -> str:
-    """SHA-256 of the model bytes: an arch_hash for CachedProvider where there is no config."""
-    return hashlib.sha256(read_onnx_bytes(onnx_model)).hexdigest()

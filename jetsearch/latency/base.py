@@ -19,7 +19,10 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from jetseg.config import JetSegConfig
 
 HIGH_VARIANCE_FLAG = "high-variance"
 FROM_CACHE_FLAG = "from-cache"
@@ -236,10 +239,15 @@ class LatencyProvider(ABC):
 
     Contract (the shared suite in tests/jetsearch/latency/test_provider_contract.py checks it):
 
-    * ``measure(onnx_model, input_shape)`` takes the ONNX model as bytes or as a path (``str``
-      or :class:`~pathlib.Path`) and the input shape ``(B, C, H, W)``. The model has one float
+    * ``measure(onnx_model, input_shape, *, config=None)`` is the one call every provider
+      answers. It takes the ONNX model as bytes or as a path (``str`` or
+      :class:`~pathlib.Path`), the input shape ``(B, C, H, W)`` and, by keyword, the
+      :class:`~jetseg.config.JetSegConfig` the model was built from. The model has one float
       input (usually named ``"image"``); providers read its name from the graph, and dynamic
-      axes are given their sizes by ``input_shape``. It returns a :class:`LatencyResult` whose
+      axes are given their sizes by ``input_shape``. Measuring providers time the model and
+      need no config; the cache keys its entries on the config's ``arch_hash`` (and is
+      bypassed without one); an estimate needs the config (it estimates the network's layers)
+      and raises :class:`LatencyError` without it. It returns a :class:`LatencyResult` whose
       ``provenance`` equals the provider's ``kind``, whose ``input_shape`` echoes the request,
       with positive finite samples, ``median_ms <= p90_ms``, ``timed_runs == len(samples_ms)``
       for measurements, and a non-empty ``fingerprint``.
@@ -260,9 +268,13 @@ class LatencyProvider(ABC):
 
     @abstractmethod
     def measure(
-        self, onnx_model: bytes | str | Path, input_shape: tuple[int, ...]
+        self,
+        onnx_model: bytes | str | Path,
+        input_shape: tuple[int, ...],
+        *,
+        config: JetSegConfig | None = None,
     ) -> LatencyResult:
-        """Measure (or estimate) the latency of `onnx_model` at `input_shape`."""
+        """The latency of `onnx_model` (built from `config`) at `input_shape`."""
 
     @abstractmethod
     def fingerprint(self) -> dict[str, Any]:

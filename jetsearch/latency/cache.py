@@ -2,12 +2,15 @@
 
 Results are keyed by (arch_hash, input_shape, target key, provenance): the same network on the
 same target is measured once, and an estimate never stands in for a measurement (it lives under
-its own provenance and ``get`` returns measurements unless asked otherwise). The file is in WAL
-mode, so several study processes can read and write it at once.
+its own provenance and ``get`` returns measurements unless asked otherwise). Beside the results
+the cache keeps the config of every network it answered for (:meth:`LatencyCache.record_config`),
+so that calibration can recompute their layer costs. The file is in WAL mode, so several study
+processes can read and write it at once. This module owns the file's schema: everything else
+reads and writes it through :class:`LatencyCache`.
 
     cache = LatencyCache("runs/latency.sqlite")
     provider = CachedProvider(RemotePool([...], token, "agx"), cache)
-    result = provider.measure(onnx_bytes, (1, 3, 360, 480), arch_hash=arch_hash(config))
+    result = provider.measure(onnx_bytes, (1, 3, 360, 480), config=config)
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jetsearch.latency.base import (
     FROM_CACHE_FLAG,
@@ -27,6 +31,9 @@ from jetsearch.latency.base import (
     LatencyResult,
     Provenance,
 )
+
+if TYPE_CHECKING:
+    from jetseg.config import JetSegConfig
 
 SCHEMA_VERSION = 1
 
@@ -44,6 +51,11 @@ CREATE TABLE IF NOT EXISTS latency (
 );
 CREATE INDEX IF NOT EXISTS latency_by_target ON latency (target_key, provenance);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jetseg_configs (
+    arch_hash   TEXT PRIMARY KEY,
+    config_yaml TEXT NOT NULL,
+    created_at  TEXT NOT NULL
+);
 """
 
 CachedEntry = tuple[str, tuple[int, ...], LatencyResult, dict[str, Any]]
@@ -54,6 +66,10 @@ def _shape_text(input_shape: Iterable[int]) -> str:
     if not shape or any(value <= 0 for value in shape):
         raise ValueError(f"input_shape must be positive integers, got {shape}")
     return "x".join(str(value) for value in shape)
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _provenances(provenance: Provenance | str | Iterable[Provenance | str] | None) -> list[str]:
@@ -184,6 +200,41 @@ class LatencyCache:
                 for arch_hash, shape, result_json, extra_json in rows.fetchall()
             ]
 
+    def target_keys(
+        self, *, provenance: Provenance | str | Iterable[Provenance | str] | None = None
+    ) -> dict[str, int]:
+        """How many results each target key holds (measurements unless `provenance` says)."""
+        kinds = _provenances(provenance)
+        with self._connect() as connection:
+            rows = connection.execute(
+                "SELECT target_key, COUNT(*) FROM latency "
+                f"WHERE provenance IN ({','.join('?' * len(kinds))}) "
+                "GROUP BY target_key ORDER BY target_key",
+                kinds,
+            )
+            return dict(rows.fetchall())
+
+    def record_config(self, config: JetSegConfig) -> str:
+        """Remember `config` under its arch_hash (a newer record replaces the older); the hash.
+
+        Calibration reads the configs back (:meth:`configs`) to recompute the layer costs of
+        the networks measured.
+        """
+        from jetseg.config import arch_hash, dump_config
+
+        digest = arch_hash(config)
+        with self._connect() as connection:
+            connection.execute(
+                "INSERT OR REPLACE INTO jetseg_configs VALUES (?, ?, ?)",
+                (digest, dump_config(config), _utc_now()),
+            )
+        return digest
+
+    def configs(self) -> dict[str, str]:
+        """Every recorded config as YAML, by arch_hash."""
+        with self._connect() as connection:
+            return dict(connection.execute("SELECT arch_hash, config_yaml FROM jetseg_configs"))
+
     def __len__(self) -> int:
         with self._connect() as connection:
             return connection.execute("SELECT COUNT(*) FROM latency").fetchone()[0]
@@ -192,23 +243,22 @@ class LatencyCache:
 class CachedProvider(LatencyProvider):
     """Wraps any provider so that each network is measured once per target.
 
-    ``measure(onnx_model, input_shape, arch_hash=...)`` looks the result up under
-    (arch_hash, input_shape, provider.target_fingerprint_key()) and the wrapped provider's own
-    provenance (so a cached estimate never answers for a measuring provider), measures on a
-    miss and stores the result. A hit comes back flagged ``"from-cache"``. Without an
-    arch_hash (and without `arch_hash_fn`, which maps the model to one) the cache is bypassed.
-    Within one process, concurrent calls for the same key measure once; the others wait.
+    ``measure(onnx_model, input_shape, config=config)`` looks the result up under
+    (arch_hash(config), input_shape, provider.target_fingerprint_key()) and the wrapped
+    provider's own provenance (so a cached estimate never answers for a measuring provider),
+    measures on a miss and stores the result with the config (in the entry's extra and through
+    :meth:`LatencyCache.record_config`, which calibration reads). A hit comes back flagged
+    ``"from-cache"``. Without a config the cache is bypassed. With ``refresh`` every call
+    measures again and replaces what was stored. Within one process, concurrent calls for the
+    same key measure once; the others wait.
     """
 
     def __init__(
-        self,
-        provider: LatencyProvider,
-        cache: LatencyCache,
-        arch_hash_fn: Callable[[bytes | str | Path], str] | None = None,
+        self, provider: LatencyProvider, cache: LatencyCache, *, refresh: bool = False
     ) -> None:
         self.provider = provider
         self.cache = cache
-        self.arch_hash_fn = arch_hash_fn
+        self.refresh = refresh
         self.kind = provider.kind
         self.hits = 0
         self.misses = 0
@@ -226,27 +276,34 @@ class CachedProvider(LatencyProvider):
         onnx_model: bytes | str | Path,
         input_shape: tuple[int, ...],
         *,
-        arch_hash: str | None = None,
+        config: JetSegConfig | None = None,
     ) -> LatencyResult:
-        """The cached result for `arch_hash` on this target, else a fresh (stored) one."""
-        if arch_hash is None and self.arch_hash_fn is not None:
-            arch_hash = self.arch_hash_fn(onnx_model)
-        if arch_hash is None:
+        """The cached result for `config` on this target, else a fresh (stored) one."""
+        if config is None:
             return self.provider.measure(onnx_model, input_shape)
+        from jetseg.config import arch_hash, dump_config
+
+        digest = arch_hash(config)
         target_key = self.provider.target_fingerprint_key()
-        key = (arch_hash, _shape_text(input_shape), target_key)
+        key = (digest, _shape_text(input_shape), target_key)
         with self._locks_guard:
             lock = self._key_locks.setdefault(key, threading.Lock())
         with lock:
-            cached = self.cache.get(arch_hash, input_shape, target_key, provenance=self.kind)
+            cached = None
+            if not self.refresh:
+                cached = self.cache.get(digest, input_shape, target_key, provenance=self.kind)
             if cached is not None:
                 with self._locks_guard:
                     self.hits += 1
-                return cached.with_flags(FROM_CACHE_FLAG)
-            result = self.provider.measure(onnx_model, input_shape)
-            with self._locks_guard:
-                self.misses += 1
-            self.cache.put(arch_hash, input_shape, target_key, result)
+                result = cached.with_flags(FROM_CACHE_FLAG)
+            else:
+                result = self.provider.measure(onnx_model, input_shape, config=config)
+                with self._locks_guard:
+                    self.misses += 1
+                extra = {"config_yaml": dump_config(config), "name": config.name}
+                self.cache.put(digest, input_shape, target_key, result, extra=extra)
+            # Recorded on hits too: an entry stored by another tool may lack its config.
+            self.cache.record_config(config)
             return result
 
     def close(self) -> None:

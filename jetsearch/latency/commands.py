@@ -7,14 +7,12 @@ Examples::
         --token-file ~/.jetsearch/agx.token --target agx --precision fp16
     jetsearch latency estimate nano --profile agx-xavier --cache jetsearch-latency.sqlite
     jetsearch latency calibrate --profile local --cache jetsearch-latency.sqlite
-    jetsearch latency measure my-net.yaml --layers --cache jetsearch-latency.sqlite
 
 ``measure`` stores every result in the latency cache together with the network's config, so
 that ``calibrate`` can later fit the estimate of a device profile to those measurements; an
-``estimate`` with the same ``--cache`` then uses that calibration. ``measure --layers`` also
-profiles onnxruntime's nodes and stores the per-node table; ``calibrate`` then fits the
-layer-level model (for the ``local`` profile) instead of the roofline (``--totals`` forces the
-roofline).
+``estimate`` with the same ``--cache`` then uses that calibration. ``measure`` and ``estimate``
+build their provider as a study does (:mod:`jetsearch.latency.chain`), precision rule included:
+fp16 asked of a CPU is measured (or estimated) at fp32, and the output says so.
 
 Bad input raises ``ValueError`` or ``FileNotFoundError`` with the offending file or option in
 the message; handlers return the exit code.
@@ -30,6 +28,7 @@ from jetsearch.cli import _console, parse_size
 
 if TYPE_CHECKING:
     from jetsearch.latency.base import LatencyResult
+    from jetsearch.latency.chain import ProviderSpec
     from jetseg.config import JetSegConfig
 
 DEFAULT_CACHE = "jetsearch-latency.sqlite"
@@ -91,105 +90,44 @@ def _result_table(title: str, result: LatencyResult, extra_rows: list[tuple[str,
 # measure
 
 
-def _measuring_provider(args: argparse.Namespace) -> Any:
-    from jetsearch.latency import LocalProvider, RemotePool
-    from jetsearch.latency.remote import read_token_file
+def _provider_spec(args: argparse.Namespace) -> ProviderSpec:
+    """The chain's provider spec of ``measure``'s options."""
+    from jetsearch.latency.chain import ProviderSpec
 
-    if args.provider == "local":
-        precision = args.precision or "fp32"
-        return LocalProvider(
-            execution_provider=args.execution_provider,
-            precision=precision,
-            threads=args.threads,
-            warmup_s=args.warmup,
-            min_runs=args.runs,
-            max_runs=args.runs,
-        )
-    urls = [url.strip() for url in (args.workers or "").split(",") if url.strip()]
-    if not urls:
-        raise ValueError("--provider worker needs --workers URL[,URL...]")
-    if not args.token_file:
-        raise ValueError("--provider worker needs --token-file (the workers' shared token)")
-    if not args.target:
-        raise ValueError("--provider worker needs --target (the target the workers serve)")
-    token = read_token_file(args.token_file)
-    return RemotePool(
-        urls,
-        token,
-        args.target,
+    return ProviderSpec(
+        target=args.target,
         precision=args.precision,
+        workers=tuple(url.strip() for url in (args.workers or "").split(",") if url.strip()),
+        token_file=args.token_file,
+        execution_provider=args.execution_provider,
+        threads=args.threads,
         warmup_s=args.warmup,
         runs=args.runs,
+        cache=args.cache or None,
     )
-
-
-def _record_layers(
-    args: argparse.Namespace,
-    config: JetSegConfig,
-    shape: tuple[int, ...],
-    digest: str,
-    target_key: str,
-) -> int:
-    """Profile the network's onnxruntime nodes and store the table in the cache; node count."""
-    from jetsearch.latency.estimate import profiled_network, record_layer_profile
-    from jetsearch.latency.local import profile_layers
-    from jetseg.export import export_onnx
-    from jetseg.model import build_model
-
-    onnx_bytes = export_onnx(build_model(config), input_size=shape[2:])
-    profile = profile_layers(onnx_bytes, shape, threads=args.threads)
-    network = profiled_network(onnx_bytes, profile, name=config.name)
-    record_layer_profile(args.cache, digest, shape, target_key, network)
-    return len(network.nodes)
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
     """Export the network, measure it (or take the cached result), print and store it."""
-    from jetsearch.latency import LatencyCache
-    from jetsearch.latency.base import FROM_CACHE_FLAG
-    from jetsearch.latency.estimate import record_config
-    from jetseg.config import arch_hash, dump_config
+    from jetsearch.latency.chain import FlaggedProvider, make_provider
+    from jetseg.config import arch_hash
     from jetseg.export import export_onnx
     from jetseg.model import build_model
 
     config = _load_config(args.config)
     height, width = args.size
     shape = (1, config.in_channels, height, width)
-    digest = arch_hash(config)
-    if args.layers and (args.provider != "local" or args.execution_provider != "cpu"):
-        raise ValueError(
-            "--layers profiles onnxruntime's nodes on this CPU; it needs --provider local and "
-            "--execution-provider cpu"
-        )
-    if args.layers and not args.cache:
-        raise ValueError("--layers stores per-node tables in the cache; give --cache FILE")
     console = _console()
-    provider = _measuring_provider(args)
+    kind = "workers" if args.provider == "worker" else "local"
+    provider = make_provider(kind, _provider_spec(args), refresh=args.fresh)
     with provider:
         target_key = provider.target_fingerprint_key()
-        cache = LatencyCache(args.cache) if args.cache else None
-        result = None
-        if cache is not None and not args.fresh:
-            result = cache.get(digest, shape, target_key, provenance=provider.kind)
-            if result is not None:
-                result = result.with_flags(FROM_CACHE_FLAG)
-        if result is None:
-            onnx_bytes = export_onnx(build_model(config), input_size=(height, width))
-            result = provider.measure(onnx_bytes, shape)
-            if cache is not None:
-                extra = {"config_yaml": dump_config(config), "name": config.name}
-                cache.put(digest, shape, target_key, result, extra=extra)
-        if cache is not None:
-            record_config(cache, config)
-        if args.layers:
-            nodes = _record_layers(args, config, shape, digest, target_key)
-    if args.layers:
-        console.print(
-            f"per-node table: {nodes} onnxruntime nodes profiled, stored in {args.cache} "
-            "(`jetsearch latency calibrate --layers` fits the layer model on them)"
-        )
+        onnx_bytes = export_onnx(build_model(config), input_size=(height, width))
+        result = provider.measure(onnx_bytes, shape, config=config)
+    if isinstance(provider, FlaggedProvider):
+        console.print(f"note: {provider.note}")
     rows = [
-        ("network", f"{config.name} (arch_hash {digest})"),
+        ("network", f"{config.name} (arch_hash {arch_hash(config)})"),
         ("input", "x".join(str(value) for value in shape)),
         ("target key", target_key),
         ("cache", str(args.cache) if args.cache else "not stored (--cache '')"),
@@ -206,13 +144,16 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     """Print the estimate of one network on a device profile, labelled, with its top layers."""
     import rich.table
 
+    from jetsearch.latency.chain import PRECISION_FALLBACK_FLAG, ProviderSpec, resolve_precision
     from jetsearch.latency.estimate import EstimateProvider
     from jetseg.config import arch_hash
 
     config = _load_config(args.config)
     if args.cache and not Path(args.cache).is_file():
         raise FileNotFoundError(f"latency cache {args.cache} does not exist")
-    provider = EstimateProvider(args.profile, cache_path=args.cache, precision=args.precision)
+    spec = ProviderSpec(device_profile=args.profile, precision=args.precision, cache=args.cache)
+    precision, fell_back = resolve_precision("estimate", spec)
+    provider = EstimateProvider(args.profile, cache_path=args.cache, precision=precision)
     height, width = args.size
     estimate = provider.explain(config, (height, width))
     calibration = provider.calibration
@@ -224,15 +165,15 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         f"({provider.profile.description}), {provider.precision}: "
         f"[bold]{estimate.total_ms:.3f} ms[/bold], {label}"
     )
-    if calibration is not None:
-        model = (
-            "per-node layer model"
-            if calibration.parameters is None
-            else f"{calibration.parameters.combine} roofline"
+    if fell_back:
+        console.print(
+            f"note: fp16 was asked, the CPU profile {provider.profile.name!r} has no fast fp16: "
+            f"the estimate is fp32 ({PRECISION_FALLBACK_FLAG})"
         )
+    if calibration is not None:
         console.print(
             f"calibration {provider.calibration_file} ({calibration.created_at}, "
-            f"{model}): fit {calibration.fit.describe()}"
+            f"{calibration.parameters.combine} roofline): fit {calibration.fit.describe()}"
         )
     else:
         console.print(
@@ -270,81 +211,6 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 # calibrate
 
 
-def _calibrate_layers(args: argparse.Namespace, profile: Any, precision: str) -> int | None:
-    """The layer calibration, when asked for or when the cache holds per-node tables.
-
-    Returns the exit code, or None when the roofline calibration should run instead.
-    """
-    import rich.table
-
-    from jetsearch.latency import LatencyCache
-    from jetsearch.latency.estimate import (
-        calibrate_layers,
-        calibration_path,
-        layer_networks,
-        measured_target_keys,
-    )
-
-    if not Path(args.cache).is_file():
-        raise FileNotFoundError(f"latency cache {args.cache} does not exist")
-    keys = measured_target_keys(args.cache)
-    target_key = args.target_key
-    if target_key is None:
-        if len(keys) != 1:
-            if not args.layers:
-                return None  # measured_pairs explains the choice of target
-            listing = ", ".join(f"{key} ({count})" for key, count in keys.items()) or "none"
-            raise ValueError(
-                f"latency cache {args.cache} holds measurements of {len(keys)} targets; pick one "
-                f"with --target-key: {listing}"
-            )
-        target_key = next(iter(keys))
-    networks, skipped = layer_networks(args.cache, target_key)
-    if not networks and not args.layers:
-        return None
-    if precision != "fp32":
-        raise ValueError(
-            f"per-node tables are fp32 onnxruntime profiles; got --precision {precision}"
-        )
-    if len(networks) < 3:
-        raise ValueError(
-            f"latency cache {args.cache} has {len(networks)} per-node tables of target "
-            f"{target_key}; the layer calibration needs at least 3 (measure more networks with "
-            "`jetsearch latency measure ... --layers --cache`)"
-        )
-    results = LatencyCache(args.cache).all_results(target_key)
-    threads = next((r.fingerprint.get("threads") for _, _, r, _ in results), None)
-    calibration = calibrate_layers(networks, profile, target_key=target_key, threads=threads)
-    path = calibration.save(calibration_path(args.cache, profile.name, precision))
-    console = _console()
-    with_totals = sum(network.measured_ms is not None for network in networks)
-    console.print(
-        f"cache {args.cache}: {len(networks)} per-node tables of target {target_key} "
-        f"({sum(len(n.nodes) for n in networks)} nodes, {with_totals} with a measured total)"
-        + (f", {len(skipped)} skipped" if skipped else "")
-    )
-    for reason in skipped[:10]:
-        console.print(f"  skipped {reason}")
-    assert calibration.layers is not None
-    model = calibration.layers
-    console.print(
-        f"layer model: node errors weighted by time^-{model.weighting:g}; network = "
-        f"{model.scale:.3f} x sum(nodes) + {model.constant_ms:.3f} ms; fit "
-        f"{calibration.fit.describe()}"
-    )
-    table = rich.table.Table(title="per-node coefficients", title_justify="left")
-    for column in ("nodes of", "us/MFLOP", "us/MB", "us/weight MB", "us/node"):
-        table.add_column(column, justify="left" if column == "nodes of" else "right")
-    for key, values in sorted(model.coefficients.items()):
-        table.add_row(key, *(f"{value:.4g}" for value in values))
-    console.print(table)
-    console.print(
-        f"saved {path}; `EstimateProvider({profile.name!r}, cache_path={str(args.cache)!r})` "
-        "and `jetsearch latency estimate --cache` now use it"
-    )
-    return 0
-
-
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Fit a profile's calibration to the cache's measurements, save it, print the fit."""
     import rich.table
@@ -363,12 +229,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     profile = get_profile(args.profile)
     precision = args.precision or profile.default_precision
     profile.check_precision(precision)
-    if args.layers and args.totals:
-        raise ValueError("--layers and --totals exclude each other")
-    if not args.totals:
-        done = _calibrate_layers(args, profile, precision)
-        if done is not None:
-            return done
     read = measured_pairs(args.cache, args.target_key, precision=precision)
     console = _console()
     console.print(
@@ -469,7 +329,10 @@ def add_latency_parser(subparsers: Any) -> None:
     measure.add_argument("--token-file", help="worker: file holding the workers' token")
     measure.add_argument("--target", help="worker: the target the workers serve (e.g. agx)")
     measure.add_argument(
-        "--precision", choices=PRECISIONS, help="fp32 or fp16 (default: fp32 here, else workers')"
+        "--precision",
+        choices=PRECISIONS,
+        help="fp32 or fp16 (default: fp32 here, else the workers'); fp16 asked of this CPU is "
+        "measured at fp32 and flagged precision-fallback-fp32",
     )
     measure.add_argument(
         "--execution-provider",
@@ -491,12 +354,6 @@ def add_latency_parser(subparsers: Any) -> None:
     )
     measure.add_argument(
         "--fresh", action="store_true", help="measure even when the cache holds a result"
-    )
-    measure.add_argument(
-        "--layers",
-        action="store_true",
-        help="local: also profile onnxruntime's nodes and store the per-node table in the cache "
-        "(for `calibrate --layers`)",
     )
     measure.set_defaults(func=cmd_measure)
 
@@ -533,16 +390,5 @@ def add_latency_parser(subparsers: Any) -> None:
     )
     calibrate.add_argument(
         "--precision", choices=PRECISIONS, help="default: the profile's (fp16 on Jetsons)"
-    )
-    calibrate.add_argument(
-        "--layers",
-        action="store_true",
-        help="fit the per-node (layer) model to the cache's per-node tables (`measure --layers`); "
-        "the default when the cache holds such tables for the target",
-    )
-    calibrate.add_argument(
-        "--totals",
-        action="store_true",
-        help="fit the roofline to network totals even when per-node tables exist",
     )
     calibrate.set_defaults(func=cmd_calibrate)

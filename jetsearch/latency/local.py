@@ -5,28 +5,18 @@ code runs here and on a board, so local and remote numbers differ only by the de
 measurement starts a new process (no state carried between networks, as in HW-NAS-Bench), warms
 up for ``warmup_s`` (those runs are discarded, TVM's ``time_evaluator`` style), then times at
 least ``min_runs`` runs and keeps going until ``target_s`` has passed or ``max_runs`` is reached.
-
-:func:`profile_layers` times the same session node by node with onnxruntime's profiler (also in
-a fresh child process) for the layer-level calibration of the estimate
-(:mod:`jetsearch.latency.estimate`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
-import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jetsearch.latency import worker
 from jetsearch.latency._onnx_input import inspect_model, read_onnx_bytes, validate_input_shape
@@ -40,6 +30,9 @@ from jetsearch.latency.base import (
     fingerprint_key,
     measure_until_stable,
 )
+
+if TYPE_CHECKING:
+    from jetseg.config import JetSegConfig
 
 EXECUTION_PROVIDERS = tuple(worker.EXECUTION_PROVIDERS)
 PRECISIONS = worker.PRECISIONS
@@ -174,9 +167,13 @@ class LocalProvider(LatencyProvider):
         return fingerprint_key(label, self.fingerprint(), STABLE_FINGERPRINT_KEYS)
 
     def measure(
-        self, onnx_model: bytes | str | Path, input_shape: tuple[int, ...]
+        self,
+        onnx_model: bytes | str | Path,
+        input_shape: tuple[int, ...],
+        *,
+        config: JetSegConfig | None = None,
     ) -> LatencyResult:
-        """Time `onnx_model` at `input_shape`; see the class docstring for the protocol."""
+        """Time `onnx_model` at `input_shape` (`config` is not needed); see the class docstring."""
         model = read_onnx_bytes(onnx_model)
         shape = validate_input_shape(input_shape)
         inspect_model(model, shape)
@@ -233,237 +230,3 @@ class LocalProvider(LatencyProvider):
             )
         except ValueError as error:
             raise LatencyError(f"local measurement returned unusable samples: {error}") from None
-
-
-# ---------------------------------------------------------------------------------------------
-# per-node profiles: what each of onnxruntime's kernels costs
-
-_CHILD_CODE = (
-    "import sys; sys.path.insert(0, sys.argv[1]); "
-    "from jetsearch.latency.local import _profile_child_main; "
-    "sys.exit(_profile_child_main(sys.argv[2]))"
-)
-DEFAULT_PROFILE_RUNS = 20
-DEFAULT_PROFILE_WARMUP_RUNS = 5
-
-
-@dataclass(frozen=True)
-class NodeTime:
-    """One node of onnxruntime's optimised graph as it ran: its median time over the runs.
-
-    ``name`` is the node's name in the optimised graph (the profile event's name without
-    ``_kernel_time``), ``op`` its operator (``Conv``, ``ReorderInput``, ...), ``median_us`` the
-    median of its per-run times in microseconds (summed when a node runs twice in one run), and
-    ``input_shapes`` / ``output_shapes`` the shapes onnxruntime reported for it.
-    """
-
-    name: str
-    op: str
-    median_us: float
-    input_shapes: tuple[tuple[int, ...], ...]
-    output_shapes: tuple[tuple[int, ...], ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "op": self.op,
-            "median_us": self.median_us,
-            "input_shapes": [list(shape) for shape in self.input_shapes],
-            "output_shapes": [list(shape) for shape in self.output_shapes],
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> NodeTime:
-        return cls(
-            name=str(data["name"]),
-            op=str(data["op"]),
-            median_us=float(data["median_us"]),
-            input_shapes=tuple(tuple(int(v) for v in shape) for shape in data["input_shapes"]),
-            output_shapes=tuple(tuple(int(v) for v in shape) for shape in data["output_shapes"]),
-        )
-
-
-@dataclass(frozen=True)
-class LayerProfile:
-    """Per-node times of one network, profiled by onnxruntime in a fresh child process.
-
-    ``nodes`` are in execution order; ``run_ms`` the wall time of each profiled run (profiling
-    adds a little per node, so these run slower than an unprofiled measurement);
-    ``optimized_model`` the graph onnxruntime executed (its node names are the ``nodes``'
-    names), so that node features come from the same graph the times do.
-    """
-
-    input_shape: tuple[int, ...]
-    threads: int
-    runs: int
-    nodes: tuple[NodeTime, ...]
-    run_ms: tuple[float, ...]
-    optimized_model: bytes = field(repr=False)
-    runtime_version: str = ""
-
-    @property
-    def node_total_ms(self) -> float:
-        """The sum of the nodes' median times, in ms."""
-        return sum(node.median_us for node in self.nodes) / 1e3
-
-
-def _profile_child(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """In the child: profile the model `spec` names; returns the JSON-safe outcome."""
-    import numpy
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = int(spec["threads"])
-    options.inter_op_num_threads = 1
-    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3  # the NCHWc "optimised model is hardware specific" warning
-    options.optimized_model_filepath = spec["optimized_path"]
-    options.enable_profiling = True
-    options.profile_file_prefix = os.path.join(spec["workdir"], "profile")
-    session = onnxruntime.InferenceSession(
-        spec["model_path"], options, providers=["CPUExecutionProvider"]
-    )
-    item = session.get_inputs()[0]
-    image = numpy.random.RandomState(0).standard_normal(spec["input_shape"]).astype("float32")
-    feed = {item.name: image}
-    warmup = int(spec["warmup_runs"])
-    run_ms = []
-    for index in range(warmup + int(spec["runs"])):
-        start = time.perf_counter()
-        session.run(None, feed)
-        if index >= warmup:
-            run_ms.append((time.perf_counter() - start) * 1e3)
-    with open(session.end_profiling()) as handle:
-        events = json.load(handle)
-    # Each run's node events come between two "model_run" events; warm-up runs are dropped.
-    runs: list[dict[str, float]] = []
-    shapes: dict[str, tuple[str, list, list]] = {}
-    order: list[str] = []
-    for event in events:
-        if event.get("name") == "model_run":
-            runs.append({})
-            continue
-        if event.get("cat") != "Node" or not str(event.get("name", "")).endswith("_kernel_time"):
-            continue
-        if not runs:
-            runs.append({})
-        name = event["name"][: -len("_kernel_time")]
-        args = event.get("args", {})
-        if name not in shapes:
-            order.append(name)
-            shapes[name] = (
-                str(args.get("op_name", "")),
-                [next(iter(s.values()), []) for s in args.get("input_type_shape", [])],
-                [next(iter(s.values()), []) for s in args.get("output_type_shape", [])],
-            )
-        runs[-1][name] = runs[-1].get(name, 0.0) + float(event.get("dur", 0.0))
-    # model_run events close a run (they are written when the run ends).
-    timed = [run for run in runs if run][warmup:]
-    nodes = []
-    for name in order:
-        values = sorted(run.get(name, 0.0) for run in timed)
-        median = (
-            values[len(values) // 2]
-            if len(values) % 2
-            else sum(values[len(values) // 2 - 1 : len(values) // 2 + 1]) / 2.0
-        )
-        op, inputs, outputs = shapes[name]
-        nodes.append(
-            {
-                "name": name,
-                "op": op,
-                "median_us": median,
-                "input_shapes": inputs,
-                "output_shapes": outputs,
-            }
-        )
-    return {
-        "nodes": nodes,
-        "run_ms": run_ms,
-        "runs": len(timed),
-        "runtime_version": onnxruntime.__version__,
-    }
-
-
-def _profile_child_main(spec_path: str) -> int:
-    with open(spec_path) as handle:
-        spec = json.load(handle)
-    try:
-        outcome = {"ok": True, **_profile_child(spec)}
-    except Exception as error:  # reported to the parent, which raises LatencyError
-        outcome = {"ok": False, "error": f"{type(error).__name__}: {error}"}
-    partial = spec["result_path"] + ".partial"
-    with open(partial, "w") as handle:
-        json.dump(outcome, handle)
-    os.replace(partial, spec["result_path"])
-    return 0
-
-
-def profile_layers(
-    onnx_model: bytes | str | Path,
-    input_shape: tuple[int, ...],
-    *,
-    threads: int = 2,
-    runs: int = DEFAULT_PROFILE_RUNS,
-    warmup_runs: int = DEFAULT_PROFILE_WARMUP_RUNS,
-    timeout_s: float = 300.0,
-) -> LayerProfile:
-    """Per-node times of `onnx_model` on this CPU with onnxruntime's profiler.
-
-    A fresh child process builds the session exactly as a local measurement does (all graph
-    optimisations, `threads` intra-op threads, one inter-op thread, sequential), saves the
-    optimised graph, runs `warmup_runs` discarded and `runs` profiled inferences, and reports
-    each node's median time over the profiled runs. Raises :class:`InvalidModelError` for a
-    model or shape that cannot run and :class:`LatencyError` when the child fails.
-    """
-    model = read_onnx_bytes(onnx_model)
-    shape = validate_input_shape(input_shape)
-    inspect_model(model, shape)
-    if threads < 1 or runs < 1 or warmup_runs < 0:
-        raise ValueError(
-            f"threads and runs must be >= 1 and warmup_runs >= 0, got {threads}, {runs}, "
-            f"{warmup_runs}"
-        )
-    with tempfile.TemporaryDirectory(prefix="jetsearch-profile-") as workdir:
-        spec = {
-            "model_path": os.path.join(workdir, "model.onnx"),
-            "optimized_path": os.path.join(workdir, "optimized.onnx"),
-            "workdir": workdir,
-            "result_path": os.path.join(workdir, "result.json"),
-            "input_shape": list(shape),
-            "threads": threads,
-            "runs": runs,
-            "warmup_runs": warmup_runs,
-        }
-        Path(spec["model_path"]).write_bytes(model)
-        spec_path = os.path.join(workdir, "spec.json")
-        Path(spec_path).write_text(json.dumps(spec))
-        # The child imports this very package (not whichever one its sys.path finds first).
-        root = str(Path(__file__).resolve().parents[2])
-        command = [sys.executable, "-c", _CHILD_CODE, root, spec_path]
-        try:
-            completed = subprocess.run(
-                command, capture_output=True, text=True, timeout=timeout_s, cwd=workdir
-            )
-        except subprocess.TimeoutExpired:
-            raise LatencyError(f"layer profile ran past its {timeout_s:g} s timeout") from None
-        try:
-            outcome = json.loads(Path(spec["result_path"]).read_text())
-        except (OSError, ValueError):
-            raise LatencyError(
-                f"the profiling process exited with {completed.returncode} and left no result: "
-                f"{(completed.stdout + completed.stderr).strip()[-2000:]}"
-            ) from None
-        if not outcome["ok"]:
-            raise InvalidModelError(f"layer profile failed: {outcome['error']}")
-        optimized = Path(spec["optimized_path"]).read_bytes()
-    return LayerProfile(
-        input_shape=shape,
-        threads=threads,
-        runs=int(outcome["runs"]),
-        nodes=tuple(NodeTime.from_dict(node) for node in outcome["nodes"]),
-        run_ms=tuple(float(value) for value in outcome["run_ms"]),
-        optimized_model=optimized,
-        runtime_version=str(outcome["runtime_version"]),
-    )

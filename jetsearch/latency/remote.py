@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jetsearch.latency import worker
 from jetsearch.latency._onnx_input import inspect_model, read_onnx_bytes, validate_input_shape
@@ -33,6 +33,9 @@ from jetsearch.latency.base import (
     fingerprint_key,
     measure_until_stable,
 )
+
+if TYPE_CHECKING:
+    from jetseg.config import JetSegConfig
 
 # Fingerprint entries that must agree across the workers of one pool (and key the cache).
 STABLE_FINGERPRINT_KEYS = (
@@ -398,9 +401,13 @@ class RemotePool(LatencyProvider):
         )
 
     def measure(
-        self, onnx_model: bytes | str | Path, input_shape: tuple[int, ...]
+        self,
+        onnx_model: bytes | str | Path,
+        input_shape: tuple[int, ...],
+        *,
+        config: JetSegConfig | None = None,
     ) -> LatencyResult:
-        """Measure on a free worker of the pool; see the class docstring for retries."""
+        """Measure on a free worker (`config` is not needed); see the class docstring."""
         model = read_onnx_bytes(onnx_model)
         shape = validate_input_shape(input_shape)
         inspect_model(model, shape)

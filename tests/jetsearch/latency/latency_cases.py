@@ -1,4 +1,5 @@
-"""Shared pieces of the latency tests: tiny ONNX models and real worker processes on loopback."""
+"""Shared pieces of the latency tests: tiny ONNX models, providers built from recipes, and real
+worker processes on loopback."""
 
 from __future__ import annotations
 
@@ -19,6 +20,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from jetsearch.latency import (
+    CachedProvider,
+    EstimateProvider,
+    LatencyCache,
+    LatencyProvider,
+    LocalProvider,
+    RemotePool,
+)
 from jetsearch.latency.worker import worker_path
 
 TOKEN = "test-token-0123456789abcdef"
@@ -60,6 +69,20 @@ def conv_relu_resize_model(
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model.SerializeToString()
+
+
+def build_provider(recipe: dict[str, Any]) -> LatencyProvider:
+    """A provider from a JSON-safe recipe, so that another process can build the same one.
+
+    ``recipe["class"]`` is "local", "remote" or "estimate", ``recipe["kwargs"]`` its constructor
+    arguments (a RemotePool's ``urls``, ``token`` and ``target`` among them), and a
+    ``recipe["cache"]`` path wraps it in a CachedProvider over that file.
+    """
+    classes = {"local": LocalProvider, "remote": RemotePool, "estimate": EstimateProvider}
+    provider = classes[recipe["class"]](**recipe["kwargs"])
+    if recipe.get("cache"):
+        provider = CachedProvider(provider, LatencyCache(recipe["cache"]))
+    return provider
 
 
 def runtime_failing_model() -> bytes:

@@ -1,18 +1,20 @@
-"""Device profiles, the roofline, calibration and EstimateProvider (the provider contract too)."""
+"""Device profiles, the roofline, calibration and what is EstimateProvider's own.
+
+EstimateProvider runs the shared provider contract in test_provider_contract.py; here are its
+labels, its need of the config, what its target key follows and its calibration file.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
-from latency_cases import SHAPE, conv_relu_resize_model
 
-from jetsearch.latency import InvalidModelError, LatencyCache, LatencyError, LatencyResult
+from jetsearch.latency import LatencyCache, LatencyError, LatencyResult
 from jetsearch.latency.base import Provenance
 from jetsearch.latency.estimate import (
     GROUPS,
@@ -31,8 +33,6 @@ from jetsearch.latency.estimate import (
     measured_pairs,
     network_cost,
     nnls,
-    record_config,
-    recorded_configs,
     roofline,
 )
 from jetsearch.space import load_space
@@ -299,6 +299,11 @@ def test_calibration_saves_and_loads(tmp_path: Path, sampled_configs: list[JetSe
     broken.write_text(json.dumps(data))
     with pytest.raises(ValueError, match="missing \\['resize'\\]"):
         Calibration.load(broken)
+    # A per-node layer calibration (an older version's) is refused by its kind, not misread.
+    broken.write_text(json.dumps({**calibration.to_dict(), "kind": "layers", "parameters": None}))
+    with pytest.raises(ValueError, match="key 'kind' is 'layers'.*calibrate` again"):
+        Calibration.load(broken)
+    assert json.loads(path.read_text())["kind"] == "roofline"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,16 +311,14 @@ def test_calibration_saves_and_loads(tmp_path: Path, sampled_configs: list[JetSe
 
 
 @pytest.mark.parametrize("profile", ["agx", "nano", "local"])
-def test_estimate_result_holds_the_contract(
+def test_estimate_result_is_labelled_as_one(
     profile: str, nano: JetSegConfig, nano_onnx: bytes, tmp_path: Path
 ) -> None:
     provider = EstimateProvider(profile)
     result = provider.measure(nano_onnx, SMALL, config=nano)
 
-    assert isinstance(result, LatencyResult)
     assert result.provenance is provider.kind is Provenance.ESTIMATED
     assert result.is_estimate
-    assert result.input_shape == SMALL
     assert len(result.samples_ms) == 1 and result.timed_runs == 0 and result.warmup_runs == 0
     assert result.median_ms == result.p90_ms == result.samples_ms[0] > 0
     assert result.cv == 0.0
@@ -323,9 +326,6 @@ def test_estimate_result_holds_the_contract(
     assert result.fingerprint["profile"] == get_profile(profile).name
     assert result.fingerprint["profile_source"] == get_profile(profile).source
     assert result.fingerprint["calibration"] is None
-    assert json.dumps(result.fingerprint)
-    datetime.fromisoformat(result.created_at)
-    assert LatencyResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
     assert result.median_ms == pytest.approx(provider.estimate(nano, SMALL[2:]))
 
     path = tmp_path / "model.onnx"
@@ -334,34 +334,17 @@ def test_estimate_result_holds_the_contract(
     assert provider.measure(str(path), SMALL, config=nano).median_ms == result.median_ms
 
 
-@pytest.mark.parametrize(
-    "garbage",
-    [b"", b"this is not an ONNX model", bytes(range(256)) * 4],
-    ids=["empty", "text", "binary"],
-)
-def test_garbage_model_raises_latency_error(garbage: bytes, nano: JetSegConfig) -> None:
-    with pytest.raises(LatencyError, match="ONNX"):
-        EstimateProvider("agx").measure(garbage, SHAPE, config=nano)
-
-
-def test_model_and_shape_are_checked_like_every_provider(
-    tmp_path: Path, nano: JetSegConfig, nano_onnx: bytes
-) -> None:
-    provider = EstimateProvider("agx")
-    with pytest.raises(LatencyError, match="does not exist"):
-        provider.measure(tmp_path / "missing.onnx", SMALL, config=nano)
-    fixed = conv_relu_resize_model(4, height=16, width=16)
-    with pytest.raises(InvalidModelError, match="fixed size 16 on axis 2"):
-        provider.measure(fixed, (1, 3, 32, 16), config=nano)
+def test_an_estimate_needs_the_config(nano_onnx: bytes) -> None:
     with pytest.raises(LatencyError, match="needs the network's config"):
-        provider.measure(nano_onnx, SMALL)
+        EstimateProvider("agx").measure(nano_onnx, SMALL)
 
 
-def test_fingerprint_and_target_key(tmp_path: Path, sampled_configs: list[JetSegConfig]) -> None:
+def test_target_key_follows_profile_precision_and_calibration(
+    sampled_configs: list[JetSegConfig],
+) -> None:
     provider = EstimateProvider("agx")
     key = provider.target_fingerprint_key()
     assert key == EstimateProvider("agx-xavier").target_fingerprint_key()
-    assert key.isascii() and " " not in key and 0 < len(key) <= 80
     assert key != EstimateProvider("agx", precision="fp32").target_fingerprint_key()
     assert key != EstimateProvider("agx-orin").target_fingerprint_key()
     calibration = calibrate(synthetic_pairs(sampled_configs[:6], synthetic_truth("max")), "agx")
@@ -414,7 +397,7 @@ def stored(ms: float, shape: tuple[int, ...], precision: str = "fp32") -> Latenc
     )
 
 
-def test_measured_pairs_read_configs_from_extra_and_sidecar(
+def test_measured_pairs_read_configs_from_extra_and_recorded_configs(
     tmp_path: Path, sampled_configs: list[JetSegConfig]
 ) -> None:
     path = tmp_path / "latency.sqlite"
@@ -427,9 +410,9 @@ def test_measured_pairs_read_configs_from_extra_and_sidecar(
     cache.put(arch_hash(second), shape, "key-a", stored(4.0, shape))
     cache.put(arch_hash(third), shape, "key-a", stored(5.0, shape, precision="fp16"))
     cache.put(arch_hash(unknown), shape, "key-a", stored(6.0, shape))
-    assert record_config(cache, second) == arch_hash(second)
-    record_config(path, third)
-    assert set(recorded_configs(path)) == {arch_hash(second), arch_hash(third)}
+    assert cache.record_config(second) == arch_hash(second)
+    LatencyCache(path).record_config(third)
+    assert set(cache.configs()) == {arch_hash(second), arch_hash(third)}
 
     read = measured_pairs(path, precision="fp32")
     assert read.target_key == "key-a"

@@ -143,7 +143,7 @@ def test_provider_is_abstract_and_a_context_manager() -> None:
         kind = Provenance.ESTIMATED
         closed = False
 
-        def measure(self, onnx_model, input_shape):
+        def measure(self, onnx_model, input_shape, *, config=None):
             return LatencyResult.from_samples(
                 [1.0], warmup_runs=0, provenance=self.kind, fingerprint={}, input_shape=input_shape
             )

@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import yaml
 from latency_cases import SHAPE, WARMUP_S, conv_relu_resize_model
 
 from jetsearch.latency import (
@@ -21,6 +22,10 @@ from jetsearch.latency import (
     Provenance,
 )
 from jetsearch.latency.base import FROM_CACHE_FLAG
+from jetseg.config import arch_hash, load_config
+
+# Two different networks the cached providers are told the models were built from.
+NANO, AGX = load_config("nano"), load_config("agx")
 
 
 def result(value: float, provenance: Provenance = Provenance.MEASURED_REMOTE) -> LatencyResult:
@@ -147,20 +152,70 @@ def test_cached_provider_measures_once_then_hits(tmp_path: Path) -> None:
     provider = CachedProvider(inner, cache)
     model = conv_relu_resize_model(0)
 
-    first = provider.measure(model, SHAPE, arch_hash="arch-a")
-    second = provider.measure(model, SHAPE, arch_hash="arch-a")
+    first = provider.measure(model, SHAPE, config=NANO)
+    second = provider.measure(model, SHAPE, config=NANO)
     assert inner.measurement_count == 1
     assert (provider.hits, provider.misses) == (1, 1)
     assert second.samples_ms == first.samples_ms
     assert FROM_CACHE_FLAG in second.flags and FROM_CACHE_FLAG not in first.flags
-    stored = cache.get("arch-a", SHAPE, inner.target_fingerprint_key())
+    stored = cache.get(arch_hash(NANO), SHAPE, inner.target_fingerprint_key())
     assert stored == first
 
-    provider.measure(model, SHAPE, arch_hash="arch-b")  # another network: measured
-    provider.measure(model, (1, 3, 8, 8), arch_hash="arch-a")  # another shape: measured
-    provider.measure(model, SHAPE)  # no arch_hash: the cache is bypassed
+    provider.measure(model, SHAPE, config=AGX)  # another network: measured
+    provider.measure(model, (1, 3, 8, 8), config=NANO)  # another shape: measured
+    provider.measure(model, SHAPE)  # no config: the cache is bypassed
     assert inner.measurement_count == 4
     assert len(cache) == 3
+
+
+def test_cached_provider_keeps_the_config_of_every_network(tmp_path: Path) -> None:
+    inner = LocalProvider(warmup_s=WARMUP_S, min_runs=5, max_runs=5, max_cv=100.0)
+    cache = LatencyCache(tmp_path / "latency.sqlite")
+    provider = CachedProvider(inner, cache)
+    provider.measure(conv_relu_resize_model(0), SHAPE, config=NANO)
+    [(digest, _, _, extra)] = cache.all_results()
+    assert digest == arch_hash(NANO) and extra["name"] == NANO.name
+    assert load_config(yaml.safe_load(extra["config_yaml"])) == NANO
+    assert load_config(yaml.safe_load(cache.configs()[digest])) == NANO
+
+    # A hit records the config too: an entry another tool stored may lack it.
+    other = LatencyCache(tmp_path / "other.sqlite")
+    key = inner.target_fingerprint_key()
+    other.put(arch_hash(AGX), SHAPE, key, result(2.0, Provenance.MEASURED_LOCAL))
+    assert other.configs() == {}
+    CachedProvider(inner, other).measure(conv_relu_resize_model(0), SHAPE, config=AGX)
+    assert inner.measurement_count == 1
+    assert set(other.configs()) == {arch_hash(AGX)}
+
+
+def test_refresh_measures_again_and_replaces_the_entry(tmp_path: Path) -> None:
+    inner = LocalProvider(warmup_s=WARMUP_S, min_runs=5, max_runs=5, max_cv=100.0)
+    cache = LatencyCache(tmp_path / "latency.sqlite")
+    model = conv_relu_resize_model(0)
+    first = CachedProvider(inner, cache).measure(model, SHAPE, config=NANO)
+    again = CachedProvider(inner, cache, refresh=True).measure(model, SHAPE, config=NANO)
+    assert inner.measurement_count == 2 and FROM_CACHE_FLAG not in again.flags
+    assert len(cache) == 1
+    assert cache.get(arch_hash(NANO), SHAPE, inner.target_fingerprint_key()) == again != first
+
+
+def test_configs_and_target_keys_are_read_through_the_cache(tmp_path: Path) -> None:
+    cache = LatencyCache(tmp_path / "latency.sqlite")
+    assert cache.configs() == {} and cache.target_keys() == {}
+    assert cache.record_config(NANO) == arch_hash(NANO)
+    cache.record_config(NANO)  # again: one record
+    cache.record_config(AGX)
+    assert set(cache.configs()) == {arch_hash(NANO), arch_hash(AGX)}
+    assert load_config(yaml.safe_load(cache.configs()[arch_hash(AGX)])) == AGX
+
+    cache.put("arch-a", SHAPE, "agx-key", result(1.0))
+    cache.put("arch-b", SHAPE, "agx-key", result(2.0))
+    cache.put("arch-a", SHAPE, "nano-key", result(3.0))
+    cache.put("arch-c", SHAPE, "nano-key", result(4.0, Provenance.ESTIMATED))
+    assert cache.target_keys() == {"agx-key": 2, "nano-key": 1}
+    assert cache.target_keys(provenance=Provenance.ESTIMATED) == {"nano-key": 1}
+    # Another process reads the same configs: they live in the cache file.
+    assert set(LatencyCache(cache.path).configs()) == {arch_hash(NANO), arch_hash(AGX)}
 
 
 def test_concurrent_calls_for_one_network_measure_once(tmp_path: Path) -> None:
@@ -169,9 +224,7 @@ def test_concurrent_calls_for_one_network_measure_once(tmp_path: Path) -> None:
     model = conv_relu_resize_model(0)
     results = []
     threads = [
-        threading.Thread(
-            target=lambda: results.append(provider.measure(model, SHAPE, arch_hash="same"))
-        )
+        threading.Thread(target=lambda: results.append(provider.measure(model, SHAPE, config=NANO)))
         for _ in range(3)
     ]
     for thread in threads:
@@ -190,7 +243,7 @@ class CountingEstimator(LatencyProvider):
     def __init__(self) -> None:
         self.calls = 0
 
-    def measure(self, onnx_model, input_shape):
+    def measure(self, onnx_model, input_shape, *, config=None):
         self.calls += 1
         return LatencyResult.from_samples(
             [len(onnx_model) / 1024],
@@ -212,9 +265,9 @@ def test_cached_estimates_stay_estimates(tmp_path: Path) -> None:
     estimator = CountingEstimator()
     provider = CachedProvider(estimator, cache)
     model = conv_relu_resize_model(0)
-    assert provider.measure(model, SHAPE, arch_hash="arch-a").is_estimate
-    again = provider.measure(model, SHAPE, arch_hash="arch-a")
+    assert provider.measure(model, SHAPE, config=NANO).is_estimate
+    again = provider.measure(model, SHAPE, config=NANO)
     assert again.is_estimate and estimator.calls == 1
-    assert cache.get("arch-a", SHAPE, "estimate-test") is None
+    assert cache.get(arch_hash(NANO), SHAPE, "estimate-test") is None
     assert cache.all_results("estimate-test") == []
     assert len(cache.all_results("estimate-test", provenance=Provenance.ESTIMATED)) == 1

@@ -15,13 +15,7 @@ import yaml
 from latency_cases import WorkerProcess
 
 from jetsearch.latency import LatencyCache, LatencyResult, Provenance
-from jetsearch.latency.estimate import (
-    calibration_path,
-    network_cost,
-    record_config,
-    recorded_configs,
-    roofline,
-)
+from jetsearch.latency.estimate import calibration_path, network_cost, roofline
 from jetsearch.space import load_space
 from jetseg.config import JetSegConfig, arch_hash, load_config
 
@@ -59,13 +53,38 @@ def test_measure_prints_a_table_and_writes_the_cache(
     assert digest == arch_hash(nano) and shape == (1, 3, 96, 128)
     assert result.provenance is Provenance.MEASURED_LOCAL and result.timed_runs == 5
     assert load_config(yaml.safe_load(extra["config_yaml"])) == nano
-    assert arch_hash(nano) in recorded_configs(cache_path)
+    assert arch_hash(nano) in LatencyCache(cache_path).configs()
     assert f"{result.median_ms:.3f} ms" in out
 
     # The same network again comes from the cache, flagged.
     assert run([*argv, "--cache", str(cache_path)]) == 0
     assert "from-cache" in capsys.readouterr().out
     assert len(LatencyCache(cache_path)) == 1
+
+
+def test_fp16_asked_of_the_cpu_is_measured_at_fp32_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache_path = tmp_path / "latency.sqlite"
+    argv = ["latency", "measure", "nano", "--size", "64x64", "--runs", "3", "--warmup", "0.05"]
+    assert run([*argv, "--precision", "fp16", "--cache", str(cache_path)]) == 0
+    out = capsys.readouterr().out
+    assert "fp16 was asked" in out and "precision-fallback-fp32" in out
+    [(_, _, stored, _)] = LatencyCache(cache_path).all_results()
+    # The cache holds the plain fp32 measurement; only the fp16 request's answer is flagged.
+    assert stored.fingerprint["precision"] == "fp32"
+    assert "precision-fallback-fp32" not in stored.flags
+    assert run([*argv, "--cache", str(cache_path)]) == 0
+    out = capsys.readouterr().out
+    assert "from-cache" in out and "precision-fallback-fp32" not in out
+
+    argv = ["latency", "estimate", "nano", "--size", "64x64", "--profile", "local"]
+    assert run(argv) == 0
+    plain = capsys.readouterr().out
+    assert run([*argv, "--precision", "fp16"]) == 0
+    out = capsys.readouterr().out
+    assert "fp32:" in out and "precision-fallback-fp32" in out
+    assert plain.split("fp32: ")[1].split(" ms")[0] == out.split("fp32: ")[1].split(" ms")[0]
 
 
 def test_measure_on_a_worker(
@@ -131,7 +150,7 @@ def fill_cache(path: Path, configs: list[JetSegConfig], target_key: str) -> None
             input_shape=shape,
         )
         cache.put(arch_hash(config), shape, target_key, result)
-        record_config(cache, config)
+        cache.record_config(config)
 
 
 def test_calibrate_then_estimate_through_the_cli(

@@ -26,6 +26,8 @@ from jetsearch.latency import (
     Provenance,
     RemotePool,
 )
+from jetsearch.space import load_space
+from jetseg.config import arch_hash
 
 
 def pool_of(*workers, target: str = "agx", **kwargs) -> RemotePool:
@@ -140,12 +142,15 @@ def test_killed_worker_mid_run_loses_and_duplicates_nothing(worker_factory, tmp_
     pool = pool_of(doomed, survivor, warmup_s=0.4, recheck_s=60.0)
     cache = LatencyCache(tmp_path / "latency.sqlite")
     provider = CachedProvider(pool, cache)
-    models = {f"arch-{index}": conv_relu_resize_model(100 + index) for index in range(6)}
+    # Six networks, each with its own config (the cache keys on the config's arch_hash).
+    configs = {arch_hash(config): config for config in load_space("tiny").random_configs(6, 1)}
+    assert len(configs) == 6
+    models = {arch: conv_relu_resize_model(100 + index) for index, arch in enumerate(configs)}
     results: dict[str, list] = {arch: [] for arch in models}
     lock = threading.Lock()
 
     def measure(arch: str) -> None:
-        result = provider.measure(models[arch], SHAPE, arch_hash=arch)
+        result = provider.measure(models[arch], SHAPE, config=configs[arch])
         with lock:
             results[arch].append(result)
 
