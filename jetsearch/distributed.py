@@ -53,8 +53,8 @@ from typing import Any, Literal
 import optuna
 from optuna.trial import TrialState
 
+from jetsearch.latency.chain import LatencyChain
 from jetsearch.study import (
-    LatencyChain,
     Objective,
     StudyError,
     StudyRun,
@@ -161,10 +161,10 @@ class LatencyService:
     def describe(self) -> str:
         return self.chain.describe()
 
-    def measure(self, onnx_bytes: bytes, config: Any, digest: str) -> tuple[Any, list[str]]:
+    def measure(self, onnx_bytes: bytes, config: Any) -> tuple[Any, list[str]]:
         start = time.time()
         try:
-            return self.chain.measure(onnx_bytes, config, digest)
+            return self.chain.measure(onnx_bytes, config)
         finally:
             self.times.append((start, time.time()))
 
@@ -178,8 +178,8 @@ class LatencyClient:
     def __init__(self, service_name: str) -> None:
         self.actor = ray.get_actor(service_name, namespace=RAY_NAMESPACE)
 
-    def measure(self, onnx_bytes: bytes, config: Any, digest: str) -> tuple[Any, list[str]]:
-        return ray.get(self.actor.measure.remote(onnx_bytes, config, digest))
+    def measure(self, onnx_bytes: bytes, config: Any) -> tuple[Any, list[str]]:
+        return ray.get(self.actor.measure.remote(onnx_bytes, config))
 
     def describe(self) -> str:
         return ray.get(self.actor.describe.remote())
