@@ -133,6 +133,7 @@ def checkpoint_state(trainer: Trainer) -> dict[str, Any]:
         "best_miou": trainer.best_miou,
         "best_epoch": trainer.best_epoch,
         "best_metrics": None if trainer.best_metrics is None else trainer.best_metrics.to_dict(),
+        "best_heldout": None if trainer.best_heldout is None else trainer.best_heldout.to_dict(),
         "history": trainer.history,
         "stopped_reason": trainer.stopped_reason,
         "stop_detail": trainer.stop_detail,
@@ -272,5 +273,7 @@ def restore_trainer(trainer: Trainer, state: dict[str, Any], path: Path) -> None
     trainer.best_epoch = int(state["best_epoch"])
     best = state.get("best_metrics")
     trainer.best_metrics = None if best is None else metrics_from_dict(best)
+    held = state.get("best_heldout")  # absent in checkpoints of older versions
+    trainer.best_heldout = None if held is None else metrics_from_dict(held)
     trainer.history = list(state["history"])
     restore_rng_state(state["rng"], trainer.loader_generator)

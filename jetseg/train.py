@@ -349,6 +349,8 @@ class EpochReport:
         images_per_s: training throughput of this epoch.
         best_miou: best validation mIoU so far, this epoch included.
         partial: the time budget cut this epoch short.
+        heldout: metrics on the held-out sequences after this epoch (when the trainer has
+            a ``heldout_set``), else None.
     """
 
     epoch: int
@@ -359,6 +361,7 @@ class EpochReport:
     images_per_s: float
     best_miou: float
     partial: bool = False
+    heldout: SegMetrics | None = None
 
 
 def _json_number(value: float | None) -> float | None:
@@ -381,7 +384,9 @@ class TrainResult:
     from both the ground truth and the prediction, as in :class:`SegMetrics`.
     ``stopped_reason`` is ``"epochs"``, ``"time budget"`` or ``"callback"`` (a
     :class:`StopTraining`, whose message is in ``stop_detail``). ``history`` holds one dict per
-    epoch, the same objects as the lines of ``metrics.jsonl``.
+    epoch, the same objects as the lines of ``metrics.jsonl``. ``heldout_miou`` and
+    ``heldout_per_class_iou`` are the held-out sequences' figures at the epoch val picked (None
+    without a held-out set): val chooses, the unseen streets only report.
     """
 
     best_miou: float
@@ -401,10 +406,15 @@ class TrainResult:
     device: str = "cpu"
     config_name: str = ""
     class_names: tuple[str, ...] = ()
+    heldout_miou: float | None = None
+    heldout_per_class_iou: tuple[float, ...] = ()
+    heldout_description: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict (NaN becomes ``None``, paths strings)."""
         data = dataclasses.asdict(self)
+        data["heldout_miou"] = _json_number(self.heldout_miou)
+        data["heldout_per_class_iou"] = [_json_number(v) for v in self.heldout_per_class_iou]
         data["out_dir"] = None if self.out_dir is None else str(self.out_dir)
         data["best_miou"] = _json_number(self.best_miou)
         data["pixel_accuracy"] = _json_number(self.pixel_accuracy)
@@ -715,6 +725,7 @@ class Trainer:
         callbacks: Sequence[Callable[[EpochReport], None]] = (),
         data_info: DataInfo | None = None,
         hooks: Sequence[TrainHooks] | None = None,
+        heldout_set: Dataset | None = None,
     ) -> None:
         if not isinstance(cfg, TrainConfig):
             raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
@@ -785,6 +796,8 @@ class Trainer:
             drop_last=len(self.train_set) >= cfg.batch_size,
         )
         self.val_loader = self._eval_loader(self.val_set)
+        self.heldout_set = heldout_set
+        self.heldout_loader = None if heldout_set is None else self._eval_loader(heldout_set)
 
         self.optimizer = self._build_optimizer()
         steps_per_epoch = len(self.train_loader)
@@ -808,6 +821,7 @@ class Trainer:
         self.best_miou = -math.inf
         self.best_epoch = 0
         self.best_metrics: SegMetrics | None = None
+        self.best_heldout: SegMetrics | None = None
         self.history: list[dict[str, Any]] = []
         self.stopped_reason = ""
         self.stop_detail = ""
@@ -937,7 +951,7 @@ class Trainer:
         stats = self.train_one_epoch(epoch)
         self.epoch = epoch
         last = epoch >= cfg.epochs or stats["partial"] or self._budget_used()
-        metrics, val_loss, eval_time = None, None, 0.0
+        metrics, val_loss, eval_time, heldout = None, None, 0.0, None
         if epoch % cfg.eval_every == 0 or last:
             self._call_hooks("on_validate", epoch)
             started = time.perf_counter()
@@ -952,14 +966,26 @@ class Trainer:
                 channels_last=self.channels_last,
                 loss_fn=self.loss_fn,
             )
+            if self.heldout_loader is not None:
+                heldout, _ = evaluate(
+                    self.model,
+                    self.heldout_loader,
+                    device=self.device,
+                    num_classes=self.num_classes,
+                    ignore_index=self.ignore_index,
+                    class_names=self.class_names,
+                    autocast_dtype=self.autocast_dtype,
+                    channels_last=self.channels_last,
+                )
             eval_time = time.perf_counter() - started
             miou = metrics.miou if math.isfinite(metrics.miou) else -math.inf
             improved = self.best_epoch == 0 or miou > self.best_miou
             if improved:
                 self.best_miou, self.best_epoch, self.best_metrics = miou, epoch, metrics
+                self.best_heldout = heldout
         else:
             improved = False
-        record = self._history_record(epoch, stats, metrics, val_loss, eval_time)
+        record = self._history_record(epoch, stats, metrics, val_loss, eval_time, heldout)
         self.history.append(record)
         if stats["partial"]:
             self.stopped_reason = "time budget"
@@ -979,6 +1005,7 @@ class Trainer:
             images_per_s=stats["images_per_s"],
             best_miou=self.best_miou,
             partial=stats["partial"],
+            heldout=heldout,
         )
         for callback in self.callbacks:
             try:
@@ -1115,7 +1142,14 @@ class Trainer:
         metrics: SegMetrics | None,
         val_loss: float | None,
         eval_time: float,
+        heldout: SegMetrics | None = None,
     ) -> dict[str, Any]:
+        held = {}
+        if self.heldout_set is not None:
+            held = {
+                "heldout_miou": None if heldout is None else _json_number(heldout.miou),
+                "heldout_per_class_iou": None if heldout is None else _iou_dict(heldout),
+            }
         return {
             "epoch": epoch,
             "step": self.global_step,
@@ -1126,6 +1160,7 @@ class Trainer:
             "val_pixel_accuracy": None if metrics is None else _json_number(metrics.pixel_accuracy),
             "val_loss": _json_number(val_loss),
             "val_per_class_iou": None if metrics is None else _iou_dict(metrics),
+            **held,
             "best_miou": _json_number(self.best_miou),
             "best_epoch": self.best_epoch,
             "epoch_time_s": stats["time_s"],
@@ -1225,6 +1260,13 @@ class Trainer:
             device=str(self.device),
             config_name="" if self.config is None else self.config.name,
             class_names=self.class_names or (),
+            heldout_miou=None if self.best_heldout is None else self.best_heldout.miou,
+            heldout_per_class_iou=()
+            if self.best_heldout is None
+            else tuple(self.best_heldout.per_class_iou),
+            heldout_description=""
+            if self.heldout_set is None
+            else str(getattr(self.heldout_set, "description", "")),
         )
 
 
