@@ -1,13 +1,26 @@
-"""Reading a study back: the Pareto front as a table and a plot, picking and exporting a winner."""
+"""Reading a study back: fronts at the highest fidelity, tables, plots, picking and exporting.
+
+A multi-fidelity study is one Optuna study per rung (``NAME``, ``NAME:rung1``, ...; see
+:mod:`jetsearch.rungs`). :func:`trial_rows` reads them all and gives **one row per network**:
+the result of the highest rung it finished, with that rung, so fronts, tables and picks compare
+each network at the most training it got. The front is noise-aware (:mod:`jetsearch.fronts`):
+latencies whose samples cannot be told apart are one latency. Trials written by earlier versions
+(``latency_ms`` and ``latency_provenance`` instead of the flat ``latency_*`` attributes) load too.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from jetsearch.fidelity import kendall_tau, spearman_rho
+from jetsearch.fronts import Point, latency_tied, tie_groups
+from jetsearch.fronts import pareto_front as point_front
+from jetsearch.rungs import rung_study_name
 from jetseg.config import dump_config, load_config
 from jetseg.fileio import atomic_write_text
 
@@ -18,7 +31,12 @@ class ReportError(RuntimeError):
 
 @dataclass(frozen=True)
 class TrialRow:
-    """One trial as the report sees it."""
+    """One network as the report sees it: its trial at the highest rung it reached.
+
+    ``number`` is the network's trial in the rung-0 study (what ``export --trial`` takes);
+    ``rung`` and ``rung_trial`` say where ``miou`` comes from; ``rung_mious`` holds its mIoU
+    at every rung it finished.
+    """
 
     number: int
     state: str
@@ -33,10 +51,27 @@ class TrialRow:
     duplicate_of: int | None
     reason: str | None
     synthetic: bool | None
+    rung: int = 0
+    rung_trial: int | None = None
+    heldout_miou: float | None = None
+    latency_p90_ms: float | None = None
+    latency_cv: float | None = None
+    flags: tuple[str, ...] = ()
+    samples: tuple[float, ...] = field(default=(), repr=False)
+    rung_mious: tuple[tuple[int, float], ...] = ()
+    recovered: str | None = None  # "owner died", "interrupted": how a stale trial ended
 
     @property
     def complete(self) -> bool:
         return self.state == "COMPLETE" and self.miou is not None and self.latency_ms is not None
+
+    def point(self) -> Point:
+        return Point(
+            key=str(self.arch_hash or self.number),
+            miou=float(self.miou if self.miou is not None else -math.inf),
+            latency_ms=float(self.latency_ms if self.latency_ms is not None else math.inf),
+            samples=self.samples,
+        )
 
 
 def load_study(study_name: str, storage: str):
@@ -53,58 +88,133 @@ def load_study(study_name: str, storage: str):
         ) from None
 
 
-def trial_rows(study) -> list[TrialRow]:
+def rung_studies(study, storage: Any) -> list[Any]:
+    """The study and its higher-rung studies in ``storage`` (a URL or an Optuna storage)."""
+    import optuna
+
+    from jetsearch.study import open_storage
+
+    if isinstance(storage, str):
+        storage = open_storage(storage)
+    names = set(optuna.get_all_study_names(storage))
+    ladder = [study]
+    while rung_study_name(study.study_name, len(ladder)) in names:
+        name = rung_study_name(study.study_name, len(ladder))
+        ladder.append(optuna.load_study(study_name=name, storage=storage))
+    return ladder
+
+
+def _latency_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    """Median, p90, cv, source, flags and samples from the flat attributes or the old blob."""
+    record = attrs.get("latency") if isinstance(attrs.get("latency"), dict) else {}
+    return {
+        "latency_ms": attrs.get("latency_median_ms", attrs.get("latency_ms")),
+        "p90": attrs.get("latency_p90_ms", record.get("p90_ms")),
+        "cv": attrs.get("latency_cv", record.get("cv")),
+        "provenance": attrs.get("latency_source", attrs.get("latency_provenance")),
+        "flags": tuple(attrs.get("latency_flags", record.get("flags") or ())),
+        "samples": tuple(attrs.get("latency_samples_ms", record.get("samples_ms") or ())),
+    }
+
+
+def _row(t, rung: int, number: int | None = None) -> TrialRow:
+    attrs = t.user_attrs
+    lat = _latency_attrs(attrs)
+    miou = t.values[0] if t.values else attrs.get("val_miou")
+    constraints = t.constraints or {}
+    feasible = attrs.get("feasible")
+    if feasible is None:
+        feasible = all(v <= 0 for v in constraints.values())
+    reason = attrs.get("pruned_reason") or attrs.get("failure_reason")
+    return TrialRow(
+        number=t.number if number is None else number,
+        state=t.state.name,
+        miou=miou,
+        latency_ms=lat["latency_ms"],
+        provenance=lat["provenance"],
+        params=attrs.get("params"),
+        macs=attrs.get("macs"),
+        feasible=bool(feasible),
+        preset=attrs.get("preset"),
+        arch_hash=attrs.get("arch_hash"),
+        duplicate_of=attrs.get("duplicate_of"),
+        reason=reason,
+        synthetic=attrs.get("synthetic_data"),
+        rung=rung,
+        rung_trial=t.number,
+        heldout_miou=attrs.get("heldout_miou"),
+        latency_p90_ms=lat["p90"],
+        latency_cv=lat["cv"],
+        flags=lat["flags"],
+        samples=lat["samples"],
+        recovered=reason if reason in ("owner died", "interrupted") else None,
+    )
+
+
+def trial_rows(study, storage: Any = None) -> list[TrialRow]:
+    """Every trial of the rung-0 ``study``, each network at the highest rung it finished.
+
+    ``storage`` (the study's URL or Optuna storage) is where the higher rungs are looked up;
+    without it only ``study``'s own trials are read.
+    """
+    base = [_row(t, 0) for t in study.get_trials(deepcopy=False)]
+    ladder = rung_studies(study, storage) if storage is not None else [study]
+    if len(ladder) == 1:
+        return [_with_rungs(r, {0: r.miou} if r.complete else {}) for r in base]
+    first = {r.arch_hash: r.number for r in base if r.arch_hash and r.duplicate_of is None}
+    best: dict[str, TrialRow] = {}
+    mious: dict[str, dict[int, float]] = {}
+    for rung, rung_study in enumerate(ladder):
+        for t in rung_study.get_trials(deepcopy=False):
+            key = t.user_attrs.get("arch_hash")
+            if key is None or t.state.name != "COMPLETE" or not t.values:
+                continue
+            mious.setdefault(key, {}).setdefault(rung, t.values[0])
+            if rung > 0 and key in first:
+                best[key] = _row(t, rung, number=first[key])
     rows = []
-    for t in study.get_trials(deepcopy=False):
-        attrs = t.user_attrs
-        miou = t.values[0] if t.values else attrs.get("val_miou")
-        latency = attrs.get("latency_ms")
-        constraints = t.constraints or {}
-        rows.append(
-            TrialRow(
-                number=t.number,
-                state=t.state.name,
-                miou=miou,
-                latency_ms=latency,
-                provenance=attrs.get("latency_provenance"),
-                params=attrs.get("params"),
-                macs=attrs.get("macs"),
-                feasible=all(v <= 0 for v in constraints.values()),
-                preset=attrs.get("preset"),
-                arch_hash=attrs.get("arch_hash"),
-                duplicate_of=attrs.get("duplicate_of"),
-                reason=attrs.get("pruned_reason") or attrs.get("failure_reason"),
-                synthetic=attrs.get("synthetic_data"),
-            )
-        )
+    for r in base:
+        key = r.arch_hash
+        if key in best and r.duplicate_of is None and r.number == first.get(key):
+            rows.append(_with_rungs(best[key], mious.get(key, {})))
+        else:
+            rows.append(_with_rungs(r, mious.get(key, {}) if r.complete else {}))
     return rows
 
 
-def pareto_front(rows: list[TrialRow]) -> list[TrialRow]:
-    """Feasible complete trials not dominated in (max mIoU, min latency), fastest first.
+def _with_rungs(row: TrialRow, by_rung: dict[int, float]) -> TrialRow:
+    from dataclasses import replace
 
-    Duplicates of an architecture already on the front are left out.
+    return replace(row, rung_mious=tuple(sorted(by_rung.items())))
+
+
+def pareto_front(rows: list[TrialRow]) -> list[TrialRow]:
+    """Feasible complete networks not dominated in (max mIoU, min latency), fastest first.
+
+    Latencies whose samples cannot be told apart are ties (:func:`jetsearch.fronts.dominates`);
+    duplicates of a network already on the front are left out.
     """
-    cands = [r for r in rows if r.complete and r.feasible and r.duplicate_of is None]
-    front = []
-    for r in cands:
-        dominated = any(
-            (o.miou >= r.miou and o.latency_ms <= r.latency_ms)
-            and (o.miou > r.miou or o.latency_ms < r.latency_ms)
-            for o in cands
-        )
-        if not dominated:
-            front.append(r)
-    seen, unique = set(), []
-    for r in sorted(front, key=lambda r: (r.latency_ms, -r.miou)):
-        if r.arch_hash not in seen:
-            seen.add(r.arch_hash)
-            unique.append(r)
-    return unique
+    cands: dict[str, TrialRow] = {}
+    for r in rows:
+        if r.complete and r.feasible and r.duplicate_of is None:
+            cands.setdefault(r.point().key, r)
+    front = point_front([r.point() for r in cands.values()])
+    return sorted((cands[p.key] for p in front), key=lambda r: (r.latency_ms, -r.miou))
+
+
+def front_ties(front: list[TrialRow]) -> list[list[TrialRow]]:
+    """Groups of front networks whose latencies are one latency (more than one per group)."""
+    by_key = {r.point().key: r for r in front}
+    groups = tie_groups([r.point() for r in front])
+    return [[by_key[p.key] for p in g] for g in groups if len(g) > 1]
 
 
 def pick(rows: list[TrialRow], how: str, max_latency: float | None = None) -> TrialRow:
-    """A trial from the front: ``max-miou``, ``fastest`` or ``knee`` (under ``max_latency``)."""
+    """A network from the front: ``max-miou``, ``fastest`` or ``knee`` (under ``max_latency``).
+
+    Tied latencies count as equal: ``fastest`` takes the most accurate of the fastest tie group,
+    and the knee is computed on the front with each tie group at one latency.
+    """
     front = pareto_front(rows)
     if max_latency is not None:
         front = [r for r in front if r.latency_ms <= max_latency]
@@ -114,7 +224,9 @@ def pick(rows: list[TrialRow], how: str, max_latency: float | None = None) -> Tr
     if how == "max-miou":
         return max(front, key=lambda r: (r.miou, -r.latency_ms))
     if how == "fastest":
-        return min(front, key=lambda r: (r.latency_ms, -r.miou))
+        fastest = front[0]
+        tied = [r for r in front if latency_tied(r.point(), fastest.point())]
+        return max(tied, key=lambda r: (r.miou, -r.latency_ms))
     if how == "knee":
         if len(front) <= 2:
             return max(front, key=lambda r: (r.miou, -r.latency_ms))
@@ -134,6 +246,37 @@ def pick(rows: list[TrialRow], how: str, max_latency: float | None = None) -> Tr
     raise ReportError(f"unknown pick {how!r}; use max-miou, knee or fastest")
 
 
+def rung_agreement(rows: list[TrialRow]) -> list[dict[str, Any]]:
+    """How well each rung predicted the next: Kendall tau and Spearman rho of mIoU.
+
+    Over the networks that finished both rungs; one dict per consecutive pair of rungs.
+    """
+    rungs = sorted({k for r in rows for k, _ in r.rung_mious})
+    out = []
+    for low, high in zip(rungs, rungs[1:], strict=False):
+        pairs = [
+            (dict(r.rung_mious)[low], dict(r.rung_mious)[high])
+            for r in rows
+            if r.duplicate_of is None and low in dict(r.rung_mious) and high in dict(r.rung_mious)
+        ]
+        x = [a for a, _ in pairs]
+        y = [b for _, b in pairs]
+        out.append(
+            {
+                "from_rung": low,
+                "to_rung": high,
+                "networks": len(pairs),
+                "kendall_tau": kendall_tau(x, y) if len(pairs) >= 2 else math.nan,
+                "spearman_rho": spearman_rho(x, y) if len(pairs) >= 2 else math.nan,
+            }
+        )
+    return out
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{100 * value:.2f}%"
+
+
 def front_table(study, rows: list[TrialRow]):
     import rich.table
 
@@ -146,35 +289,34 @@ def front_table(study, rows: list[TrialRow]):
         + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
         + f"); Pareto front of {len(front)}"
     )
+    heldout = any(r.heldout_miou is not None for r in front)
+    multi = any(r.rung_mious and max(k for k, _ in r.rung_mious) > 0 for r in rows)
     table = rich.table.Table(title=title, title_justify="left")
-    for col in (
-        "trial",
-        "val mIoU",
-        "latency ms",
-        "latency from",
-        "params",
-        "MACs",
-        "preset",
-        "arch",
-    ):
-        table.add_column(
-            col, justify="right" if col not in ("latency from", "preset", "arch") else "left"
-        )
+    columns = ["trial"] + (["rung"] if multi else []) + ["val mIoU"]
+    columns += (["held-out mIoU"] if heldout else []) + ["latency ms", "p90 ms", "latency from"]
+    columns += ["flags", "params", "MACs", "preset", "arch"]
+    for col in columns:
+        left = col in ("latency from", "flags", "preset", "arch")
+        table.add_column(col, justify="left" if left else "right")
     for r in front:
-        table.add_row(
-            str(r.number),
-            f"{100 * r.miou:.2f}%",
+        cells = [str(r.number)] + ([str(r.rung)] if multi else []) + [_pct(r.miou)]
+        cells += [_pct(r.heldout_miou)] if heldout else []
+        cells += [
             f"{r.latency_ms:.2f}",
+            f"{r.latency_p90_ms:.2f}" if r.latency_p90_ms is not None else "-",
             r.provenance or "?",
+            ", ".join(f for f in r.flags if f != "from-cache") or "",
             f"{r.params:,}" if r.params else "-",
             f"{r.macs / 1e6:.1f} M" if r.macs else "-",
             r.preset or "",
             r.arch_hash or "",
-        )
+        ]
+        table.add_row(*cells)
     return table
 
 
 def study_notes(rows: list[TrialRow]) -> list[str]:
+    """Lines a person must read with the front: data, latency sources, ties, flags, rungs."""
     notes = []
     if any(r.synthetic for r in rows):
         notes.append("mIoU was measured on the built-in SYNTHETIC dataset, not on real images.")
@@ -182,11 +324,36 @@ def study_notes(rows: list[TrialRow]) -> list[str]:
         notes.append("some latencies are ESTIMATES (roofline model), not measurements.")
     if any(r.provenance == "measured-local" for r in rows):
         notes.append("'measured-local' latencies were timed on the machine that ran the study.")
+    front = pareto_front(rows)
+    for group in front_ties(front):
+        values = ", ".join(f"{r.latency_ms:.2f}" for r in group)
+        notes.append(
+            f"latency tie: trials {', '.join(str(r.number) for r in group)} ({values} ms) cannot "
+            "be told apart by their samples (Mann-Whitney, alpha 0.05): one latency, not "
+            f"{len(group)}"
+        )
+    flagged = {f for r in front for f in r.flags if f != "from-cache"}
+    for flag in sorted(flagged):
+        who = [str(r.number) for r in front if flag in r.flags]
+        notes.append(f"latency flag {flag!r} on front trial(s) {', '.join(who)}")
+    for a in rung_agreement(rows):
+        if a["networks"] >= 2:
+            notes.append(
+                f"rung {a['from_rung']} -> rung {a['to_rung']} on {a['networks']} networks: "
+                f"Kendall tau {a['kendall_tau']:+.2f}, Spearman rho {a['spearman_rho']:+.2f}"
+            )
+    recovered = [r for r in rows if r.recovered]
+    if recovered:
+        notes.append(
+            "recovered trials: " + ", ".join(f"{r.number} ({r.recovered})" for r in recovered)
+        )
     return notes
 
 
-def plot_front(study, rows: list[TrialRow], path: str | Path) -> Path:
-    """Scatter of every trial: front, dominated, infeasible (pruned) and presets marked."""
+def plot_front(
+    study, rows: list[TrialRow], path: str | Path, picked: TrialRow | None = None
+) -> Path:
+    """Every trained network, the front, over-budget networks as a rug, presets and the pick."""
     try:
         import matplotlib
 
@@ -196,9 +363,10 @@ def plot_front(study, rows: list[TrialRow], path: str | Path) -> Path:
         raise ReportError("plotting needs matplotlib: pip install 'jetsearch[plot]'") from None
     front = pareto_front(rows)
     front_ids = {r.number for r in front}
-    fig, ax = plt.subplots(figsize=(7.5, 5), dpi=120)
+    fig, ax = plt.subplots(figsize=(8.5, 5), dpi=120)
     done = [r for r in rows if r.complete and r.feasible and r.number not in front_ids]
-    infeasible = [r for r in rows if r.latency_ms is not None and not r.feasible]
+    trained_over = [r for r in rows if r.complete and not r.feasible]
+    untrained = [r for r in rows if r.latency_ms is not None and not r.complete]
     ax.scatter(
         [r.latency_ms for r in done],
         [100 * r.miou for r in done],
@@ -206,14 +374,26 @@ def plot_front(study, rows: list[TrialRow], path: str | Path) -> Path:
         s=22,
         label="dominated",
     )
-    ax.scatter(
-        [r.latency_ms for r in infeasible],
-        [100 * r.miou if r.miou is not None else 0.0 for r in infeasible],
-        marker="x",
-        c="#d62728",
-        s=28,
-        label="over budget (pruned, not trained)",
-    )
+    if trained_over:
+        ax.scatter(
+            [r.latency_ms for r in trained_over],
+            [100 * r.miou for r in trained_over],
+            marker="x",
+            c="#d62728",
+            s=28,
+            label="over budget",
+        )
+    if untrained:
+        # Not trained, so no mIoU: a rug along the axis instead of points at 0 %.
+        ax.plot(
+            [r.latency_ms for r in untrained],
+            [0.0] * len(untrained),
+            "|",
+            c="#d62728",
+            ms=12,
+            transform=ax.get_xaxis_transform(),
+            label="pruned before training (latency only)",
+        )
     ax.plot(
         [r.latency_ms for r in front],
         [100 * r.miou for r in front],
@@ -222,22 +402,49 @@ def plot_front(study, rows: list[TrialRow], path: str | Path) -> Path:
         ms=6,
         label="Pareto front",
     )
-    for r in rows:
-        if r.preset and r.latency_ms is not None:
-            y = 100 * r.miou if r.miou is not None else 0.0
-            ax.scatter(
-                [r.latency_ms], [y], marker="*", s=180, c="#ff7f0e", edgecolors="k", zorder=5
-            )
-            ax.annotate(r.preset, (r.latency_ms, y), textcoords="offset points", xytext=(6, 6))
+    for r in front:
+        if r.latency_p90_ms is not None and r.latency_p90_ms > r.latency_ms:
+            ax.plot([r.latency_ms, r.latency_p90_ms], [100 * r.miou] * 2, c="#1f77b4", lw=0.8)
+    presets = [r for r in rows if r.preset and r.complete]
+    for r in presets:
+        ax.scatter(
+            [r.latency_ms],
+            [100 * r.miou],
+            marker="*",
+            s=180,
+            c="#ff7f0e",
+            edgecolors="k",
+            zorder=5,
+            label="preset" if r is presets[0] else None,
+        )
+        ax.annotate(
+            r.preset, (r.latency_ms, 100 * r.miou), textcoords="offset points", xytext=(6, 6)
+        )
+    if picked is not None and picked.complete:
+        ax.scatter(
+            [picked.latency_ms],
+            [100 * picked.miou],
+            s=240,
+            facecolors="none",
+            edgecolors="#2ca02c",
+            linewidths=2,
+            zorder=6,
+            label=f"exported pick (trial {picked.number})",
+        )
     budget = (study.user_attrs.get("spec") or {}).get("latency", {}).get("budget_ms")
     if budget:
         ax.axvline(budget, ls="--", c="#d62728", lw=1, label=f"budget {budget} ms")
     prov = sorted({r.provenance for r in rows if r.provenance})
-    ax.set_xlabel(f"latency, ms ({', '.join(prov) or 'unknown'})")
+    ax.set_xlabel(f"latency median, ms ({', '.join(prov) or 'unknown'}; bar to p90)")
     ax.set_ylabel("val mIoU, %" + (" (synthetic data)" if any(r.synthetic for r in rows) else ""))
-    ax.set_title(f"{study.study_name}: {len(rows)} trials")
+    rung = max((r.rung for r in front), default=0)
+    ax.set_title(
+        f"{study.study_name}: {len(rows)} trials"
+        + (f", each network at its highest rung (up to {rung})" if rung else "")
+    )
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    # Outside the axes, so the legend never covers a point.
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, borderaxespad=0)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -246,8 +453,13 @@ def plot_front(study, rows: list[TrialRow], path: str | Path) -> Path:
     return path
 
 
-def export_trial(study, number: int, output: str | Path) -> tuple[Path, dict[str, Any]]:
-    """Write trial ``number``'s network as a config YAML that ``jetsearch train`` trains."""
+def export_trial(
+    study, number: int, output: str | Path, storage: Any = None
+) -> tuple[Path, dict[str, Any]]:
+    """Write trial ``number``'s network as a config YAML that ``jetsearch train`` trains.
+
+    The figures returned are the network's at the highest rung it finished.
+    """
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     if number not in trials:
         raise ReportError(f"study {study.study_name} has no trial {number}")
@@ -259,7 +471,15 @@ def export_trial(study, number: int, output: str | Path) -> tuple[Path, dict[str
     data["name"] = Path(output).stem
     config = load_config(data)
     path = atomic_write_text(output, dump_config(config))
-    return path, {
-        "trial": number,
-        **{k: trial.user_attrs.get(k) for k in ("val_miou", "latency_ms", "arch_hash")},
-    }
+    row = next((r for r in trial_rows(study, storage) if r.number == number), None)
+    info: dict[str, Any] = {"trial": number, "arch_hash": trial.user_attrs.get("arch_hash")}
+    if row is not None:
+        info.update(
+            val_miou=row.miou,
+            heldout_miou=row.heldout_miou,
+            latency_ms=row.latency_ms,
+            latency_p90_ms=row.latency_p90_ms,
+            latency_flags=list(row.flags),
+            rung=row.rung,
+        )
+    return path, info
