@@ -409,8 +409,3 @@ def resolved_group_counts(config: JetSegConfig) -> list[int]:
             counts.append(resolve_groups(stage.jetconv.groups, hidden, hidden))
             counts.append(resolve_groups(stage.groups, hidden, stage.width))
     return counts
-
-
-def parse_dataclass(cls: type, data: Any, *, source: str | None = None, what: str) -> Any:
-    """Build a config dataclass from plain data: :func:`jetseg.validation.parse`."""
-    return parse(cls, data, source=source, what=what)
