@@ -14,7 +14,7 @@ Study files (``studies/*.yaml``) look like::
     space: tiny                   # a built-in space name or a YAML path
     data: null                    # a CamVid root, or null for the built-in synthetic scenes
     mode: pareto                  # pareto (mIoU vs latency) or budget (mIoU under a budget)
-    train: {epochs: 2, size: [96, 128], loss: jetloss, batch_size: 8}
+    train: {epochs: 2, size: [96, 128], loss: jetloss, batch_size: 8}   # TrainConfig fields
     latency: {input_size: [360, 480], budget_ms: 40, providers: [local]}
 """
 
@@ -148,6 +148,7 @@ class LatencySpec:
 
     @staticmethod
     def cross_field_problems(values: Any) -> list[Problem]:
+        """At least one provider (each is a Literal, so checked per key)."""
         if known(values.providers) and not values.providers:
             return [("providers", "name at least one latency provider")]
         return []
@@ -181,6 +182,7 @@ class StudySpec:
 
     @staticmethod
     def cross_field_problems(values: Any) -> list[Problem]:
+        """Budget mode optimises mIoU under a latency budget, so it needs one."""
         if values.mode == "budget" and values.latency.budget_ms is None:
             return [("latency.budget_ms", "budget mode needs a latency budget")]
         return []

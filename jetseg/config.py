@@ -10,8 +10,12 @@ or from YAML, and every problem is reported with its full key path::
     ConfigError: invalid JetSeg config:
       stages[0].jetconv.branches[0].kernel: 4 is not one of 3, 5, 7
 
-``arch_hash(config)`` digests everything that changes the network (not its name), so two configs
-that build the same network share a hash whatever their key order or origin.
+The checks are those of every config (:mod:`jetseg.validation`: field metadata, Literal types,
+and the rules that tie fields together, here those of :mod:`jetseg.rules`), so the rules come
+with the per-key problems in one error. ``arch_hash(config)`` digests everything that changes the
+network (not its name), so two configs that build the same network share a hash whatever their
+key order or origin. :func:`resolve_named_file` is how presets, search spaces and studies turn a
+built-in name or a path into a file.
 """
 
 from __future__ import annotations
