@@ -69,8 +69,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import importlib.resources
+import itertools
 import math
 import os
 import re
@@ -81,10 +81,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Union
 
-import yaml
-
+from jetseg import rules
 from jetseg.config import (
-    DILATION_RANGE,
     BranchConfig,
     ConfigError,
     JetSegConfig,
@@ -93,14 +91,22 @@ from jetseg.config import (
     arch_hash,
     config_to_dict,
     load_config,
+    read_yaml_mapping,
+    resolve_named_file,
+    yaml_names,
+)
+from jetseg.validation import (
+    Problem,
+    describe_type,
+    field_types,
+    unknown_key_problems,
+    value_problems,
 )
 
 if TYPE_CHECKING:
     import optuna
 
 SPACE_DIR_ENV = "JETSEARCH_SPACE_DIR"
-MAX_BRANCHES = 3
-MAX_STAGES = 6
 # Fields sampled only when another field of the same mapping has one value.
 _CONDITIONS: dict[tuple[type, str], tuple[str, Any]] = {
     (StemConfig, "jetconv"): ("kind", "jetconv"),
@@ -113,23 +119,19 @@ _DIMENSION_KEYS = {
 }
 
 
-class SpaceError(ValueError):
+class SpaceError(ConfigError):
     """A space that could produce an invalid config, or a config outside a space.
 
-    ``problems`` lists ``(key_path, message)`` like :class:`jetseg.config.ConfigError`.
+    A :class:`jetseg.config.ConfigError`: ``problems`` lists ``(key_path, message)``.
     """
 
     def __init__(
         self,
-        problems: list[tuple[str, str]],
+        problems: Sequence[Problem],
         source: str | None = None,
         headline: str = "invalid search space",
     ) -> None:
-        self.problems = list(problems)
-        self.source = source
-        where = f" ({source})" if source else ""
-        lines = [f"  {path}: {msg}" if path else f"  {msg}" for path, msg in self.problems]
-        super().__init__(f"{headline}{where}:\n" + "\n".join(lines))
+        super().__init__(problems, source, "search space", headline=headline)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,58 +329,13 @@ def _field_default(f: dataclasses.Field) -> Any:
 # leaf values against the config's types
 
 
-def _expected(tp: Any) -> str:
-    if typing.get_origin(tp) is tuple:
-        return "a list of integers"
-    if typing.get_origin(tp) is Literal:
-        return ", ".join(_show(a) for a in typing.get_args(tp))
-    if typing.get_origin(tp) in (Union, types.UnionType):
-        return " or ".join(_expected(o) for o in typing.get_args(tp))
-    return {int: "an integer", bool: "true or false", str: "a string", float: "a number"}.get(
-        tp, str(tp)
-    )
-
-
 def _value_problem(value: Any, tp: Any, meta: Mapping[str, Any]) -> str | None:
-    """Why ``value`` cannot be the field's value, or None when it can."""
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        if any(_same(value, a) for a in typing.get_args(tp)):
-            return None
-        return f"{_offending(value)} is not one of {_expected(tp)}"
-    if origin in (Union, types.UnionType):
-        if any(_value_problem(value, o, meta) is None for o in typing.get_args(tp)):
-            return None
-        return f"{_offending(value)} is not {_expected(tp)}"
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            return f"expected a list, got {_offending(value)}"
-        if not (len(args) == 2 and args[1] is Ellipsis) and len(value) != len(args):
-            return f"expected {len(args)} items, got {len(value)}"
-        for item in value:
-            if not _is_int(item):
-                return f"expected a list of integers, got {_offending(value)}"
+    """Why ``value`` cannot be the field's value, or None when it can (the configs' own check)."""
+    problems = value_problems(value, tp, meta)
+    if not problems:
         return None
-    if tp is bool:
-        return (
-            None if isinstance(value, bool) else f"expected true or false, got {_offending(value)}"
-        )
-    if tp is str:
-        return None if isinstance(value, str) else f"expected a string, got {_offending(value)}"
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return None
-        return f"expected a number, got {_offending(value)}"
-    if tp is int:
-        if not _is_int(value):
-            return f"expected an integer, got {_offending(value)}"
-        if "choices" in meta and value not in meta["choices"]:
-            return f"{value} is not one of {', '.join(str(c) for c in meta['choices'])}"
-        if "min" in meta and not meta["min"] <= value <= meta["max"]:
-            return f"{value} is out of range; {meta['min']} <= value <= {meta['max']} must hold"
-        return None
-    raise TypeError(f"unsupported config field type {tp}")
+    item, message = problems[0]
+    return f"in {_offending(value)}: {message}" if item else message
 
 
 def _takes(tp: Any, kind: type) -> bool:
@@ -474,7 +431,7 @@ class _Parser:
             self.problem(
                 path,
                 f"{'an int' if kind == 'int' else 'a float'} dimension cannot set "
-                f"this field, which takes {_expected(tp)}",
+                f"this field, which takes {describe_type(tp)}",
             )
             return None
         if not ok:
@@ -515,21 +472,16 @@ class _Parser:
         if not isinstance(raw, Mapping):
             self.problem(path, f"expected a mapping, got {_offending(raw)}")
             return None
-        fields = dataclasses.fields(cls)
-        names = [f.name for f in fields]
-        for key in raw:
-            if key not in names:
-                self.problem(
-                    _join(path, str(key)), f"unknown key; allowed keys: {', '.join(names)}"
-                )
-        hints = typing.get_type_hints(cls)
+        for problem in unknown_key_problems(cls, raw, path):
+            self.problem(*problem)
+        hints = field_types(cls)
         parsed: dict[str, Any] = {}
-        for f in fields:
+        for f in dataclasses.fields(cls):
             value = raw[f.name] if f.name in raw else _field_default(f)
             key, param = _join(path, f.name), _join(name, f.name)
             parsed[f.name] = self.field(cls, f, hints[f.name], value, key, param)
-        if any(v is None for v in parsed.values()):
-            return None
+        # Fields that failed their own checks stay None: the cross-field rules still read the
+        # others, so that one load reports every problem (load_space refuses the space).
         return _Node(cls, path, parsed)
 
     def field(
@@ -545,7 +497,7 @@ class _Parser:
         if f.name == "branches":
             return self.branches(raw, path, name)
         if f.name == "dilations":
-            return self.dilations(raw, tp, path, name)
+            return self.dilations(raw, tp, f.metadata, path, name)
         if dataclasses.is_dataclass(tp):
             return self.node(tp, raw, path, name)
         return self.leaf(raw, tp, f.metadata, path, name)
@@ -554,16 +506,17 @@ class _Parser:
         if not isinstance(raw, list):
             self.problem(path, f"expected a list of stage mappings, got {_offending(raw)}")
             return None
-        if not 1 <= len(raw) <= MAX_STAGES:
-            self.problem(path, f"needs 1 to {MAX_STAGES} stages, got {len(raw)}")
+        count_problem = rules.stage_count_problem(len(raw))
+        if count_problem:
+            self.problem(path, count_problem)
             return None
         nodes = [
             self.node(StageConfig, s, f"{path}[{i}]", f"stages.{i}") for i, s in enumerate(raw)
         ]
-        return None if None in nodes else tuple(nodes)
+        return tuple(nodes)
 
     def branch_knobs(self, raw: Mapping[str, Any], path: str, name: str) -> dict[str, Knob] | None:
-        hints = typing.get_type_hints(BranchConfig)
+        hints = field_types(BranchConfig)
         knobs = {}
         for f in dataclasses.fields(BranchConfig):
             value = raw.get(f.name, f.default)
@@ -575,8 +528,9 @@ class _Parser:
     def branches(self, raw: Any, path: str, name: str) -> _Branches | None:
         allowed = [f.name for f in dataclasses.fields(BranchConfig)]
         if isinstance(raw, list):
-            if not 1 <= len(raw) <= MAX_BRANCHES:
-                self.problem(path, f"needs 1 to {MAX_BRANCHES} branches, got {len(raw)}")
+            count_problem = rules.branch_count_problem(len(raw))
+            if count_problem:
+                self.problem(path, count_problem)
                 return None
             listed = []
             for i, item in enumerate(raw):
@@ -607,7 +561,7 @@ class _Parser:
                 f"{path}.count", "missing: say how many branches (1 to 3), fixed or searched"
             )
             return None
-        count_range = {"min": 1, "max": MAX_BRANCHES}
+        count_range = {"min": 1, "max": rules.MAX_BRANCHES}
         count = self.leaf(raw["count"], int, count_range, f"{path}.count", f"{name}.count")
         template = self.branch_knobs(raw, path, name)
         if count is None or template is None or any(k not in ["count", *allowed] for k in raw):
@@ -618,29 +572,21 @@ class _Parser:
         )
         return _Branches(path, count, per_branch)
 
-    def dilations(self, raw: Any, tp: Any, path: str, name: str) -> _Dilations | None:
-        block_range = {"min": DILATION_RANGE[0], "max": DILATION_RANGE[1]}
+    def dilations(
+        self, raw: Any, tp: Any, meta: Mapping[str, Any], path: str, name: str
+    ) -> _Dilations | None:
+        # The field's constraints (the dilation range) hold for every multiplier in the list.
         if isinstance(raw, Mapping) and "per_block" in raw:
             for key in raw:
                 if key != "per_block":
                     self.problem(f"{path}.{key}", "unknown key; per_block is the only key here")
-            knob = self.leaf(raw["per_block"], int, block_range, f"{path}.per_block", name)
+            knob = self.leaf(raw["per_block"], int, meta, f"{path}.per_block", name)
             if knob is None or len(raw) != 1:
                 return None
             return _Dilations(path, name, None, knob)
-        knob = self.leaf(raw, tp, {}, path, name)
+        knob = self.leaf(raw, tp, meta, path, name)
         if knob is None:
             return None
-        for value in knob.values():
-            for d in value:
-                if _value_problem(d, int, block_range):
-                    where = f"{path}.choice" if isinstance(knob, Dimension) else path
-                    self.problem(
-                        where,
-                        f"{_show(value)} holds {d}, out of range; "
-                        f"{DILATION_RANGE[0]} <= dilation <= {DILATION_RANGE[1]} must hold",
-                    )
-                    return None
         return _Dilations(path, name, knob, None)
 
 
@@ -656,18 +602,34 @@ def _explicit_groups(knob: Knob) -> list[Any]:
     return [g for g in knob.values() if g != "auto"]
 
 
+def _fields(node: _Node | None) -> dict[str, Any]:
+    """A node's fields; none for a mapping that failed its own checks."""
+    return node.fields if isinstance(node, _Node) else {}
+
+
+def _labelled(knob: Knob | None, name: str) -> list[tuple[int, str]] | None:
+    """Every value of a knob with where it comes from (``stem.width=8``); None if broken."""
+    return None if knob is None else [(v, f"{name}={v}") for v in knob.values()]
+
+
 def _check_divides(
-    groups: Knob, widths: Iterable[tuple[int, str]], what: str
-) -> list[tuple[str, str]]:
-    """Every explicit group count must divide every width it can meet."""
+    groups: Knob | None,
+    in_widths: Sequence[tuple[int, str]] | None,
+    out_widths: Sequence[tuple[int, str]] | None,
+    what: str,
+) -> list[Problem]:
+    """Every explicit group count must divide both widths of every conv it can meet."""
+    if groups is None or in_widths is None or out_widths is None:
+        return []  # a knob it reads is broken, and reported already
     problems = []
-    widths = list(widths)
     for g in _explicit_groups(groups):
-        if g < 1:
-            problems.append((_where(groups), f"{g} is not a group count; it must be at least 1"))
+        count_problem = rules.group_count_problem(g)
+        if count_problem:
+            problems.append((_where(groups), count_problem))
             continue
-        for width, origin in widths:
-            if width % g:
+        for (a, a_origin), (b, b_origin) in itertools.product(in_widths, out_widths):
+            if rules.groups_problem(g, a, b, what) is not None:
+                origin = a_origin if rules.undivided_width(g, (a,)) else b_origin
                 problems.append(
                     (
                         _where(groups),
@@ -679,34 +641,48 @@ def _check_divides(
     return problems
 
 
-def _check_rules(root: _Node) -> list[tuple[str, str]]:
-    """The rules of jetseg.config that tie fields together, over every combination."""
-    problems: list[tuple[str, str]] = []
+def _check_rules(root: _Node) -> list[Problem]:
+    """The rules of :mod:`jetseg.rules`, over every combination of the values they read.
+
+    Knobs that failed their own checks are None here; the rules that read them are skipped.
+    """
+    problems: list[Problem] = []
     top = root.fields
-    stem = top["stem"].fields
-    stem_widths = [(w, f"stem.width={w}") for w in stem["width"].values()]
-    if "jetconv" in stem["kind"].values():
-        ins = [(c, f"in_channels={c}") for c in top["in_channels"].values()]
+    stem = _fields(top.get("stem"))
+    stem_widths = _labelled(stem.get("width"), "stem.width")
+    if stem.get("kind") is not None and "jetconv" in stem["kind"].values():
         problems += _check_divides(
-            stem["jetconv"].fields["groups"], ins + stem_widths, "stem pointwise conv"
+            _fields(stem.get("jetconv")).get("groups"),
+            _labelled(top.get("in_channels"), "in_channels"),
+            stem_widths,
+            "stem pointwise conv",
         )
     previous = stem_widths
-    for i, stage in enumerate(top["stages"]):
-        fields = stage.fields
-        widths = [(w, f"stages[{i}].width={w}") for w in fields["width"].values()]
-        problems += _check_divides(fields["groups"], previous + widths, f"stages[{i}] 1x1 convs")
-        hidden = [
-            (w * e, f"{origin} x stages[{i}].expansion={e} = {w * e}")
-            for w, origin in previous + widths
-            for e in fields["expansion"].values()
-        ]
-        problems += _check_divides(
-            fields["jetconv"].fields["groups"], hidden, f"stages[{i}] JetConv (width x expansion)"
-        )
-        dilations: _Dilations = fields["dilations"]
-        if dilations.whole is not None:
+    stages = top.get("stages")
+    for i, stage in enumerate(stages or ()):
+        fields = _fields(stage)
+        widths = _labelled(fields.get("width"), f"stages[{i}].width")
+        problems += _check_divides(fields.get("groups"), previous, widths, f"stages[{i}] 1x1 convs")
+        expansion = fields.get("expansion")
+        if previous is not None and widths is not None and expansion is not None:
+            hidden: dict[int, str] = {}
+            for (w_in, in_origin), (w, origin), e in itertools.product(
+                previous, widths, expansion.values()
+            ):
+                for h in rules.block_hidden_widths(w_in, w, e):
+                    source = in_origin if h == w_in * e else origin
+                    hidden.setdefault(h, f"{source} x stages[{i}].expansion={e} = {h}")
+            problems += _check_divides(
+                _fields(fields.get("jetconv")).get("groups"),
+                list(hidden.items()),
+                list(hidden.items()),
+                f"stages[{i}] JetConv (width x expansion)",
+            )
+        dilations: _Dilations | None = fields.get("dilations")
+        depth = fields.get("depth")
+        if dilations is not None and dilations.whole is not None and depth is not None:
             for value in dilations.whole.values():
-                bad = [d for d in fields["depth"].values() if value and len(value) != d]
+                bad = [d for d in depth.values() if not rules.dilations_fit(value, d)]
                 if bad:
                     problems.append(
                         (
@@ -716,22 +692,15 @@ def _check_rules(root: _Node) -> list[tuple[str, str]]:
                         )
                     )
         previous = widths
-    features = len(top["stages"]) + 1
-    taps = top["decoder"].fields["taps"]
-    for value in taps.values():
-        outside = [t for t in value if not 0 <= t < features]
-        if outside:
-            problems.append(
-                (
-                    _where(taps),
-                    f"{_show(value)}: {outside[0]} names no encoder feature; "
-                    f"0 (stem) to {features - 1} are allowed",
-                )
-            )
-        elif not value[0] < value[1] < value[2]:
-            problems.append(
-                (_where(taps), f"{_show(value)} must name shallow, mid and deep features in order")
-            )
+    taps = _fields(top.get("decoder")).get("taps")
+    if stages is not None and taps is not None:
+        features = len(stages) + 1
+        for value in taps.values():
+            outside = [p for t in value if (p := rules.tap_problem(t, features))]
+            if outside:
+                problems.append((_where(taps), f"{_show(value)}: {outside[0]}"))
+            elif not rules.taps_in_order(value):
+                problems.append((_where(taps), f"{_show(value)} {rules.TAPS_ORDER_RULE}"))
     return problems
 
 
@@ -766,32 +735,11 @@ class SearchSpace:
         """Sample one config; the trial's params are the dimensions that applied."""
         data = _sample_node(self._root, trial)
         data["name"] = f"{self.name}-{trial.number}"
-        return self._build(data, trial)
+        return self._build(data)
 
-    def _build(self, data: dict[str, Any], trial: optuna.trial.BaseTrial) -> JetSegConfig:
-        try:
-            return _construct(JetSegConfig, data)
-        except ConfigError as err:
-            problems = err.problems
-        # The load-time checks mirror every cross-field rule of the config, so this only runs
-        # if the config gains a rule they do not know: repair deterministically, say so, go on.
-        changes = []
-        for path, message in problems:
-            if path.endswith(".groups"):
-                changes.append((path, "auto", message))
-            elif re.search(r"\.dilations(\[\d+\])?$", path):
-                changes.append((re.sub(r"\[\d+\]$", "", path), [], message))
-            else:
-                raise SpaceError(
-                    [(path, f"sampled an invalid value: {message}")],
-                    self.source,
-                    f"search space {self.name!r} produced an invalid config",
-                ) from None
-        for path, value, _ in changes:
-            _set_path(data, path, value)
-        trial.set_user_attr(
-            "space_remapped", [f"{path} -> {_show(_freeze(v))} ({m})" for path, v, m in changes]
-        )
+    def _build(self, data: dict[str, Any]) -> JetSegConfig:
+        # load_space checked every combination against the config's rules (jetseg.rules), so
+        # a sample is valid by construction; if one is not, that check has a gap: say so.
         try:
             return _construct(JetSegConfig, data)
         except ConfigError as err:
@@ -882,18 +830,13 @@ def _sample_node(node: _Node, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
     return values
 
 
-@functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
 def _construct(cls: type, data: Mapping[str, Any]) -> Any:
     """Build a config dataclass from sampled data, which the load-time checks have typed.
 
     Only the top-level :class:`JetSegConfig` validates (in its ``__post_init__``), so this is
     a cheaper ``load_config`` for data whose leaves are already known to be well typed.
     """
-    hints = _hints(cls)
+    hints = field_types(cls)
     kwargs = {}
     for key, value in data.items():
         tp = hints[key]
@@ -1109,53 +1052,32 @@ def space_dir() -> Path:
 
 def space_names() -> list[str]:
     """Names of the built-in spaces."""
-    return sorted(p.stem for p in space_dir().glob("*.yaml"))
-
-
-def resolve_space_path(name_or_path: str | Path) -> Path:
-    """A built-in space name or an existing YAML path, as a path; a clear error otherwise."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    if path.suffix in (".yaml", ".yml"):
-        raise FileNotFoundError(f"search space file {path} does not exist")
-    builtin = space_dir() / f"{name_or_path}.yaml"
-    if builtin.is_file():
-        return builtin
-    raise FileNotFoundError(
-        f"{name_or_path!r} is neither a search space file nor a built-in space "
-        f"({', '.join(space_names()) or f'none found in {space_dir()}'})"
-    )
+    return yaml_names(space_dir())
 
 
 def load_space(source: str | Path | Mapping[str, Any]) -> SearchSpace:
     """Load and check a search space from a built-in name, a YAML path or a plain mapping.
 
-    Built-in names (``jetseg``, ``nano``, ``agx``, ``tiny``) resolve in :func:`space_dir`.
-    A space that could produce an invalid config raises :class:`SpaceError` listing every
-    problem with its key path.
+    Built-in names (``jetseg``, ``nano``, ``agx``, ``tiny``) resolve in :func:`space_dir`, as
+    presets and studies do (:func:`jetseg.config.resolve_named_file`). A space that could
+    produce an invalid config raises :class:`SpaceError` listing every problem with its key
+    path, the rules that tie fields together with the per-key problems.
     """
     label = None
     if isinstance(source, Mapping):
         data: Any = dict(source)
         default_name = "space"
     else:
-        path = resolve_space_path(source)
+        path = resolve_named_file(source, space_dir(), "search space", "space")
         label, default_name = str(path), path.stem
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise SpaceError([("", f"not valid YAML: {err}")], label) from err
-        if data is None:
-            data = {}
+        data = read_yaml_mapping(path, SpaceError)
     if not isinstance(data, dict):
         raise SpaceError([("", "the file must hold a mapping at the top level")], label)
     data = {"name": default_name, **data}
     parser = _Parser()
     root = parser.node(JetSegConfig, data, "", "")
-    if parser.problems or root is None:
-        raise SpaceError(parser.problems, label)
-    problems = _check_rules(root)
+    assert root is not None  # data is a mapping
+    problems = parser.problems + _check_rules(root)
     if problems:
         raise SpaceError(problems, label)
     return SearchSpace(root, root.fields["name"].value, label)
@@ -1167,7 +1089,6 @@ __all__ = [
     "SearchSpace",
     "SpaceError",
     "load_space",
-    "resolve_space_path",
     "space_dir",
     "space_names",
 ]

@@ -14,7 +14,7 @@ Study files (``studies/*.yaml``) look like::
     space: tiny                   # a built-in space name or a YAML path
     data: null                    # a CamVid root, or null for the built-in synthetic scenes
     mode: pareto                  # pareto (mIoU vs latency) or budget (mIoU under a budget)
-    train: {epochs: 2, size: [96, 128], loss: jetloss, batch_size: 8}
+    train: {epochs: 2, size: [96, 128], loss: jetloss, batch_size: 8}   # TrainConfig fields
     latency: {input_size: [360, 480], budget_ms: 40, providers: [local]}
 """
 
@@ -23,24 +23,33 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import math
 import os
 import time
+import typing
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from jetsearch.latency.chain import LatencyChain
-from jetseg.config import ConfigError, arch_hash, dump_config, parse_dataclass
-from jetseg.loss import LOSS_NAMES
+from jetseg.config import (
+    ConfigError,
+    arch_hash,
+    dump_config,
+    read_yaml_mapping,
+    resolve_named_file,
+    yaml_names,
+)
+from jetseg.train import TrainConfig
+from jetseg.validation import Problem, field_types, known, parse, validate
 
 STUDIES_DIR_ENV = "JETSEARCH_STUDIES_DIR"
 DEFAULT_STORAGE = "jetsearch-studies.log"
-PROVIDER_KINDS = ("workers", "local", "estimate")
+ProviderKind = Literal["workers", "local", "estimate"]
+PROVIDER_KINDS: tuple[str, ...] = typing.get_args(ProviderKind)
 OBJECTIVE_NAMES = {"pareto": ["val_miou", "latency_ms"], "budget": ["val_miou"]}
 # Heartbeats of RDB storages (PostgreSQL, MySQL): a trial whose process stopped beating for the
 # grace period is failed and re-queued by the next process that starts a trial.
@@ -54,20 +63,62 @@ class StudyError(RuntimeError):
     """A study that cannot run as asked (bad storage, no latency provider, ...)."""
 
 
-@dataclass(frozen=True)
-class TrialBudget:
-    """How each trial is trained: short, comparable runs."""
+# TrainConfig fields that a trial sets itself, so a study's train: block cannot: the seed (the
+# study's seed plus the trial number) and what only a run directory has (a trial writes none).
+TRIAL_SET_FIELDS = ("seed", "overlays", "export_onnx", "progress")
 
-    epochs: int = field(default=3, metadata={"min": 1, "max": 1000})
-    time_budget_s: float | None = None
-    size: tuple[int, int] = (360, 480)
-    loss: str = field(default="jetloss", metadata={"choices": LOSS_NAMES})
-    batch_size: int = field(default=8, metadata={"min": 1, "max": 1024})
-    lr: float | None = None
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    train_images: int | None = None
-    val_images: int | None = None
-    threads: int | None = None
+
+def _trial_budget_fields() -> list[tuple[str, Any, dataclasses.Field]]:
+    """TrainConfig's fields by name (a study's defaults where it has its own), then its own."""
+    hints = field_types(TrainConfig)
+    fields = []
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in TRIAL_SET_FIELDS:
+            continue
+        tp, default, meta = hints[f.name], f.default, f.metadata
+        if f.name == "epochs":
+            default = 3  # short, comparable runs
+        elif f.name == "size":
+            # Every trial trains at one size, so that trials compare: it cannot be left out.
+            tp, default, meta = tuple[int, int], (360, 480), {"min": 16, "max": 8192}
+        fields.append((f.name, tp, field(default=default, metadata=meta)))
+    return [
+        *fields,
+        ("train_images", int | None, field(default=None)),
+        ("val_images", int | None, field(default=None)),
+        ("threads", int | None, field(default=None)),
+    ]
+
+
+def _trial_train_config(self: Any, seed: int) -> TrainConfig:
+    """The TrainConfig of one trial: this block's TrainConfig fields, and what a trial sets."""
+    shared = {
+        f.name: getattr(self, f.name)
+        for f in dataclasses.fields(TrainConfig)
+        if f.name not in TRIAL_SET_FIELDS
+    }
+    return TrainConfig(**shared, seed=seed, overlays=0, export_onnx=False, progress=False)
+
+
+TrialBudget = dataclasses.make_dataclass(
+    "TrialBudget",
+    _trial_budget_fields(),
+    frozen=True,
+    namespace={
+        "__module__": __name__,
+        "__doc__": """How each trial is trained: a study's ``train:`` block.
+
+    Any :class:`jetseg.train.TrainConfig` field is set by its name (``epochs``, ``lr``,
+    ``schedule``, ``random_scale``...), with TrainConfig's defaults and rules, except the
+    fields a trial sets itself (:data:`TRIAL_SET_FIELDS`). A study's own defaults: 3 epochs and
+    ``size`` 360x480, which a trial cannot leave out. Keys of the study only:
+    ``train_images`` / ``val_images`` (the first N frames of each split) and ``threads``
+    (torch threads of each trial process). ``train_config(seed)`` is one trial's TrainConfig.
+    """,
+        "cross_field_problems": staticmethod(TrainConfig.cross_field_problems),
+        "train_config": _trial_train_config,
+    },
+)
 
 
 @dataclass(frozen=True)
@@ -82,9 +133,9 @@ class SyntheticData:
 class LatencySpec:
     """Where latency comes from and what budget it must meet."""
 
-    input_size: tuple[int, int] = (360, 480)
-    budget_ms: float | None = None
-    providers: tuple[str, ...] = ("workers", "estimate")
+    input_size: tuple[int, int] = field(default=(360, 480), metadata={"min": 16, "max": 8192})
+    budget_ms: float | None = field(default=None, metadata={"gt": 0})
+    providers: tuple[ProviderKind, ...] = ("workers", "estimate")
     workers: tuple[str, ...] = ()
     token_file: str | None = None
     precision: Literal["fp32", "fp16"] = "fp16"
@@ -95,10 +146,21 @@ class LatencySpec:
     cache: str | None = "jetsearch-latency.sqlite"
     device_profile: str | None = None
 
+    @staticmethod
+    def cross_field_problems(values: Any) -> list[Problem]:
+        """At least one provider (each is a Literal, so checked per key)."""
+        if known(values.providers) and not values.providers:
+            return [("providers", "name at least one latency provider")]
+        return []
+
 
 @dataclass(frozen=True)
 class StudySpec:
-    """A whole study: target, space, data, per-trial budget, objectives, latency, storage."""
+    """A whole study: target, space, data, per-trial budget, objectives, latency, storage.
+
+    Checked on construction like every config (:func:`jetseg.validation.validate`): a spec
+    changed with ``dataclasses.replace`` is checked again.
+    """
 
     name: str
     target: str
@@ -116,29 +178,14 @@ class StudySpec:
     description: str = ""
 
     def __post_init__(self) -> None:
-        problems = []
-        for i, kind in enumerate(self.latency.providers):
-            if kind not in PROVIDER_KINDS:
-                problems.append(
-                    (
-                        f"latency.providers[{i}]",
-                        f"{kind!r} is not one of {', '.join(map(repr, PROVIDER_KINDS))}",
-                    )
-                )
-        if not self.latency.providers:
-            problems.append(("latency.providers", "name at least one latency provider"))
-        if self.mode == "budget" and self.latency.budget_ms is None:
-            problems.append(("latency.budget_ms", "budget mode needs a latency budget"))
-        for key, size in (
-            ("train.size", self.train.size),
-            ("latency.input_size", self.latency.input_size),
-        ):
-            if min(size) < 16 or max(size) > 8192:
-                problems.append((key, f"{list(size)} is out of range (16 to 8192 per side)"))
-        if self.latency.budget_ms is not None and not self.latency.budget_ms > 0:
-            problems.append(("latency.budget_ms", f"{self.latency.budget_ms} must be > 0"))
-        if problems:
-            raise ConfigError(problems, what="study")
+        validate(self, what="study")
+
+    @staticmethod
+    def cross_field_problems(values: Any) -> list[Problem]:
+        """Budget mode optimises mIoU under a latency budget, so it needs one."""
+        if values.mode == "budget" and values.latency.budget_ms is None:
+            return [("latency.budget_ms", "budget mode needs a latency budget")]
+        return []
 
     @property
     def objective_names(self) -> list[str]:
@@ -159,7 +206,8 @@ def studies_dir() -> Path:
 
 
 def study_names() -> list[str]:
-    return sorted(p.stem for p in studies_dir().glob("*.yaml"))
+    """Names of the built-in studies."""
+    return yaml_names(studies_dir())
 
 
 def merge_mappings(base: dict, changes: dict) -> dict:
@@ -180,25 +228,13 @@ def merge_mappings(base: dict, changes: dict) -> dict:
 def load_study_spec(name_or_path: str | Path, **overrides: Any) -> StudySpec:
     """A StudySpec from a built-in name (``agx``, ``local``, ...) or a YAML path.
 
+    Names resolve as presets and spaces do (:func:`jetseg.config.resolve_named_file`).
     ``overrides`` replace top-level keys (``data``, ``storage``, ``mode``) or, for ``workers``,
-    the latency worker list.
+    the latency worker list. Every problem of the file, per key and across keys, comes in one
+    :class:`~jetseg.config.ConfigError`.
     """
-    path = Path(name_or_path)
-    if not (path.suffix in (".yaml", ".yml") or path.exists()):
-        path = studies_dir() / f"{name_or_path}.yaml"
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{name_or_path!r} is neither a study file nor a built-in study "
-                f"({', '.join(study_names())})"
-            )
-    if not path.is_file():
-        raise FileNotFoundError(f"study file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError([("", f"not valid YAML: {err}")], str(path), "study") from err
-    if not isinstance(data, dict):
-        raise ConfigError([("", "the file must hold a mapping")], str(path), "study")
+    path = resolve_named_file(name_or_path, studies_dir(), "study", "study")
+    data = read_yaml_mapping(path, functools.partial(ConfigError, what="study"))
     data = {"name": path.stem, **data}
     workers = overrides.pop("workers", None)
     for key, value in overrides.items():
@@ -209,8 +245,7 @@ def load_study_spec(name_or_path: str | Path, **overrides: Any) -> StudySpec:
         data["latency"] = {**data["latency"], "workers": list(workers)}
         if "workers" not in data["latency"].get("providers", ["workers"]):
             data["latency"]["providers"] = ["workers", *data["latency"].get("providers", [])]
-    spec = parse_dataclass(StudySpec, data, source=str(path), what="study")
-    return spec
+    return parse(StudySpec, data, source=str(path), what="study")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,22 +437,10 @@ class Objective:
     def _train(self, trial, model):
         import optuna
 
-        from jetseg.train import TrainConfig, Trainer
+        from jetseg.train import Trainer
 
         spec = self.spec
-        cfg = TrainConfig(
-            epochs=spec.train.epochs,
-            time_budget_s=spec.train.time_budget_s,
-            batch_size=spec.train.batch_size,
-            lr=spec.train.lr,
-            optimizer=spec.train.optimizer,
-            loss=spec.train.loss,
-            size=tuple(spec.train.size),
-            seed=spec.seed + trial.number,
-            progress=False,
-            export_onnx=False,
-            overlays=0,
-        )
+        cfg = spec.train.train_config(seed=spec.seed + trial.number)
         callbacks: list[Callable] = []
         if spec.mode == "budget":
 

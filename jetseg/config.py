@@ -10,29 +10,62 @@ or from YAML, and every problem is reported with its full key path::
     ConfigError: invalid JetSeg config:
       stages[0].jetconv.branches[0].kernel: 4 is not one of 3, 5, 7
 
-``arch_hash(config)`` digests everything that changes the network (not its name), so two configs
-that build the same network share a hash whatever their key order or origin.
+The checks are those of every config (:mod:`jetseg.validation`: field metadata, Literal types,
+and the rules that tie fields together, here those of :mod:`jetseg.rules`), so the rules come
+with the per-key problems in one error. ``arch_hash(config)`` digests everything that changes the
+network (not its name), so two configs that build the same network share a hash whatever their
+key order or origin. :func:`resolve_named_file` is how presets, search spaces and studies turn a
+built-in name or a path into a file.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
-import math
-import types
-import typing
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
+
+from jetseg import rules
+from jetseg.rules import DILATION_RANGE, auto_groups, common_divisors, resolve_groups
+from jetseg.validation import ConfigError, Problem, known, parse, validate
+
+__all__ = [
+    "ACTIVATIONS",
+    "ATTENTIONS",
+    "DILATION_RANGE",
+    "KERNELS",
+    "PRESETS_DIR",
+    "STEM_KINDS",
+    "BranchConfig",
+    "ConfigError",
+    "DecoderConfig",
+    "JetConvConfig",
+    "JetSegConfig",
+    "StageConfig",
+    "StemConfig",
+    "arch_hash",
+    "auto_groups",
+    "common_divisors",
+    "config_to_dict",
+    "dump_config",
+    "load_config",
+    "preset_names",
+    "read_yaml_mapping",
+    "resolve_groups",
+    "resolve_named_file",
+    "resolved_group_counts",
+    "save_config",
+    "yaml_names",
+]
 
 ACTIVATIONS = ("reu", "tanhexp", "relu", "hardswish", "silu")
 ATTENTIONS = ("none", "cbam", "sam", "eca")
 KERNELS = (3, 5, 7)
-DILATION_RANGE = (1, 16)
 STEM_KINDS = ("jetconv", "conv3x3")
 
 Activation = Literal["reu", "tanhexp", "relu", "hardswish", "silu"]
@@ -40,22 +73,6 @@ Attention = Literal["none", "cbam", "sam", "eca"]
 Groups = int | Literal["auto"]
 
 PRESETS_DIR = Path(__file__).parent / "presets"
-
-
-class ConfigError(ValueError):
-    """A config that cannot describe a network; ``problems`` lists ``(key_path, message)``."""
-
-    def __init__(
-        self,
-        problems: list[tuple[str, str]],
-        source: str | None = None,
-        what: str = "JetSeg config",
-    ) -> None:
-        self.problems = list(problems)
-        self.source = source
-        where = f" ({source})" if source else ""
-        lines = [f"  {path}: {msg}" if path else f"  {msg}" for path, msg in self.problems]
-        super().__init__(f"invalid {what}{where}:\n" + "\n".join(lines))
 
 
 def _rng(low: int, high: int) -> dict[str, int]:
@@ -111,7 +128,7 @@ class StageConfig:
     width: int = field(default=32, metadata=_rng(1, 2048))
     stride: Literal[1, 2] = 2
     expansion: int = field(default=2, metadata=_rng(1, 8))
-    dilations: tuple[int, ...] = ()
+    dilations: tuple[int, ...] = field(default=(), metadata=_rng(*DILATION_RANGE))
     groups: Groups = "auto"
     jetconv: JetConvConfig = JetConvConfig()
     attention: Attention = "none"
@@ -156,10 +173,12 @@ class JetSegConfig:
     decoder: DecoderConfig = DecoderConfig()
 
     def __post_init__(self) -> None:
-        problems = _check_tree(self, "")
-        problems += _check_rules(self)
-        if problems:
-            raise ConfigError(problems)
+        validate(self, what="JetSeg config")
+
+    @staticmethod
+    def cross_field_problems(values: Any) -> list[Problem]:
+        """The rules of :mod:`jetseg.rules` that tie this config's fields together."""
+        return _network_problems(values)
 
     # Widths as the network sees them; build_model and the checks share these.
     def stage_in_width(self, index: int) -> int:
@@ -179,315 +198,123 @@ class JetSegConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# group counts
+# cross-field rules
 
 
-def common_divisors(a: int, b: int) -> list[int]:
-    """All positive integers that divide both ``a`` and ``b``, ascending."""
-    g = math.gcd(a, b)
-    return [d for d in range(1, g + 1) if g % d == 0]
+def _network_problems(cfg: Any) -> list[Problem]:
+    """Group counts against widths, branch and stage counts, dilation lists, decoder taps.
 
-
-def auto_groups(in_width: int, out_width: int) -> int:
-    """The "convenient number of groups" for a grouped 1x1 conv between two widths.
-
-    Among the common divisors of the two widths, the one closest to the mean of those common
-    divisors (ties go to the smaller, which mixes more channels). For 32 -> 64 the common
-    divisors are 1, 2, 4, 8, 16, 32 (mean 10.5), so 8 groups.
+    ``cfg`` may be partly broken (see :func:`jetseg.validation.known`): a rule runs when the
+    values it reads passed their own checks, so these come with the per-key problems.
     """
-    divisors = common_divisors(in_width, out_width)
-    mean = sum(divisors) / len(divisors)
-    return min(divisors, key=lambda d: (abs(d - mean), d))
+    problems: list[Problem] = []
+
+    def add(path: str, problem: str | None) -> None:
+        if problem and (path, problem) not in problems:
+            problems.append((path, problem))
+
+    stem = cfg.stem
+    if stem.kind == "jetconv":
+        # The stem's JetConv works on the RGB channels, its pointwise goes to the stem width.
+        add("stem.jetconv.branches", _branch_count(stem.jetconv))
+        groups = stem.jetconv.groups
+        if not _branch_count(stem.jetconv) and known(groups, cfg.in_channels, stem.width):
+            problem = rules.groups_problem(
+                groups, cfg.in_channels, stem.width, "stem pointwise conv"
+            )
+            add("stem.jetconv.groups", problem)
+    stages = cfg.stages
+    if not isinstance(stages, tuple):
+        return problems
+    add("stages", rules.stage_count_problem(len(stages)))
+    for i, stage in enumerate(stages):
+        path = f"stages[{i}]"
+        in_width = stem.width if i == 0 else stages[i - 1].width
+        if known(stage.groups, in_width, stage.width):
+            problem = rules.groups_problem(stage.groups, in_width, stage.width, "block's 1x1 convs")
+            add(f"{path}.groups", problem)
+        if known(stage.dilations, stage.depth):
+            add(f"{path}.dilations", rules.dilations_problem(stage.dilations, stage.depth))
+        jetconv = stage.jetconv
+        add(f"{path}.jetconv.branches", _branch_count(jetconv))
+        if _branch_count(jetconv) or not known(in_width, stage.width, stage.expansion):
+            continue
+        # Every block's JetConv works on the expanded width of that block.
+        for hidden in rules.block_hidden_widths(in_width, stage.width, stage.expansion):
+            if known(jetconv.groups):
+                problem = rules.groups_problem(
+                    jetconv.groups, hidden, hidden, "JetConv pointwise conv"
+                )
+                add(f"{path}.jetconv.groups", problem)
+    taps = cfg.decoder.taps
+    if known(taps):
+        n_features = len(stages) + 1
+        outside = [(j, rules.tap_problem(tap, n_features)) for j, tap in enumerate(taps)]
+        for j, problem in outside:
+            add(f"decoder.taps[{j}]", problem)
+        if not any(problem for _, problem in outside) and not rules.taps_in_order(taps):
+            add("decoder.taps", f"{rules.TAPS_ORDER_RULE}, got {list(taps)}")
+    return problems
 
 
-def resolve_groups(groups: Groups, in_width: int, out_width: int) -> int:
-    """An explicit group count as is, or ``auto_groups`` for ``"auto"``."""
-    return auto_groups(in_width, out_width) if groups == "auto" else int(groups)
+def _branch_count(jetconv: Any) -> str | None:
+    branches = jetconv.branches
+    return rules.branch_count_problem(len(branches)) if isinstance(branches, tuple) else None
 
 
 # ---------------------------------------------------------------------------------------------
-# validation
+# files: built-in names or paths, YAML
 
 
-def _type_name(tp: Any) -> str:
-    if isinstance(tp, type):
-        return tp.__name__
-    return str(tp).replace("typing.", "")
+def yaml_names(directory: Path) -> list[str]:
+    """The names of the YAML files in ``directory`` (the built-in presets, spaces, studies)."""
+    return sorted(p.stem for p in directory.glob("*.yaml"))
 
 
-def _describe(value: Any) -> str:
-    return repr(value) if isinstance(value, str) else str(value)
+def resolve_named_file(name_or_path: str | Path, directory: Path, what: str, builtin: str) -> Path:
+    """A built-in name (``<directory>/<name>.yaml``) or a YAML file path, as a path.
+
+    Presets, search spaces and studies resolve alike: an existing file is used as is, a path
+    ending in ``.yaml`` / ``.yml`` must exist, anything else is a built-in name (so a folder
+    that shares a name does not shadow it). The errors name ``what`` the file is (``config``,
+    ``search space``, ``study``) and list the built-in ``builtin`` names::
+
+        'x' is neither a config file nor a built-in preset (agx, nano, workstation)
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    if path.suffix in (".yaml", ".yml"):
+        raise FileNotFoundError(f"{what} file {path} does not exist")
+    named = directory / f"{name_or_path}.yaml"
+    if named.is_file():
+        return named
+    listed = ", ".join(yaml_names(directory)) or f"none found in {directory}"
+    raise FileNotFoundError(
+        f"{str(name_or_path)!r} is neither a {what} file nor a built-in {builtin} ({listed})"
+    )
 
 
-def _coerce(value: Any, tp: Any, path: str, problems: list[tuple[str, str]]) -> Any:
-    """Convert a YAML value to the annotated type, recording problems instead of raising."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            problems.append((path, f"expected a mapping, got {_describe(value)}"))
-            return None
-        return _from_mapping(tp, value, path, problems)
-    if origin is Literal:
-        for choice in args:
-            if value == choice and type(value) is type(choice):
-                return value
-        allowed = ", ".join(_describe(a) for a in args)
-        problems.append((path, f"{_describe(value)} is not one of {allowed}"))
-        return None
-    if origin in (Union, types.UnionType):
-        sub: list[tuple[str, str]] = []
-        for option in args:
-            attempt: list[tuple[str, str]] = []
-            result = _coerce(value, option, path, attempt)
-            if not attempt:
-                return result
-            sub += attempt
-        allowed = " or ".join(_option_name(o) for o in args)
-        problems.append((path, f"{_describe(value)} is not {allowed}"))
-        return None
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            problems.append((path, f"expected a list, got {_describe(value)}"))
-            return None
-        if len(args) == 2 and args[1] is Ellipsis:
-            item_types = [args[0]] * len(value)
-        else:
-            if len(value) != len(args):
-                problems.append((path, f"expected {len(args)} items, got {len(value)}"))
-                return None
-            item_types = list(args)
-        return tuple(
-            _coerce(v, t, f"{path}[{i}]", problems)
-            for i, (v, t) in enumerate(zip(value, item_types, strict=True))
-        )
-    if tp is type(None):
-        if value is None:
-            return None
-        problems.append((path, f"expected nothing (null), got {_describe(value)}"))
-        return None
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        problems.append((path, f"expected a number, got {_describe(value)}"))
-        return None
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        problems.append((path, f"expected true or false, got {_describe(value)}"))
-        return None
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        problems.append((path, f"expected an integer, got {_describe(value)}"))
-        return None
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        problems.append((path, f"expected a string, got {_describe(value)}"))
-        return None
-    raise TypeError(f"unsupported config field type {_type_name(tp)} at {path}")
+def read_yaml_mapping(
+    path: Path, error: Callable[[Sequence[Problem], str], Exception] = ConfigError
+) -> dict[str, Any]:
+    """The mapping a YAML file holds (an empty file is an empty mapping).
 
-
-def _option_name(tp: Any) -> str:
-    if typing.get_origin(tp) is Literal:
-        return ", ".join(_describe(a) for a in typing.get_args(tp))
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
-    if tp is type(None):
-        return "null"
-    return names.get(tp, _type_name(tp))
-
-
-def _join(prefix: str, key: str) -> str:
-    return f"{prefix}.{key}" if prefix else key
-
-
-@functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _from_mapping(cls: type, data: dict, path: str, problems: list[tuple[str, str]]) -> Any:
-    hints = _hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = [k for k in data if k not in names]
-    for key in unknown:
-        problems.append((_join(path, str(key)), f"unknown key; allowed keys: {', '.join(names)}"))
-    kwargs = {}
-    before = len(problems)
-    for f in dataclasses.fields(cls):
-        if f.name in data:
-            key = _join(path, f.name)
-            count = len(problems)
-            kwargs[f.name] = _coerce(data[f.name], hints[f.name], key, problems)
-            if len(problems) == count:
-                problems += _check_meta(f, kwargs[f.name], key)
-    if len(problems) > before or unknown:
-        return None
+    Not YAML, or not a mapping, raises ``error(problems, str(path))``.
+    """
     try:
-        return _construct(cls, kwargs)
-    except ConfigError as err:  # nested rules of JetSegConfig are checked there with full paths
-        problems.extend((_join(path, p) if p else path, m) for p, m in err.problems)
-        return None
-
-
-def _construct(cls: type, kwargs: dict[str, Any]) -> Any:
-    return cls(**kwargs)
-
-
-def _check_meta(f: dataclasses.Field, value: Any, key: str) -> list[tuple[str, str]]:
-    """The choices and ranges a field's metadata declares."""
-    meta = f.metadata
-    if value is None:
-        return []
-    if "choices" in meta and value not in meta["choices"]:
-        allowed = ", ".join(str(c) for c in meta["choices"])
-        return [(key, f"{_describe(value)} is not one of {allowed}")]
-    if "min" in meta and not meta["min"] <= value <= meta["max"]:
-        return [
-            (key, f"{value} is out of range; {meta['min']} <= value <= {meta['max']} must hold")
-        ]
-    return []
-
-
-def _check_tree(obj: Any, path: str) -> list[tuple[str, str]]:
-    """Types, ranges and choices of every field below ``obj`` (for configs built in Python)."""
-    problems: list[tuple[str, str]] = []
-    hints = _hints(type(obj))
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        key = _join(path, f.name)
-        before = len(problems)
-        _coerce(value, hints[f.name], key, problems)
-        if len(problems) > before:
-            continue
-        problems += _check_meta(f, value, key)
-        if dataclasses.is_dataclass(value):
-            problems += _check_tree(value, key)
-        elif isinstance(value, tuple):
-            for i, item in enumerate(value):
-                if dataclasses.is_dataclass(item):
-                    problems += _check_tree(item, f"{key}[{i}]")
-    return problems
-
-
-def _check_groups(
-    groups: Groups, in_width: int, out_width: int, path: str, what: str
-) -> list[tuple[str, str]]:
-    if groups == "auto":
-        return []
-    if groups < 1 or in_width % groups or out_width % groups:
-        allowed = ", ".join(str(d) for d in common_divisors(in_width, out_width))
-        return [
-            (
-                path,
-                f"{groups} does not divide both widths of the {what} "
-                f"({in_width} -> {out_width}); allowed: auto, {allowed}",
-            )
-        ]
-    return []
-
-
-def _check_jetconv(jc: JetConvConfig, width: int, path: str) -> list[tuple[str, str]]:
-    problems = []
-    if not 1 <= len(jc.branches) <= 3:
-        problems.append((f"{path}.branches", f"needs 1 to 3 branches, got {len(jc.branches)}"))
-        return problems
-    problems += _check_groups(jc.groups, width, width, f"{path}.groups", "JetConv pointwise conv")
-    return problems
-
-
-def _check_rules(cfg: JetSegConfig) -> list[tuple[str, str]]:
-    """Rules that tie fields together: group counts, dilation lists, decoder taps."""
-    problems: list[tuple[str, str]] = []
-    if cfg.stem.kind == "jetconv":
-        # The stem's JetConv works on the RGB channels, its pointwise goes to the stem width.
-        jc = cfg.stem.jetconv
-        if not 1 <= len(jc.branches) <= 3:
-            problems.append(
-                ("stem.jetconv.branches", f"needs 1 to 3 branches, got {len(jc.branches)}")
-            )
-        else:
-            problems += _check_groups(
-                jc.groups,
-                cfg.in_channels,
-                cfg.stem.width,
-                "stem.jetconv.groups",
-                "stem pointwise conv",
-            )
-    if not 1 <= len(cfg.stages) <= 6:
-        problems.append(("stages", f"needs 1 to 6 stages, got {len(cfg.stages)}"))
-    for i, stage in enumerate(cfg.stages):
-        path = f"stages[{i}]"
-        in_width = cfg.stage_in_width(i)
-        problems += _check_groups(
-            stage.groups, in_width, stage.width, f"{path}.groups", "block's 1x1 convs"
-        )
-        if stage.dilations:
-            if len(stage.dilations) != stage.depth:
-                problems.append(
-                    (
-                        f"{path}.dilations",
-                        f"has {len(stage.dilations)} entries but depth is {stage.depth}; "
-                        "give one per block or leave it empty",
-                    )
-                )
-            for j, d in enumerate(stage.dilations):
-                if not DILATION_RANGE[0] <= d <= DILATION_RANGE[1]:
-                    low, high = DILATION_RANGE
-                    problems.append(
-                        (f"{path}.dilations[{j}]", f"{d} is out of range {low}..{high}")
-                    )
-        # Every block's JetConv works on the expanded width of that block.
-        hidden_widths = {in_width * stage.expansion, stage.width * stage.expansion}
-        for hidden in sorted(hidden_widths):
-            problems += _check_jetconv(stage.jetconv, hidden, f"{path}.jetconv")
-    n_features = len(cfg.stages) + 1
-    taps = cfg.decoder.taps
-    for j, tap in enumerate(taps):
-        if not 0 <= tap < n_features:
-            problems.append(
-                (
-                    f"decoder.taps[{j}]",
-                    f"{tap} names no encoder feature; 0 (stem) to {n_features - 1} are allowed",
-                )
-            )
-    if not problems and not taps[0] < taps[1] < taps[2]:
-        problems.append(
-            ("decoder.taps", f"must name shallow, mid and deep features in order, got {list(taps)}")
-        )
-    return _dedupe(problems)
-
-
-def _dedupe(problems: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    seen: set[tuple[str, str]] = set()
-    out = []
-    for p in problems:
-        if p not in seen:
-            seen.add(p)
-            out.append(p)
-    return out
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise error([("", f"not valid YAML: {err}")], str(path)) from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise error([("", "the file must hold a mapping at the top level")], str(path))
+    return data
 
 
 # ---------------------------------------------------------------------------------------------
 # YAML I/O
-
-
-def parse_dataclass(cls: type, data: Any, *, source: str | None = None, what: str) -> Any:
-    """Build any frozen config dataclass from plain data with the same key-path errors.
-
-    Fields may be ints, floats, bools, strings, ``None``, Literals, unions of those, tuples and
-    nested dataclasses; ``field(metadata=...)`` ``choices`` / ``min`` / ``max`` are enforced.
-    """
-    if not isinstance(data, dict):
-        raise ConfigError([("", "expected a mapping at the top level")], source, what)
-    problems: list[tuple[str, str]] = []
-    obj = _from_mapping(cls, data, "", problems)
-    if problems:
-        raise ConfigError(problems, source, what)
-    return obj
 
 
 def config_to_dict(config: Any, *, include_name: bool = True) -> dict[str, Any]:
@@ -506,54 +333,26 @@ def config_to_dict(config: Any, *, include_name: bool = True) -> dict[str, Any]:
     return data
 
 
-def load_config(source: str | Path | dict[str, Any]) -> JetSegConfig:
+def load_config(source: str | Path | Mapping[str, Any]) -> JetSegConfig:
     """A JetSegConfig from a preset name, a YAML file path or a plain mapping.
 
-    Preset names (``nano``, ``agx``, ``workstation``) resolve wherever a path is accepted.
-    Missing keys take their defaults; unknown keys and invalid values raise :class:`ConfigError`
-    listing every problem with its key path.
+    Preset names (``nano``, ``agx``, ``workstation``) resolve wherever a path is accepted
+    (:func:`resolve_named_file`). Missing keys take their defaults; unknown keys, invalid values
+    and broken rules raise :class:`ConfigError` listing every problem with its key path.
     """
     label = None
-    if isinstance(source, dict):
+    if isinstance(source, Mapping):
         data = source
     else:
-        path = resolve_config_path(source)
+        path = resolve_named_file(source, PRESETS_DIR, "config", "preset")
         label = str(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise ConfigError([("", f"not valid YAML: {err}")], label) from err
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise ConfigError([("", "the file must hold a mapping at the top level")], label)
-        data = {"name": path.stem, **data}
-    problems: list[tuple[str, str]] = []
-    config = _from_mapping(JetSegConfig, data, "", problems)
-    if problems:
-        raise ConfigError(problems, label)
-    return config
+        data = {"name": path.stem, **read_yaml_mapping(path)}
+    return parse(JetSegConfig, data, source=label, what="JetSeg config")
 
 
 def preset_names() -> list[str]:
     """Names of the built-in presets."""
-    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
-
-
-def resolve_config_path(name_or_path: str | Path) -> Path:
-    """A built-in preset name or an existing YAML path, as a path; a clear error otherwise."""
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist")
-        return path
-    preset = PRESETS_DIR / f"{name_or_path}.yaml"
-    if preset.is_file():
-        return preset
-    raise FileNotFoundError(
-        f"{name_or_path!r} is neither a config file nor a built-in preset "
-        f"({', '.join(preset_names())})"
-    )
+    return yaml_names(PRESETS_DIR)
 
 
 def save_config(config: JetSegConfig, path: str | Path) -> Path:
@@ -614,8 +413,3 @@ def resolved_group_counts(config: JetSegConfig) -> list[int]:
             counts.append(resolve_groups(stage.jetconv.groups, hidden, hidden))
             counts.append(resolve_groups(stage.groups, hidden, stage.width))
     return counts
-
-
-def replace(config: Any, **changes: Any) -> Any:
-    """``dataclasses.replace`` that re-validates (configs are frozen)."""
-    return dataclasses.replace(config, **changes)

@@ -33,7 +33,7 @@ import math
 import random
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -56,6 +56,7 @@ from jetseg.fileio import atomic_write_text
 from jetseg.loss import LOSS_NAMES, JetLossCE, build_loss, cui_class_weights
 from jetseg.metrics import ConfusionMatrix, SegMetrics
 from jetseg.progress import TrainHooks, default_hooks
+from jetseg.validation import ConfigError, Problem, known, parse, validate
 
 __all__ = [
     "EpochReport",
@@ -84,13 +85,30 @@ TIMING_KEYS = ("epoch_time_s", "eval_time_s", "train_time_s", "images_per_s")
 # configuration
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(ConfigError):
     """A TrainConfig with values that cannot work; the message lists every broken field."""
 
+    def __init__(
+        self, problems: Sequence[Problem], source: str | None = None, what: str = "TrainConfig"
+    ) -> None:
+        super().__init__(problems, source, what)
 
-@dataclass
+
+def _device_problem(device: str) -> str | None:
+    if device == "auto":
+        return None
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError):
+        return f"{device!r} is not auto or a torch device such as cpu, cuda, cuda:1"
+    return None
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """How to train one network. Validated on construction (:class:`TrainConfigError`).
+
+    Frozen, like every config: derive a changed one with ``dataclasses.replace``.
 
     Attributes:
         epochs: passes over the training split (the run stops at ``epochs`` or
@@ -130,44 +148,64 @@ class TrainConfig:
         progress: a progress bar (on a terminal) and one line per epoch on stderr.
     """
 
-    epochs: int = 50
-    time_budget_s: float | None = None
-    batch_size: int = 8
-    lr: float | None = None
-    weight_decay: float = 1e-4
+    epochs: int = dataclasses.field(default=50, metadata={"min": 1})
+    time_budget_s: float | None = dataclasses.field(default=None, metadata={"gt": 0})
+    batch_size: int = dataclasses.field(default=8, metadata={"min": 1})
+    lr: float | None = dataclasses.field(default=None, metadata={"gt": 0})
+    weight_decay: float = dataclasses.field(default=1e-4, metadata={"min": 0})
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    momentum: float = 0.9
+    momentum: float = dataclasses.field(default=0.9, metadata={"min": 0, "lt": 1})
     schedule: Literal["poly", "cosine"] = "poly"
-    warmup_epochs: float = 1.0
-    loss: str = "jetloss"
-    ce_weight: float = 1.0
-    cui_beta: float = 0.999
-    size: tuple[int, int] | None = None
-    random_scale: tuple[float, float] | None = None
-    crop: tuple[int, int] | None = None
+    warmup_epochs: float = dataclasses.field(default=1.0, metadata={"min": 0})
+    loss: str = dataclasses.field(default="jetloss", metadata={"choices": LOSS_NAMES})
+    ce_weight: float = dataclasses.field(default=1.0, metadata={"min": 0})
+    cui_beta: float = dataclasses.field(default=0.999, metadata={"min": 0, "lt": 1})
+    size: tuple[int, int] | None = dataclasses.field(default=None, metadata={"min": 16})
+    random_scale: tuple[float, float] | None = dataclasses.field(default=None, metadata={"gt": 0})
+    crop: tuple[int, int] | None = dataclasses.field(default=None, metadata={"min": 16})
     flip: bool = False
     amp: bool = True
     channels_last: bool = True
     deterministic: bool = False
-    seed: int = 0
-    device: str = "auto"
-    num_workers: int = 0
-    eval_every: int = 1
-    max_train_images: int | None = None
-    max_val_images: int | None = None
-    overlays: int = 4
+    seed: int = dataclasses.field(default=0, metadata={"min": 0})
+    device: str = dataclasses.field(default="auto", metadata={"check": _device_problem})
+    num_workers: int = dataclasses.field(default=0, metadata={"min": 0})
+    eval_every: int = dataclasses.field(default=1, metadata={"min": 1})
+    max_train_images: int | None = dataclasses.field(default=None, metadata={"min": 1})
+    max_val_images: int | None = dataclasses.field(default=None, metadata={"min": 1})
+    overlays: int = dataclasses.field(default=4, metadata={"min": 0})
     export_onnx: bool = True
     progress: bool = True
 
     def __post_init__(self) -> None:
-        # YAML and JSON give lists where pairs are meant.
-        for name in ("size", "random_scale", "crop"):
-            value = getattr(self, name)
-            if isinstance(value, list):
-                setattr(self, name, tuple(value))
-        problems = _check_train_config(self)
-        if problems:
-            raise TrainConfigError("invalid TrainConfig:\n" + "\n".join(f"  {p}" for p in problems))
+        # One engine checks every config (jetseg.validation); YAML's lists become tuples.
+        validate(self, what="TrainConfig", error=TrainConfigError)
+
+    @staticmethod
+    def cross_field_problems(values: Any) -> list[Problem]:
+        """Rules that tie training fields together (a study's ``train:`` block has them too)."""
+        problems: list[Problem] = []
+        scale = values.random_scale
+        if scale is None or not known(scale):
+            return problems
+        low, high = scale
+        if low > high:
+            problems.append(
+                (
+                    "random_scale",
+                    f"min_scale <= max_scale must hold, got min_scale={low}, max_scale={high}",
+                )
+            )
+        crop, batch_size = values.crop, values.batch_size
+        if known(crop, batch_size) and crop is None and batch_size != 1:
+            problems.append(
+                (
+                    "random_scale",
+                    "rescaled frames differ in size, so a batch needs a crop; set crop=(H, W) "
+                    f"or batch_size=1 (got crop=None, batch_size={batch_size})",
+                )
+            )
+        return problems
 
     @property
     def resolved_lr(self) -> float:
@@ -182,111 +220,12 @@ class TrainConfig:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str | None = None) -> TrainConfig:
-        """A TrainConfig from plain data; unknown keys are rejected with the allowed ones."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(data) - set(names))
-        if unknown:
-            where = f" in {source}" if source else ""
-            raise TrainConfigError(
-                f"unknown TrainConfig keys{where}: {', '.join(unknown)}; "
-                f"allowed: {', '.join(names)}"
-            )
-        return cls(**data)
+    def from_dict(cls, data: Mapping[str, Any], source: str | None = None) -> TrainConfig:
+        """A TrainConfig from plain data; every problem at once, unknown keys with the allowed.
 
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return (
-        isinstance(value, (int, float, np.integer, np.floating))
-        and not isinstance(value, bool)
-        and math.isfinite(float(value))
-    )
-
-
-def _check_train_config(cfg: TrainConfig) -> list[str]:
-    """Every broken field of ``cfg`` as ``'name: rule, got value'``."""
-    problems: list[str] = []
-
-    def need(ok: bool, name: str, rule: str) -> None:
-        if not ok:
-            problems.append(f"{name}: {rule}, got {getattr(cfg, name)!r}")
-
-    def int_at_least(name: str, low: int, optional: bool = False) -> None:
-        value = getattr(cfg, name)
-        if optional and value is None:
-            return
-        rule = f"must be an integer >= {low}" + (" or None" if optional else "")
-        need(_is_int(value) and value >= low, name, rule)
-
-    def pair(name: str, check: Callable[[Any], bool], rule: str) -> None:
-        value = getattr(cfg, name)
-        if value is None:
-            return
-        ok = isinstance(value, tuple) and len(value) == 2 and all(check(v) for v in value)
-        need(ok, name, rule)
-
-    int_at_least("epochs", 1)
-    need(
-        cfg.time_budget_s is None or (_is_number(cfg.time_budget_s) and cfg.time_budget_s > 0),
-        "time_budget_s",
-        "must be a number of seconds > 0 or None",
-    )
-    int_at_least("batch_size", 1)
-    need(
-        cfg.lr is None or (_is_number(cfg.lr) and cfg.lr > 0),
-        "lr",
-        "must be a number > 0 or None (the optimizer's default)",
-    )
-    need(_is_number(cfg.weight_decay) and cfg.weight_decay >= 0, "weight_decay", "must be >= 0")
-    need(cfg.optimizer in DEFAULT_LR, "optimizer", "must be one of adamw, sgd")
-    need(_is_number(cfg.momentum) and 0 <= cfg.momentum < 1, "momentum", "must lie in [0, 1)")
-    need(cfg.schedule in ("poly", "cosine"), "schedule", "must be one of poly, cosine")
-    need(
-        _is_number(cfg.warmup_epochs) and cfg.warmup_epochs >= 0,
-        "warmup_epochs",
-        "must be a number >= 0",
-    )
-    need(cfg.loss in LOSS_NAMES, "loss", f"must be one of {', '.join(LOSS_NAMES)}")
-    need(_is_number(cfg.ce_weight) and cfg.ce_weight >= 0, "ce_weight", "must be >= 0")
-    need(_is_number(cfg.cui_beta) and 0 <= cfg.cui_beta < 1, "cui_beta", "must lie in [0, 1)")
-    pair("size", lambda v: _is_int(v) and v >= 16, "must be (height, width), each an int >= 16")
-    pair("crop", lambda v: _is_int(v) and v >= 16, "must be (height, width), each an int >= 16")
-    pair(
-        "random_scale",
-        lambda v: _is_number(v) and v > 0,
-        "must be (min_scale, max_scale) with 0 < min_scale <= max_scale",
-    )
-    if isinstance(cfg.random_scale, tuple) and len(cfg.random_scale) == 2:
-        low, high = cfg.random_scale
-        if _is_number(low) and _is_number(high) and low > high:
-            problems.append(
-                f"random_scale: 0 < min_scale <= max_scale must hold, got {low}, {high}"
-            )
-        if cfg.crop is None and cfg.batch_size != 1:
-            problems.append(
-                "random_scale: rescaled frames differ in size, so a batch needs a crop; "
-                f"set crop=(H, W) or batch_size=1 (got crop=None, batch_size={cfg.batch_size})"
-            )
-    for name in ("flip", "amp", "channels_last", "deterministic", "export_onnx", "progress"):
-        need(isinstance(getattr(cfg, name), bool), name, "must be true or false")
-    int_at_least("seed", 0)
-    if not isinstance(cfg.device, str):
-        need(False, "device", "must be a string such as auto, cpu, cuda, cuda:1")
-    elif cfg.device != "auto":
-        try:
-            torch.device(cfg.device)
-        except (RuntimeError, ValueError):
-            need(False, "device", "must be auto or a torch device such as cpu, cuda, cuda:1")
-    int_at_least("num_workers", 0)
-    int_at_least("eval_every", 1)
-    int_at_least("max_train_images", 1, optional=True)
-    int_at_least("max_val_images", 1, optional=True)
-    int_at_least("overlays", 0)
-    return problems
+        ``source`` (a file) is named in the error.
+        """
+        return parse(cls, data, source=source, what="TrainConfig", error=TrainConfigError)
 
 
 def resolve_device(name: str = "auto") -> torch.device:

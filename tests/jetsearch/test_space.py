@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from jetsearch.space import SearchSpace, SpaceError, load_space, space_dir, space_names
-from jetseg.config import JetSegConfig, arch_hash, config_to_dict, load_config
+from jetseg.config import ConfigError, JetSegConfig, arch_hash, config_to_dict, load_config
 from jetseg.model import build_model
 
 torch.set_num_threads(2)
@@ -469,20 +469,38 @@ def test_size_estimate_counts_conditional_knobs_where_they_apply(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# the safety net behind "valid by construction"
+# valid by construction: nothing to repair after sampling
 
 
-def test_an_invalid_sample_is_repaired_deterministically_and_recorded():
-    # The load-time checks make this unreachable from a loaded space; the repair exists so that
-    # a rule added to the config later cannot crash a running study.
+def test_a_space_that_could_sample_a_broken_config_is_refused_with_every_problem(tmp_path):
+    # The rules of jetseg.rules are checked at load time against every combination of the
+    # values they read, with the per-key checks, so one load lists every problem.
+    data = _changed(("stages", 1, "groups"), {"choice": ["auto", 3]})  # 3 divides no width
+    data["stages"][0]["widht"] = 16
+    data["stages"][2]["expansion"] = 0
+    data["decoder"]["taps"] = {"choice": [[1, 2, 3], [3, 2, 1]]}
+    with pytest.raises(SpaceError) as err:
+        load_space(_write(tmp_path, data))
+    assert isinstance(err.value, ConfigError)
+    assert [path for path, _ in err.value.problems] == [
+        "stages[0].widht",
+        "stages[2].expansion",
+        "stages[1].groups.choice",
+        "decoder.taps.choice",
+    ]
+    text = str(err.value)
+    assert "stages[2].expansion: 0 is out of range; 1 <= value <= 8 must hold" in text
+    assert "3 does not divide stages[0].width=16, a width of the stages[1] 1x1 convs" in text
+    assert "[3, 2, 1] must name shallow, mid and deep features in order" in text
+
+
+def test_a_sample_that_breaks_a_rule_is_an_error_not_a_repair():
+    # Unreachable from a loaded space; if the load-time check ever had a gap, the study stops
+    # with the config's own problems instead of training another network than it recorded.
     space = load_space("nano")
     data = config_to_dict(load_config("nano"))
     data["stages"][1]["groups"] = 3  # divides neither 16 nor 32
-    trial = optuna.trial.FixedTrial({})
-    config = space._build(data, trial)
-    assert config.stages[1].groups == "auto"
-    (note,) = trial.user_attrs["space_remapped"]
-    assert note.startswith("stages[1].groups -> auto (3 does not divide")
-    data["decoder"]["taps"] = [3, 2, 1]
-    with pytest.raises(SpaceError, match="search space 'nano' produced an invalid config"):
-        space._build(data, optuna.trial.FixedTrial({}))
+    with pytest.raises(SpaceError, match="search space 'nano' produced an invalid config") as err:
+        space._build(data)
+    assert err.value.problems[0][0] == "stages[1].groups"
+    assert "3 does not divide both widths" in err.value.problems[0][1]

@@ -8,6 +8,7 @@ takes a second or two.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import subprocess
 import sys
@@ -20,9 +21,10 @@ import yaml
 from study_cases import write_study
 
 from jetsearch.report import pareto_front, pick, trial_rows
-from jetsearch.study import open_storage
-from jetseg.config import arch_hash, config_to_dict, load_config
+from jetsearch.study import load_study_spec, open_storage, study_names
+from jetseg.config import ConfigError, arch_hash, config_to_dict, load_config
 from jetseg.model import build_model
+from jetseg.train import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
 COMPLETE = optuna.trial.TrialState.COMPLETE
@@ -198,6 +200,98 @@ def test_a_study_file_with_a_mistake_names_its_key(tmp_path, mistake, key):
     assert out.returncode == 2, out.stdout + out.stderr
     assert key in out.stderr and str(spec) in out.stderr
     assert not storage.exists()
+
+
+def test_a_study_file_lists_every_mistake_at_once_cross_field_ones_too(tmp_path):
+    # Ten keys that are wrong on their own and three rules that tie keys together: one error.
+    path = tmp_path / "broken.yaml"
+    broken = {
+        "target": 5,
+        "mode": "budget",  # ... without latency.budget_ms
+        "sampler": "grid",
+        "colour": "red",
+        "synthetic": {"train_images": 0},
+        "train": {
+            "epochs": 0,
+            "optimizer": "adam",
+            "seed": 3,  # a trial sets its own seed
+            "size": [8, 64],
+            "random_scale": [2.0, 0.5],  # min > max, and no crop for batches of 8
+        },
+        "latency": {"providers": ["local", "gpu"], "runs": 1},
+    }
+    path.write_text(yaml.safe_dump(broken))
+    with pytest.raises(ConfigError) as err:
+        load_study_spec(path)
+    problems = err.value.problems
+    assert sorted(key for key, _ in problems) == sorted(
+        [
+            "colour",
+            "target",
+            "sampler",
+            "synthetic.train_images",
+            "train.seed",
+            "train.epochs",
+            "train.optimizer",
+            "train.size[0]",
+            "latency.providers[1]",
+            "latency.runs",
+            "train.random_scale",
+            "train.random_scale",
+            "latency.budget_ms",
+        ]
+    )
+    text = str(err.value)
+    assert f"invalid study ({path})" in text
+    assert "latency.budget_ms: budget mode needs a latency budget" in text
+    assert "train.random_scale: min_scale <= max_scale must hold, got min_scale=2.0" in text
+    assert "train.random_scale: rescaled frames differ in size, so a batch needs a crop" in text
+    assert "latency.providers[1]: 'gpu' is not one of 'workers', 'local', 'estimate'" in text
+    assert "train.size[0]: 8 is out of range; 16 <= value <= 8192 must hold" in text
+
+
+def test_the_train_block_sets_trainconfig_fields_by_name(tmp_path):
+    spec = load_study_spec(
+        write_study(tmp_path, train={"schedule": "cosine", "weight_decay": 0.01, "lr": 0.004})
+    )
+    cfg = spec.train.train_config(seed=spec.seed + 7)
+    assert isinstance(cfg, TrainConfig)
+    assert (cfg.schedule, cfg.weight_decay, cfg.lr) == ("cosine", 0.01, 0.004)
+    assert (cfg.epochs, cfg.size, cfg.batch_size) == (1, (48, 64), 8)  # from write_study
+    assert (cfg.seed, cfg.progress, cfg.export_onnx, cfg.overlays) == (7, False, False, 0)
+    # Left out, a key takes TrainConfig's default, except the study's own 3 epochs at 360x480.
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("target: local\n")
+    default = load_study_spec(bare).train
+    assert (default.epochs, default.size) == (3, (360, 480))
+    assert (default.train_images, default.val_images, default.threads) == (None, None, None)
+    expected = TrainConfig(epochs=3, size=(360, 480), seed=0, progress=False)
+    assert default.train_config(seed=0) == dataclasses.replace(
+        expected, export_onnx=False, overlays=0
+    )
+    with pytest.raises(ConfigError) as err:
+        load_study_spec(write_study(tmp_path, train={"momentun": 0.5}))
+    ((key, message),) = err.value.problems
+    assert key == "train.momentun"
+    allowed = message.split("allowed keys: ")[1].split(", ")
+    assert {"momentum", "schedule", "train_images", "val_images", "threads"} <= set(allowed)
+    assert not {"seed", "progress", "export_onnx", "overlays"} & set(allowed)
+
+
+def test_study_names_and_paths_resolve_like_presets_and_spaces(tmp_path, monkeypatch):
+    assert {"agx", "local", "nano", "workstation"} <= set(study_names())
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "local").mkdir()  # a folder that shares a built-in name does not shadow it
+    assert load_study_spec("local").name == "local"
+    with pytest.raises(FileNotFoundError) as err:
+        load_study_spec("no-such-study")
+    assert "'no-such-study' is neither a study file nor a built-in study (" in str(err.value)
+    assert "local" in str(err.value)
+    with pytest.raises(FileNotFoundError, match="study file .*missing.yaml does not exist"):
+        load_study_spec(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    with pytest.raises(ConfigError, match="the file must hold a mapping at the top level"):
+        load_study_spec(tmp_path / "list.yaml")
 
 
 def _wait_for_complete_trial(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -16,7 +17,7 @@ from train_cases import CAMVID_ROOT, SIZE, FlakyDataset, make_trainer, synthetic
 from train_cases import synthetic_run as train_synthetic_run
 
 from jetseg.checkpoint import load_checkpoint
-from jetseg.config import arch_hash, load_config
+from jetseg.config import ConfigError, arch_hash, load_config
 from jetseg.loss import LOSS_NAMES
 from jetseg.train import (
     EpochReport,
@@ -50,20 +51,38 @@ def test_train_config_rejects_bad_values_naming_each_field():
     with pytest.raises(TrainConfigError) as err:
         TrainConfig(epochs=0, batch_size=-1, lr=-1.0, optimizer="adam", loss="dice", size=(8, 8))
     message = str(err.value)
-    for field in ("epochs", "batch_size", "lr", "optimizer", "loss", "size"):
+    for field in ("epochs", "batch_size", "lr", "optimizer", "loss", "size[0]", "size[1]"):
         assert f"{field}:" in message
-    assert "adamw, sgd" in message and "got 'adam'" in message
+    assert "optimizer: 'adam' is not one of 'adamw', 'sgd'" in message
+    assert "epochs: 0 is out of range; value >= 1 must hold" in message
+    assert len(err.value.problems) == 7
     with pytest.raises(TrainConfigError, match="random_scale: .*needs a crop"):
         TrainConfig(random_scale=(0.5, 2.0))
     with pytest.raises(TrainConfigError, match="device"):
         TrainConfig(device="gpu please")
-    with pytest.raises(TrainConfigError, match="unknown TrainConfig keys in x.yaml: epoch"):
+    unknown = r"invalid TrainConfig \(x.yaml\):\n  epoch: unknown key; allowed keys: epochs, "
+    with pytest.raises(TrainConfigError, match=unknown):
         TrainConfig.from_dict({"epoch": 3}, source="x.yaml")
+    # One engine for every config: a TrainConfigError is a ConfigError, and the rules that tie
+    # fields together come with the per-key problems.
+    with pytest.raises(ConfigError) as err:
+        TrainConfig.from_dict({"random_scale": [2.0, 0.5], "lr": "fast", "epochs": 0})
+    assert isinstance(err.value, TrainConfigError)
+    assert [path for path, _ in err.value.problems] == [
+        "epochs",
+        "lr",
+        "random_scale",
+        "random_scale",
+    ]
+    assert "min_scale <= max_scale must hold, got min_scale=2.0, max_scale=0.5" in str(err.value)
 
 
 def test_train_config_round_trips_and_resolves_the_default_lr():
     cfg = TrainConfig(size=[48, 64], crop=(32, 32), random_scale=(0.5, 1.5), optimizer="sgd")
     assert cfg.size == (48, 64) and cfg.resolved_lr == 0.05
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.epochs = 3  # frozen like every config: dataclasses.replace derives another
+    assert dataclasses.replace(cfg, epochs=3).epochs == 3
     assert TrainConfig().resolved_lr == 2e-3
     assert TrainConfig.from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict()))) == cfg
 
