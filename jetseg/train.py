@@ -51,7 +51,7 @@ from jetseg.checkpoint import (
     save_checkpoint,
 )
 from jetseg.config import JetSegConfig, arch_hash, save_config
-from jetseg.data import IGNORE_INDEX, DataInfo, build_datasets
+from jetseg.data import IGNORE_INDEX, DataInfo, build_datasets, build_holdout
 from jetseg.fileio import atomic_write_text
 from jetseg.loss import LOSS_NAMES, JetLossCE, build_loss, cui_class_weights
 from jetseg.metrics import ConfusionMatrix, SegMetrics
@@ -143,6 +143,10 @@ class TrainConfig:
         eval_every: evaluate on the validation split every this many epochs (and always after
             the last one).
         max_train_images, max_val_images: keep only the first N frames of each split.
+        holdout: CamVid sequences (frame-name prefixes such as ``0001TP``) kept out of
+            training and evaluated beside val every epoch (see
+            :func:`jetseg.data.build_holdout`); val picks the best epoch, the held-out figure
+            is reported at it.
         overlays: number of validation frames drawn into ``overlays/`` by :func:`run_training`.
         export_onnx: write ``best.onnx`` in :func:`run_training`.
         progress: a progress bar (on a terminal) and one line per epoch on stderr.
@@ -173,6 +177,7 @@ class TrainConfig:
     eval_every: int = dataclasses.field(default=1, metadata={"min": 1})
     max_train_images: int | None = dataclasses.field(default=None, metadata={"min": 1})
     max_val_images: int | None = dataclasses.field(default=None, metadata={"min": 1})
+    holdout: tuple[str, ...] = ()
     overlays: int = dataclasses.field(default=4, metadata={"min": 0})
     export_onnx: bool = True
     progress: bool = True
@@ -365,8 +370,13 @@ class TrainResult:
         """One line: best mIoU, where it was reached, how long, why it stopped."""
         name = f"{self.config_name}: " if self.config_name else ""
         stop = self.stopped_reason + (f" ({self.stop_detail})" if self.stop_detail else "")
+        held = (
+            f", held-out mIoU {_percent(self.heldout_miou)} at that epoch"
+            if self.heldout_miou is not None
+            else ""
+        )
         return (
-            f"{name}best val mIoU {_percent(self.best_miou)} at epoch {self.best_epoch} "
+            f"{name}best val mIoU {_percent(self.best_miou)} at epoch {self.best_epoch}{held} "
             f"(pixel accuracy {_percent(self.pixel_accuracy)}); {self.epochs_done} epochs, "
             f"{self.steps} steps, {self.train_time_s:.1f} s training, "
             f"{self.images_per_s:.1f} images/s on {self.device}; stopped: {stop}"
@@ -1252,7 +1262,9 @@ def run_training(
         flip=cfg.flip,
         limit=limit,
         synthetic_images=(cfg.max_train_images or 64, cfg.max_val_images or 16),
+        holdout=cfg.holdout,
     )
+    heldout_set = build_holdout(data, cfg.holdout, cfg.size) if cfg.holdout else None
     train_set = _limit(train_set, cfg.max_train_images)
     val_set = _limit(val_set, cfg.max_val_images)
     counts = _class_pixel_counts(train_set, info.num_classes)
@@ -1275,6 +1287,7 @@ def run_training(
         callbacks=callbacks,
         data_info=info,
         hooks=hooks,
+        heldout_set=heldout_set,
     )
     result = trainer.fit(resume=resume)
 
@@ -1303,6 +1316,8 @@ def run_training(
             "description": info.description,
             "train_frames": len(train_set),
             "val_frames": len(val_set),
+            "holdout": list(cfg.holdout),
+            "heldout_frames": 0 if heldout_set is None else len(heldout_set),
             "frame_size": list(frame_size),
         },
         "class_weights": {
