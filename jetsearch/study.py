@@ -16,6 +16,13 @@ Study files (``studies/*.yaml``) look like::
     mode: pareto                  # pareto (mIoU vs latency) or budget (mIoU under a budget)
     train: {epochs: 2, size: [96, 128], loss: jetloss, batch_size: 8}   # TrainConfig fields
     latency: {input_size: [360, 480], budget_ms: 40, providers: [local]}
+    rungs:                        # multi-fidelity (pareto mode): each rung overrides train:
+      - {epochs: 2, size: [96, 128], train_images: 128}
+      - {epochs: 4, size: [128, 160]}
+    eta: 3                        # promote the best third of each rung (jetsearch.rungs)
+
+With ``train: {holdout: [0001TP]}`` the trials never train on that CamVid sequence and store its
+mIoU beside val's (``heldout_miou``); ``objective: heldout`` makes it the trial's score.
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ DEFAULT_STORAGE = "jetsearch-studies.log"
 ProviderKind = Literal["workers", "local", "estimate"]
 PROVIDER_KINDS: tuple[str, ...] = typing.get_args(ProviderKind)
 OBJECTIVE_NAMES = {"pareto": ["val_miou", "latency_ms"], "budget": ["val_miou"]}
+SCORE_NAMES = {"val": "val_miou", "heldout": "heldout_miou"}
 # Heartbeats of RDB storages (PostgreSQL, MySQL): a trial whose process stopped beating for the
 # grace period is failed and re-queued by the next process that starts a trial.
 HEARTBEAT_ENV = "JETSEARCH_HEARTBEAT_S"
@@ -121,6 +129,29 @@ TrialBudget = dataclasses.make_dataclass(
 )
 
 
+Rung = dataclasses.make_dataclass(
+    "Rung",
+    [
+        (f.name, f.type | None, field(default=None, metadata=f.metadata))
+        for f in dataclasses.fields(TrialBudget)
+    ],
+    frozen=True,
+    namespace={
+        "__module__": __name__,
+        "__doc__": """One rung of a multi-fidelity study: the ``train:`` fields it changes.
+
+    Every key is a ``train:`` key; a key left out (None) keeps the ``train:`` value. Rung 0 is
+    what every trial trains with; see :mod:`jetsearch.rungs`.
+    """,
+        "overrides": lambda self: {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) is not None
+        },
+    },
+)
+
+
 @dataclass(frozen=True)
 class SyntheticData:
     """Size of the built-in synthetic dataset when the study has no ``data`` path."""
@@ -176,20 +207,71 @@ class StudySpec:
     pruner: Literal["median", "none"] = "median"
     sampler: Literal["tpe", "random"] = "tpe"
     description: str = ""
+    rungs: tuple[Rung, ...] = ()
+    eta: int = field(default=3, metadata={"min": 2})
+    objective: Literal["val", "heldout"] = "val"
+    artifact_store: str | None = None
 
     def __post_init__(self) -> None:
         validate(self, what="study")
 
     @staticmethod
     def cross_field_problems(values: Any) -> list[Problem]:
-        """Budget mode optimises mIoU under a latency budget, so it needs one."""
+        """Budget needs a budget; rungs need pareto mode and valid recipes; heldout a holdout."""
+        problems: list[Problem] = []
         if values.mode == "budget" and values.latency.budget_ms is None:
-            return [("latency.budget_ms", "budget mode needs a latency budget")]
-        return []
+            problems.append(("latency.budget_ms", "budget mode needs a latency budget"))
+        if values.mode == "budget" and known(values.rungs) and values.rungs:
+            problems.append(
+                (
+                    "rungs",
+                    "rungs apply to pareto mode; budget mode prunes with Optuna's pruner "
+                    "(remove rungs or set mode: pareto)",
+                )
+            )
+        if known(values.train, values.rungs):
+            for index in range(len(values.rungs)):
+                try:
+                    _rung_budget(values.train, values.rungs, index).train_config(seed=0)
+                except ConfigError as err:
+                    problems += [(f"rungs[{index}].{key}", msg) for key, msg in err.problems]
+        if values.objective == "heldout" and known(values.train) and not values.train.holdout:
+            problems.append(
+                (
+                    "objective",
+                    "heldout scores trials on held-out sequences: set train.holdout "
+                    "(e.g. [0001TP])",
+                )
+            )
+        return problems
 
     @property
     def objective_names(self) -> list[str]:
-        return OBJECTIVE_NAMES[self.mode]
+        names = list(OBJECTIVE_NAMES[self.mode])
+        names[0] = SCORE_NAMES[self.objective]
+        return names
+
+    @property
+    def rung_count(self) -> int:
+        """1 for a study without rungs."""
+        return max(1, len(self.rungs))
+
+    def rung_budget(self, rung: int) -> Any:
+        """The ``train:`` block of ``rung`` (the block itself for a study without rungs)."""
+        return _rung_budget(self.train, self.rungs, rung)
+
+
+def _rung_budget(train: Any, rungs: Sequence[Any], rung: int) -> Any:
+    if not rungs:
+        if rung != 0:
+            raise IndexError(f"a study without rungs has rung 0 only, not {rung}")
+        return train
+    return dataclasses.replace(train, **rungs[rung].overrides())
+
+
+def spec_from_dict(data: dict[str, Any], source: str | None = None) -> StudySpec:
+    """A StudySpec from plain data (a study's stored ``spec`` attribute, a parsed YAML)."""
+    return parse(StudySpec, data, source=source, what="study")
 
 
 def studies_dir() -> Path:
@@ -334,42 +416,124 @@ class _DataBundle:
     val: Any
     info: Any
     class_weights: Any
+    heldout: Any = None
 
 
-def load_data(spec: StudySpec) -> _DataBundle:
-    """The study's datasets and class weights, built once per process."""
-    from jetseg.data import build_datasets
+def load_data(spec: StudySpec, rung: int = 0) -> _DataBundle:
+    """The datasets of one rung (its size, frames and held-out sequences) and class weights."""
+    from jetseg.data import build_datasets, build_holdout
     from jetseg.loss import cui_class_weights
 
+    budget = spec.rung_budget(rung)
     train, val, info = build_datasets(
         spec.data,
-        tuple(spec.train.size),
+        tuple(budget.size),
         limit=None,
         synthetic_images=(spec.synthetic.train_images, spec.synthetic.val_images),
         seed=spec.seed,
+        holdout=budget.holdout,
     )
-    if spec.train.train_images is not None or spec.train.val_images is not None:
+    heldout = (
+        build_holdout(spec.data, budget.holdout, tuple(budget.size)) if budget.holdout else None
+    )
+    if budget.train_images is not None or budget.val_images is not None:
         import torch.utils.data as tud
 
-        if spec.train.train_images is not None:
-            train = tud.Subset(train, range(min(len(train), spec.train.train_images)))
-        if spec.train.val_images is not None:
-            val = tud.Subset(val, range(min(len(val), spec.train.val_images)))
+        if budget.train_images is not None:
+            train = tud.Subset(train, range(min(len(train), budget.train_images)))
+        if budget.val_images is not None:
+            val = tud.Subset(val, range(min(len(val), budget.val_images)))
     base = train.dataset if hasattr(train, "dataset") else train
     weights = cui_class_weights(base.class_pixel_counts())
-    return _DataBundle(train, val, info, weights)
+    return _DataBundle(train, val, info, weights, heldout)
+
+
+class _TrialPhases:
+    """Training hooks that keep a StudyProgress at the running trial's epoch and phase."""
+
+    def __init__(self, progress: Any, epochs: int) -> None:
+        self.progress, self.epochs = progress, epochs
+
+    def on_fit_start(self, trainer) -> None: ...
+
+    def on_epoch_start(self, trainer, epoch: int) -> None:
+        self.progress.set_phase("training", epoch=epoch, epochs=self.epochs)
+
+    def on_step(self, trainer, step: int, loss: float, images_per_s: float) -> None: ...
+
+    def on_validate(self, trainer, epoch: int) -> None:
+        self.progress.set_phase("validating", epoch=epoch, epochs=self.epochs)
+
+    def on_epoch_end(self, trainer, record: dict[str, Any]) -> None:
+        if record.get("val_miou") is not None:
+            self.progress.set_miou(record["val_miou"])
+
+    def on_fit_end(self, trainer) -> None: ...
+
+    def on_interrupt(self, trainer, message: str) -> None: ...
 
 
 class Objective:
-    """One trial of a study (see the module docstring for the steps)."""
+    """One trial of a study (see the module docstring for the steps).
 
-    def __init__(self, spec: StudySpec, space, latency: LatencyChain, data: _DataBundle) -> None:
+    ``rung`` says which recipe the trial trains with (:meth:`StudySpec.rung_budget`); a trial
+    above rung 0 trains a promoted network (:mod:`jetsearch.rungs`). ``progress`` (a
+    :class:`jetsearch.progress.StudyProgress`) hears the trial's phases; ``artifacts`` (an
+    Optuna artifact store) receives each trial's config, ONNX, latency record and overlays.
+    """
+
+    def __init__(
+        self,
+        spec: StudySpec,
+        space,
+        latency: LatencyChain,
+        data: _DataBundle,
+        *,
+        rung: int = 0,
+        progress: Any = None,
+        artifacts: Any = None,
+    ) -> None:
         self.spec = spec
         self.space = space
         self.latency = latency
         self.data = data
+        self.rung = rung
+        self.progress = progress
+        self.artifacts = artifacts
+
+    def _phase(self, phase: str) -> None:
+        if self.progress is not None:
+            self.progress.set_phase(phase)
 
     def __call__(self, trial):
+        import optuna
+
+        # The outcome comes first among the attributes, so the dashboard shows it on top.
+        trial.set_user_attr("outcome", "running")
+        if self.progress is not None:
+            self.progress.start_trial(trial.number, self.rung)
+        try:
+            value = self._run(trial)
+        except optuna.TrialPruned as pruned:
+            reason = trial.user_attrs.get("pruned_reason") or str(pruned) or "pruned"
+            trial.set_user_attr("outcome", f"pruned: {reason}")
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("outcome", "failed: interrupted")
+            trial.set_user_attr("failure_reason", "interrupted")
+            raise
+        except Exception as err:
+            reason = trial.user_attrs.get("failure_reason") or f"{type(err).__name__}: {err}"
+            trial.set_user_attr("failure_reason", reason)
+            trial.set_user_attr("outcome", f"failed: {reason}")
+            raise
+        finally:
+            if self.progress is not None:
+                self.progress.end_trial()
+        trial.set_user_attr("outcome", "completed")
+        return value
+
+    def _run(self, trial):
         import optuna
         import torch
 
@@ -378,8 +542,13 @@ class Objective:
         from jetseg.model import build_model
 
         spec = self.spec
+        if self.rung > 0 and "promoted_from_trial" not in trial.user_attrs:
+            # Another process took the promotion this one meant to train.
+            trial.set_user_attr("pruned_reason", "no promoted network was waiting at this rung")
+            raise optuna.TrialPruned("no promoted network was waiting")
         config = self.space.sample(trial)
         digest = arch_hash(config)
+        trial.set_user_attr("rung", self.rung)
         trial.set_user_attr("arch_hash", digest)
         trial.set_user_attr("config_yaml", dump_config(config))
         trial.set_user_attr("data", self.data.info.description)
@@ -387,7 +556,7 @@ class Objective:
 
         duplicate = _find_completed(trial.study, digest, exclude=trial.number)
         if duplicate is not None:
-            for key in ("params", "macs", "latency_ms", "latency", "per_class_iou", "val_miou"):
+            for key in (*DUPLICATE_KEYS, *LEGACY_KEYS):
                 if key in duplicate.user_attrs:
                     trial.set_user_attr(key, duplicate.user_attrs[key])
             trial.set_user_attr("duplicate_of", duplicate.number)
@@ -408,31 +577,65 @@ class Objective:
         trial.set_user_attr("paper_flops", report.flops)
         onnx_bytes = export_onnx(model, input_size=(h, w))
 
+        self._phase("measuring latency")
         result, errors = self.latency.measure(onnx_bytes, config)
         if errors:
             trial.set_user_attr("latency_fallbacks", errors)
         latency_ms = result.median_ms
-        trial.set_user_attr("latency_ms", latency_ms)
-        trial.set_user_attr("latency_provenance", result.provenance.value)
-        trial.set_user_attr("latency", _compact_latency(result))
+        for key, value in latency_attrs(result).items():
+            trial.set_user_attr(key, value)
         budget = spec.latency.budget_ms
+        trial.set_user_attr("feasible", budget is None or latency_ms <= budget)
+        trial.set_user_attr(
+            "latency_over_budget_ms",
+            0.0 if budget is None else round(max(0.0, latency_ms - budget), 4),
+        )
         if budget is not None:
             trial.set_constraint("latency_ms", latency_ms - budget)
             if latency_ms > budget:
+                self._upload(trial, config, onnx_bytes, result, None)
                 trial.set_user_attr(
                     "pruned_reason",
                     f"over the latency budget before training: {latency_ms:.2f} ms > {budget} ms",
                 )
                 raise optuna.TrialPruned(f"latency {latency_ms:.2f} ms > budget {budget} ms")
 
-        outcome = self._train(trial, model)
+        outcome, trainer = self._train(trial, model)
         trial.set_user_attr("val_miou", outcome.best_miou)
-        trial.set_user_attr("per_class_iou", _nan_to_none(outcome.per_class_iou))
+        trial.set_user_attr(
+            "per_class_iou", _iou_mapping(outcome.class_names, outcome.per_class_iou)
+        )
+        if outcome.heldout_miou is not None:
+            trial.set_user_attr("heldout_miou", outcome.heldout_miou)
+            trial.set_user_attr(
+                "heldout_per_class_iou",
+                _iou_mapping(outcome.class_names, outcome.heldout_per_class_iou),
+            )
         trial.set_user_attr("train_time_s", round(outcome.train_time_s, 2))
         trial.set_user_attr("epochs", outcome.epochs_done)
+        self._upload(trial, config, onnx_bytes, result, trainer)
+        score = outcome.best_miou if spec.objective == "val" else outcome.heldout_miou
         if spec.mode == "pareto":
-            return outcome.best_miou, latency_ms
-        return outcome.best_miou
+            return score, latency_ms
+        return score
+
+    def _upload(self, trial, config, onnx_bytes: bytes, result, trainer) -> None:
+        """The trial's config, ONNX, latency record and (when trained) an overlay panel."""
+        if self.artifacts is None:
+            return
+        from jetsearch.artifacts import upload_trial_artifacts
+
+        self._phase("uploading artifacts")
+        overlay = None if trainer is None else _overlay_png(trainer, self.data.val)
+        upload_trial_artifacts(
+            trial,
+            trial.study,
+            self.artifacts,
+            config_yaml=dump_config(config),
+            onnx_bytes=onnx_bytes,
+            overlay_png=overlay,
+            latency_record=result.to_dict(),
+        )
 
     def _train(self, trial, model):
         import optuna
@@ -440,7 +643,7 @@ class Objective:
         from jetseg.train import Trainer
 
         spec = self.spec
-        cfg = spec.train.train_config(seed=spec.seed + trial.number)
+        cfg = spec.rung_budget(self.rung).train_config(seed=spec.seed + trial.number)
         callbacks: list[Callable] = []
         if spec.mode == "budget":
 
@@ -453,6 +656,7 @@ class Objective:
                     raise optuna.TrialPruned()
 
             callbacks.append(report)
+        hooks = () if self.progress is None else (_TrialPhases(self.progress, cfg.epochs),)
         trainer = Trainer(
             model,
             self.data.train,
@@ -461,9 +665,11 @@ class Objective:
             out_dir=None,
             class_weights=self.data.class_weights,
             callbacks=callbacks,
+            hooks=hooks,
+            heldout_set=self.data.heldout,
         )
         try:
-            return trainer.fit(resume=False)
+            return trainer.fit(resume=False), trainer
         except optuna.TrialPruned:
             raise
         except Exception as err:
@@ -471,17 +677,88 @@ class Objective:
             raise
 
 
-def _compact_latency(result) -> dict[str, Any]:
-    data = result.to_dict()
-    samples = data.get("samples_ms") or []
-    if len(samples) > 200:  # keep the stored attribute small; the cache keeps every sample
-        data["samples_ms"] = samples[:200]
-        data["samples_truncated"] = len(samples)
-    return data
+# Attributes a duplicate trial copies from the trial of the same network (flat keys, and the
+# keys earlier versions wrote, so duplicates of old trials stay complete).
+DUPLICATE_KEYS = (
+    "params",
+    "macs",
+    "latency_median_ms",
+    "latency_p90_ms",
+    "latency_cv",
+    "latency_source",
+    "latency_flags",
+    "latency_samples_ms",
+    "device",
+    "runtime",
+    "precision",
+    "power_mode",
+    "feasible",
+    "latency_over_budget_ms",
+    "per_class_iou",
+    "val_miou",
+    "heldout_miou",
+)
+LEGACY_KEYS = ("latency_ms", "latency_provenance", "latency")
+MAX_STORED_SAMPLES = 200  # the attribute stays small; the cache and latency.json keep them all
 
 
-def _nan_to_none(values: Sequence[float]) -> list[float | None]:
-    return [None if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in values]
+def latency_attrs(result) -> dict[str, Any]:
+    """A LatencyResult as flat user attributes a person can scan in the dashboard."""
+    fp = result.fingerprint or {}
+    runtime = fp.get("runtime") or fp.get("backend") or fp.get("model")
+    version = fp.get("runtime_version")
+    device = (
+        fp.get("board_model")
+        or fp.get("device")
+        or fp.get("gpu_model")
+        or fp.get("cpu_model")
+        or fp.get("machine")
+    )
+    return {
+        "latency_median_ms": result.median_ms,
+        # The key earlier versions wrote, which the sampler-facing code and old tools read.
+        "latency_ms": result.median_ms,
+        "latency_p90_ms": result.p90_ms,
+        "latency_cv": round(result.cv, 4) if math.isfinite(result.cv) else None,
+        "latency_source": result.provenance.value,
+        "latency_flags": list(result.flags),
+        "device": None if device is None else str(device),
+        "runtime": None if runtime is None else f"{runtime} {version or ''}".strip(),
+        "precision": fp.get("precision"),
+        "power_mode": fp.get("power_mode"),
+        "latency_samples_ms": list(result.samples_ms[:MAX_STORED_SAMPLES]),
+    }
+
+
+def _iou_mapping(names: Sequence[str], values: Sequence[float]) -> dict[str, float | None]:
+    """Per-class IoU by class name (NaN, a class absent from truth and prediction, is None)."""
+    names = list(names) or [str(i) for i in range(len(values))]
+    return {
+        name: None if v is None or (isinstance(v, float) and math.isnan(v)) else round(v, 6)
+        for name, v in zip(names, values, strict=True)
+    }
+
+
+def _overlay_png(trainer, val, frames: int = 3) -> bytes | None:
+    """image | truth | prediction for the first val frames, from the trained model."""
+    import torch
+
+    from jetsearch.artifacts import overlay_panel_png
+    from jetseg.data import to_uint8_image
+
+    base = getattr(val, "dataset", val)
+    indices = list(getattr(val, "indices", range(len(val))))[:frames]
+    images, labels, preds = [], [], []
+    model = trainer.model
+    model.eval()
+    with torch.no_grad():
+        for i in indices:
+            image, label = base[i]
+            logits = model(image.unsqueeze(0).to(trainer.device))
+            preds.append(logits.argmax(1)[0].cpu().numpy())
+            images.append(to_uint8_image(image))
+            labels.append(label.numpy())
+    return overlay_panel_png(images, labels, preds) if images else None
 
 
 def _find_completed(study, digest: str, exclude: int):
@@ -605,11 +882,19 @@ def run_worker_process(
     callbacks: Sequence[Callable] = (),
     space=None,
     latency: LatencyChain | None = None,
+    progress: Any = None,
 ) -> None:
-    """Run trials of one study until it holds ``total_trials`` finished trials (any process)."""
+    """Run trials until rung 0 holds ``total_trials`` finished trials (any process).
+
+    With rungs, every trial first runs the promotion step (:class:`jetsearch.rungs.RungLadder`)
+    and trains the highest rung that has a promoted network waiting before asking rung 0's
+    sampler for a new network; when rung 0 is full the process still trains what is waiting.
+    ``callbacks`` are called as ``callback(rung0_study, trial)`` after every trial, any rung.
+    """
     import optuna
     import torch
 
+    from jetsearch.rungs import RungLadder, rung_study_name
     from jetsearch.space import load_space
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -617,32 +902,87 @@ def run_worker_process(
         torch.set_num_threads(spec.train.threads)
     space = space or load_space(spec.space)
     latency = latency or LatencyChain(spec)
-    data = load_data(spec)
-    study = create_or_load_study(spec, storage, study_name, sampler=make_sampler(spec, job_index))
+    artifacts = study_artifact_store(storage, spec)
+    studies = [
+        create_or_load_study(
+            spec, storage, rung_study_name(study_name, rung), sampler=make_sampler(spec, job_index)
+        )
+        for rung in range(spec.rung_count)
+    ]
+    study = studies[0]
     # A resumed study must not replay the seeded sampler's stream from the start (it would
     # propose the same architectures again): offset the seed by the trials already there.
     already = len(study.get_trials(deepcopy=False))
     if already:
         study.sampler = make_sampler(spec, job_index + 1000 * already)
-    stop = optuna.study.MaxTrialsCallback(
-        total_trials, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    )
-    if finished_count(study) >= total_trials:
-        return
+    ladder = RungLadder(studies, spec.eta, spec.latency.budget_ms) if len(studies) > 1 else None
+    objectives: dict[int, Objective] = {}
+
+    def objective(rung: int) -> Objective:
+        if rung not in objectives:  # each rung's data is built once per process
+            objectives[rung] = Objective(
+                spec,
+                space,
+                latency,
+                load_data(spec, rung),
+                rung=rung,
+                progress=progress,
+                artifacts=artifacts,
+            )
+        return objectives[rung]
+
     guard = FailureGuard()
+    hooks = [guard, *(_on_rung0(cb, study) for cb in callbacks)]
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
     try:
-        study.optimize(
-            Objective(spec, space, latency, data),
-            n_trials=None,
-            timeout=timeout_s,
-            callbacks=[stop, guard, *callbacks],
-            catch=(Exception,),
-            gc_after_trial=True,
-        )
+        while not guard.stopped_reason:
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            rung = 0
+            if ladder is not None:
+                ladder.promote()
+                rung = ladder.waiting_rung() or 0
+            if rung == 0 and finished_count(study) >= total_trials:
+                break
+            studies[rung].optimize(
+                objective(rung),
+                n_trials=1,
+                callbacks=hooks,
+                catch=(Exception,),
+                gc_after_trial=True,
+            )
+        if ladder is not None:
+            ladder.promote()  # what the last trial made due is enqueued, not lost
     finally:
         latency.close()
     if guard.stopped_reason:
         raise StudyError(f"study stopped: {guard.stopped_reason}")
+
+
+def study_artifact_store(storage: str, spec: StudySpec) -> Any:
+    """The study's artifact store, or None for a database server with no store configured.
+
+    A journal or SQLite file gets a folder beside it; a PostgreSQL study needs
+    ``artifact_store:`` (a shared folder or ``s3://...``) to keep artifacts, and without one
+    its trials store none (their attributes are all there still).
+    """
+    from jetsearch.artifacts import artifact_store_for
+
+    if spec.artifact_store is None and "://" in storage and not storage.startswith("sqlite"):
+        return None
+    try:
+        return artifact_store_for(storage, spec.artifact_store)
+    except Exception as err:
+        raise StudyError(f"artifact_store: {err}") from err
+
+
+def _on_rung0(callback: Callable, study) -> Callable:
+    """A trial callback that always hears the rung-0 study (which holds the whole front)."""
+
+    def call(_rung_study, trial) -> None:
+        callback(study, trial)
+
+    return call
 
 
 class FailureGuard:
@@ -684,13 +1024,16 @@ def run_study(
     timeout_s: float | None = None,
     jobs: int = 1,
     callbacks: Sequence[Callable] = (),
+    progress: Any = None,
 ) -> StudyRun:
     """Create or resume the study and run it until it holds ``trials`` finished trials.
 
     Running the same call again continues the same study (nothing is repeated); a larger
     ``trials`` adds trials. ``jobs`` > 1 starts more processes that share the storage.
     KeyboardInterrupt stops cleanly: the trial in flight is marked failed, every completed trial
-    stays in the storage.
+    stays in the storage. ``progress`` (a :class:`jetsearch.progress.StudyProgress`) hears this
+    process's trial phases. With rungs, ``trials`` counts rung-0 trials; the rung studies
+    (``NAME:rung1``, ...) are created with the study.
     """
     import multiprocessing as mp
 
@@ -706,7 +1049,15 @@ def run_study(
     space = load_space(spec.space)
     latency = LatencyChain(spec)
     study_name = name or spec.name
+    from jetsearch.artifacts import study_feasibility_note
+    from jetsearch.rungs import rung_study_name
+
+    study_artifact_store(url, spec)  # a bad setting fails before any trial runs
     study = create_or_load_study(spec, url, study_name)
+    for rung in range(1, spec.rung_count):
+        create_or_load_study(spec, url, rung_study_name(study_name, rung))
+    if spec.latency.budget_ms is not None and "feasibility" not in study.user_attrs:
+        study_feasibility_note(study, spec.latency.budget_ms)
     if spec.enqueue_presets:
         enqueue_presets(study, spec, space)
     before = finished_count(study)
@@ -722,7 +1073,16 @@ def run_study(
                 p.start()
                 children.append(p)
         run_worker_process(
-            spec, url, study_name, trials, timeout_s, 0, callbacks, space=space, latency=latency
+            spec,
+            url,
+            study_name,
+            trials,
+            timeout_s,
+            0,
+            callbacks,
+            space=space,
+            latency=latency,
+            progress=progress,
         )
         for p in children:
             p.join()
