@@ -113,7 +113,7 @@ def study_parent() -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     """The whole ``jetsearch`` parser, every command group registered."""
     # Imported here: the command modules import the shared pieces above from this package.
-    from jetsearch.cli import model, study, train, worker
+    from jetsearch.cli import finalize, model, study, train, worker
     from jetsearch.latency.commands import add_latency_parser
 
     parser = argparse.ArgumentParser(
@@ -126,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_parsers(sub)
     train.add_parsers(sub)
     study.add_parsers(sub)
+    finalize.add_parsers(sub)
     worker.add_parsers(sub)
     add_latency_parser(sub)
     return parser

@@ -1,0 +1,123 @@
+"""``jetsearch finalize``: train a study's final front fully and report it."""
+
+from __future__ import annotations
+
+import argparse
+
+from jetsearch.cli import EXIT_OK, UsageError, parse_size, study_parent
+from jetsearch.cli import console as make_console
+
+
+def cmd_finalize(args: argparse.Namespace) -> int:
+    """Train the top networks (and presets) under one recipe; write report.md and the plot."""
+    import sys
+
+    from jetsearch.finalize import FinalizeError, finalize
+    from jetsearch.report import ReportError, load_study
+    from jetsearch.study import DEFAULT_STORAGE
+    from jetseg.config import preset_names
+
+    if args.top < 1:
+        raise UsageError(f"--top must be >= 1, got {args.top}")
+    if args.epochs is not None and args.epochs < 1:
+        raise UsageError(f"--epochs must be >= 1, got {args.epochs}")
+    if args.minutes is not None and not args.minutes > 0:
+        raise UsageError(f"--minutes must be > 0, got {args.minutes}")
+    presets = args.with_presets
+    if presets is not None and not presets:
+        presets = list(preset_names())
+    for name in presets or ():
+        if name not in preset_names():
+            raise UsageError(f"--with-presets {name}: not a preset ({', '.join(preset_names())})")
+    storage = args.storage or DEFAULT_STORAGE
+    try:
+        study = load_study(args.study, storage)
+    except ReportError as err:
+        raise UsageError(str(err)) from None
+    out = args.out or f"runs/finalize-{args.study}"
+    console = make_console()
+    try:
+        report = finalize(
+            study,
+            storage,
+            top=args.top,
+            presets=presets or (),
+            epochs=args.epochs,
+            minutes=args.minutes,
+            size=args.size,
+            augment=not args.no_augment,
+            data=args.data,
+            holdout=args.holdout,
+            out_dir=out,
+            progress=sys.stderr.isatty(),
+            log=lambda line: console.print(line, highlight=False),
+        )
+    except FinalizeError as err:
+        raise UsageError(str(err)) from None
+    _upload(study, storage, out)
+    console.print(f"recipe: {report['recipe']}")
+    console.print(f"wrote {out}/report.md, {out}/report.json and {out}/front_final.png")
+    return EXIT_OK
+
+
+def _upload(study, storage: str, out: str) -> None:
+    """The report and the plot as study artifacts, so the dashboard opens them."""
+    from pathlib import Path
+
+    from jetsearch.artifacts import upload_file_artifact
+    from jetsearch.finalize import spec_of
+    from jetsearch.study import study_artifact_store
+
+    store = study_artifact_store(storage, spec_of(study))
+    if store is None:
+        return
+    for name in ("report.md", "report.json", "front_final.png"):
+        path = Path(out) / name
+        if path.is_file():
+            upload_file_artifact(study, store, path)
+
+
+def add_parsers(subparsers) -> None:
+    p = subparsers.add_parser(
+        "finalize",
+        parents=[study_parent()],
+        help="train a study's final front fully, re-measure it, write a report",
+        description=(
+            "Train the top networks of a study's final front (each at the highest rung it "
+            "reached), and with --with-presets the presets, under one full recipe; evaluate "
+            "them on val and the held-out sequences; re-measure their latency; write "
+            "report.md, report.json and front_final.png. Running it again resumes."
+        ),
+        epilog=(
+            "example:\n  jetsearch finalize --study nano --top 3 --with-presets nano "
+            "--minutes 30 --data ../shared/camvid"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--top", type=int, default=3, help="networks of the front (default 3)")
+    p.add_argument(
+        "--with-presets",
+        nargs="*",
+        metavar="PRESET",
+        help="also train these presets (no name: every preset) under the same recipe",
+    )
+    length = p.add_mutually_exclusive_group(required=True)
+    length.add_argument("--epochs", type=int, help="epochs of training per network")
+    length.add_argument("--minutes", type=float, help="minutes of training per network")
+    p.add_argument(
+        "--size", type=parse_size, help="training HxW (default: the study's latency input size)"
+    )
+    p.add_argument(
+        "--no-augment",
+        action="store_true",
+        help="train without random scale 0.5-2.0, crop and flip",
+    )
+    p.add_argument("--data", help="CamVid root (default: the study's data)")
+    p.add_argument(
+        "--holdout",
+        nargs="*",
+        metavar="SEQUENCE",
+        help="CamVid sequences held out of training (default: the study's train.holdout)",
+    )
+    p.add_argument("--out", help="output folder (default runs/finalize-STUDY)")
+    p.set_defaults(func=cmd_finalize)
