@@ -115,7 +115,7 @@ def test_ray_study_stores_local_attributes_and_survives_failures(local_ray, tmp_
         assert len(trial.values) == 2
         assert trial.values[0] == trial.user_attrs["val_miou"]
         assert trial.values[1] == trial.user_attrs["latency_ms"]
-        assert trial.user_attrs["latency_provenance"] == "measured-local"
+        assert trial.user_attrs["latency_source"] == "measured-local"
         assert trial.constraints == {"latency_ms": trial.values[1] - 1000}
         # The stored params rebuild exactly the network the worker trained.
         rebuilt = space.sample(optuna.trial.FixedTrial(trial.params, number=number))

@@ -23,6 +23,7 @@ from study_cases import write_study
 from jetsearch.report import pareto_front, pick, trial_rows
 from jetsearch.study import load_study_spec, open_storage, study_names
 from jetseg.config import ConfigError, arch_hash, config_to_dict, load_config
+from jetseg.data import CAMVID_CLASSES
 from jetseg.model import build_model
 from jetseg.train import TrainConfig
 
@@ -73,8 +74,12 @@ def test_a_whole_study_completes_and_stores_every_trial(small_study):
         miou, latency = t.values
         assert 0.0 <= miou <= 1.0 and latency > 0
         attrs = t.user_attrs
-        assert attrs["latency_ms"] == latency
-        assert attrs["latency_provenance"] == "measured-local"
+        assert attrs["latency_ms"] == attrs["latency_median_ms"] == latency
+        assert attrs["latency_source"] == "measured-local"
+        assert attrs["latency_p90_ms"] >= latency and attrs["latency_cv"] >= 0
+        assert attrs["runtime"].startswith("onnxruntime") and attrs["precision"] == "fp32"
+        assert attrs["feasible"] is (latency <= 60) and attrs["outcome"] == "completed"
+        assert set(attrs["per_class_iou"]) == set(CAMVID_CLASSES)
         assert attrs["val_miou"] == miou
         assert attrs["train_time_s"] > 0 and attrs["epochs"] == 1
         assert attrs["params"] > 0 and attrs["macs"] > 0

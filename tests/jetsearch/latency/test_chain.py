@@ -237,7 +237,6 @@ def test_a_study_stores_that_fp32_stood_in_for_fp16(tmp_path: Path) -> None:
     assert PRECISION_FALLBACK_FLAG in run.latency_sources and "no fast fp16" in run.latency_sources
     study = optuna.load_study(study_name=spec.name, storage=open_storage(str(storage)))
     [trial] = study.trials
-    latency = trial.user_attrs["latency"]
-    assert PRECISION_FALLBACK_FLAG in latency["flags"]
-    assert latency["fingerprint"]["precision"] == "fp32"
-    assert trial.user_attrs["latency_provenance"] == "measured-local"
+    assert PRECISION_FALLBACK_FLAG in trial.user_attrs["latency_flags"]
+    assert trial.user_attrs["precision"] == "fp32"
+    assert trial.user_attrs["latency_source"] == "measured-local"
