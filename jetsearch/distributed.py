@@ -608,6 +608,11 @@ def run_study_ray(
     ]
     if problems:
         raise StudyError("run_study_ray: " + "; ".join(problems))
+    if spec.rungs:
+        raise StudyError(
+            "multi-fidelity rungs run on the local backend (jetsearch study without --backend "
+            "ray, --jobs N for several processes); for Ray, remove rungs from the study"
+        )
     use_asha = scheduler == "asha" or (scheduler == "auto" and spec.mode == "budget")
     if use_asha and spec.mode != "budget":
         raise StudyError(
