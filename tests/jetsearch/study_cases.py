@@ -12,7 +12,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def write_study(directory: Path, name: str = "small", **changes) -> Path:
-    """``studies/local.yaml`` shrunk to trials of a second or two, with ``changes`` merged in."""
+    """``studies/local.yaml`` shrunk to trials of a second or two (one rung), with ``changes``
+    merged in."""
     base = yaml.safe_load((REPO / "studies" / "local.yaml").read_text())
     small = merge_mappings(
         base,
@@ -32,6 +33,9 @@ def write_study(directory: Path, name: str = "small", **changes) -> Path:
             "enqueue_presets": [],
         },
     )
+    # One fidelity unless a test asks for rungs: the local study's rungs train longer.
+    small.pop("rungs", None)
+    small.pop("eta", None)
     path = directory / f"{name}.yaml"
     path.write_text(yaml.safe_dump(merge_mappings(small, changes), sort_keys=False))
     return path
