@@ -45,6 +45,11 @@ complete)                                    evidence is its age; a run of an ol
                                              older and newer processes on one study.
 ==========================================  =================================================
 
+A process that asks trials and runs them later (an ask-and-tell driver such as the Ray
+backend's searcher) must call :func:`record_owner` right after ``ask``: a trial it holds without
+a record is, after ``grace_s``, indistinguishable from one of a dead older-version process. The
+process that finally runs it writes its own record over the driver's.
+
 Thread safety of the heartbeat (read in Optuna 5.0's code). The thread writes through the live
 trial's public ``trial.set_user_attr``. Every ``JournalStorage`` method holds the storage's
 thread lock and its writer id includes the thread id, so a write from the heartbeat thread is

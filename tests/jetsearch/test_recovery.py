@@ -136,6 +136,11 @@ def kill_when(url: str, proc: subprocess.Popen, ready) -> FrozenTrial:
     return left[0]
 
 
+def stat_fields(pid: int | str) -> list[str]:
+    """``/proc/<pid>/stat`` from field 3 (the state) on; field 22, the start time, is [19]."""
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+
+
 def by_state(trials: dict[int, FrozenTrial], state: TrialState) -> list[FrozenTrial]:
     return [t for t in trials.values() if t.state == state]
 
@@ -395,10 +400,16 @@ def test_a_trial_without_its_own_owner_record_is_recovered_only_after_the_grace(
 @needs_proc
 def test_same_host_owners_are_judged_by_their_process(storage_and_study):
     storage, study = storage_and_study
-    ticks = Path("/proc/self/stat").read_text().rpartition(")")[2].split()[19]
+    ticks = stat_fields("self")[19]
     boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     gone = subprocess.Popen(["true"])
     gone.wait()
+    zombie = subprocess.Popen(["true"])  # exits, and stays a zombie until waited for
+    deadline = time.monotonic() + 10
+    while stat_fields(zombie.pid)[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    zombie_ticks = stat_fields(zombie.pid)[19]
 
     def owned(pid: int, start: str) -> optuna.Trial:
         trial = study.ask()
@@ -415,10 +426,13 @@ def test_same_host_owners_are_judged_by_their_process(storage_and_study):
     reused = owned(os.getpid(), f"{int(ticks) - 1}@{boot}")
     rebooted = owned(os.getpid(), f"{ticks}@not-this-boot")
     exited = owned(gone.pid, f"{ticks}@{boot}")
+    unreaped = owned(zombie.pid, f"{zombie_ticks}@{boot}")
 
     causes = {r.number: r.cause for r in recover_stale_trials(study, storage=storage, grace_s=1)}
+    zombie.wait()
 
-    assert set(causes) == {reused.number, rebooted.number, exited.number}
+    assert set(causes) == {reused.number, rebooted.number, exited.number, unreaped.number}
+    assert "is gone" in causes[unreaped.number]
     assert "another process" in causes[reused.number]
     assert "restarted" in causes[rebooted.number]
     assert "is gone" in causes[exited.number]
@@ -445,7 +459,7 @@ def test_the_heartbeat_records_the_owner_and_beats_until_the_trial_ends(storage_
         assert heartbeat.alive
     assert not heartbeat.alive and heartbeat.beats >= 4 and heartbeat.last_error is None
     assert frozen.user_attrs["heartbeat"] > first
-    ticks = Path("/proc/self/stat").read_text().rpartition(")")[2].split()[19]
+    ticks = stat_fields("self")[19]
     assert frozen.user_attrs["owner_host"] == socket.gethostname()
     assert frozen.user_attrs["owner_pid"] == os.getpid()
     assert frozen.user_attrs["owner_start"].partition("@")[0] == ticks
