@@ -75,10 +75,11 @@ and only the process whose FAIL was written enqueues the retry.
 
 RDB storages with Optuna's heartbeat (PostgreSQL in :func:`jetsearch.study.open_storage`):
 recovery works alongside it. The pid rule fails a dead same-host owner's trial at once instead
-of after Optuna's grace period; whichever of the two moves a trial from RUNNING to FAIL first
-is the only one that queues a retry (the storage lets only one FAIL through), so a death is
-never retried twice. A retry queued by Optuna's callback carries the dead trial's ``retries``
-count (it copies the user attributes), so the give-up rule still holds.
+of after Optuna's grace period (and at all when the process died before Optuna's first beat:
+Optuna skips a trial with no heartbeat row); whichever of the two moves a trial from RUNNING
+to FAIL first is the only one that queues a retry (the storage lets only one FAIL through), so
+a death is never retried twice. A retry queued by Optuna's callback carries the dead trial's
+``retries`` count (it copies the user attributes), so the give-up rule still holds.
 
 Example::
 

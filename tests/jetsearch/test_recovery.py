@@ -124,9 +124,10 @@ def owned_running(trials: dict[int, FrozenTrial]) -> list[FrozenTrial]:
     ]
 
 
-def kill_when(url: str, proc: subprocess.Popen, ready) -> FrozenTrial:
-    """``kill -9`` the driver once ``ready``; the one trial it left RUNNING."""
+def kill_when(url: str, proc: subprocess.Popen, ready, settle_s: float = 0.0) -> FrozenTrial:
+    """``kill -9`` the driver ``settle_s`` after ``ready``; the one trial it left RUNNING."""
     wait_for(url, proc, ready)
+    time.sleep(settle_s)
     proc.kill()
     proc.wait()  # reaped: the pid is gone, not a zombie
     proc.stdout.close()
@@ -298,7 +299,8 @@ def test_ctrl_c_fails_the_trial_as_interrupted_and_queues_it_once(tmp_path):
 def test_optuna_heartbeat_and_recovery_retry_a_death_once(tmp_path, first):
     url = storage_url(tmp_path, "sqlite")
     proc = start(url, "--trials", "2", "--sleep", "5", "--optuna-heartbeat", "1")
-    dead = kill_when(url, proc, owned_running)
+    # Optuna never fails a trial that died before its first beat: let it beat (every 1 s).
+    dead = kill_when(url, proc, owned_running, settle_s=1.5)
     storage = open_storage(url, 1)
     study = optuna.load_study(study_name=STUDY, storage=storage)
 
