@@ -1,0 +1,564 @@
+"""Stale-trial recovery: no trial stays RUNNING for ever after its process died.
+
+A study process killed with ``kill -9`` (or by the OOM killer, a power cut, a lost board) leaves
+its trial RUNNING in the storage. Optuna's own heartbeat fails such trials on RDB storages only;
+the journal file (our default) and SQLite never do, so the network of a dead trial is never
+trained again. This module closes that gap for every storage, on Optuna's public API:
+
+* **Owner record** (:func:`record_owner`): when a trial starts, its user attributes name the
+  process that runs it: ``owner_host`` (``socket.gethostname()``), ``owner_pid``,
+  ``owner_start`` (``"<start ticks>@<boot id>"``: the process start time, field 22 of
+  ``/proc/<pid>/stat`` in clock ticks since boot, and ``/proc/sys/kernel/random/boot_id``, so a
+  pid reused by another process or after a reboot is recognised), ``owner_pidns`` (the pid
+  namespace: two containers can share a host name but not their pids) and ``owner_trial`` (the
+  trial number, written last: a record is valid only on the trial it was written for, because
+  Optuna's ``RetryHeartbeatStaleTrialCallback`` copies a dead trial's user attributes onto its
+  retry). Where ``/proc`` is missing (macOS, Windows) ``owner_start`` is not written and only
+  the heartbeat rule below applies.
+* **Heartbeat** (:class:`TrialHeartbeat`): a daemon thread writes the user attribute
+  ``heartbeat`` (epoch seconds) every ``interval_s`` while the trial runs.
+* **Recovery** (:func:`recover_stale_trials`): a RUNNING trial whose owner is *provably dead* is
+  failed with ``failure_reason = "owner died"`` and its parameters are enqueued again once
+  (user attributes ``retry_of`` and ``retries``); a network that died twice is failed with
+  ``"owner died twice: given up"`` and not enqueued again, so a network that crashes its own
+  process cannot loop. A trial whose owner is alive is never touched.
+* **Interrupted** (:func:`mark_interrupted`, and :class:`TrialHeartbeat` itself on
+  ``KeyboardInterrupt``): failed with ``failure_reason = "interrupted"`` and enqueued again,
+  which counts as a retry of the network.
+
+When an owner is provably dead:
+
+==========================================  =================================================
+the trial's owner record                     dead when
+==========================================  =================================================
+same host and pid namespace, with           the boot id differs (the machine restarted), or
+``owner_start``                              the pid does not exist (or is a zombie), or the
+                                             pid's start time differs (reused pid). Otherwise
+                                             the owner is alive, however old its heartbeat:
+                                             a slow trial is not a dead one.
+another host (or no ``/proc`` here or        no ``heartbeat`` for longer than ``grace_s``
+there)                                       (the owner's clock: keep hosts in NTP sync)
+no record of its own (written by an older    ``grace_s`` passed since ``datetime_start``. Such
+version, or killed before the record was     a trial has no heartbeat to wait for, so the only
+complete)                                    evidence is its age; a run of an older version
+                                             still training it would lose it, so do not mix
+                                             older and newer processes on one study.
+==========================================  =================================================
+
+A process that asks trials and runs them later (an ask-and-tell driver such as the Ray
+backend's searcher) must call :func:`record_owner` right after ``ask``: a trial it holds without
+a record is, after ``grace_s``, indistinguishable from one of a dead older-version process. The
+process that finally runs it writes its own record over the driver's.
+
+Thread safety of the heartbeat (read in Optuna 5.0's code). The thread writes through the live
+trial's public ``trial.set_user_attr``. Every ``JournalStorage`` method holds the storage's
+thread lock and its writer id includes the thread id, so a write from the heartbeat thread is
+an ordinary journal record; ``RDBStorage`` opens one SQLAlchemy session per thread
+(``scoped_session``), which is how Optuna's own heartbeat thread writes too; ``_CachedStorage``
+passes user-attribute writes straight to its backend. ``Trial.set_user_attr`` also updates the
+trial's cached attribute dict: the ``heartbeat`` key is inserted from the trial's own thread in
+``__enter__``, so the thread only ever replaces the value of an existing key, which never
+disturbs a reader iterating that dict in the trial's thread. A write that lands after the trial
+finished raises ``UpdateFinishedTrialError`` in the thread, which then stops; any other write
+error is logged and retried at the next beat (a heartbeat must never fail its trial).
+
+Writing to a trial this process does not own (the dead one) has no Study-level public API and
+``optuna.trial.Trial(study, trial_id)`` calls the sampler's ``before_trial``; recovery therefore
+uses the storage object's own public methods (``get_trial_id_from_study_id_trial_number``,
+``set_trial_user_attr``), as :mod:`jetsearch.distributed` does, and ``Study.tell`` /
+``Study.enqueue_trial`` on a handle of its own with a ``RandomSampler`` (whose ``after_trial``
+does nothing, so the caller's sampler and constraints never see a dead trial). ``tell`` accepts
+a RUNNING trial of another process on every storage and writes FAIL (with
+``datetime_complete``); when two processes recover the same trial at once the storage rejects
+the second FAIL (``UpdateFinishedTrialError``, or ``ValueError`` when it already reads FAIL),
+and only the process whose FAIL was written enqueues the retry.
+
+RDB storages with Optuna's heartbeat (PostgreSQL in :func:`jetsearch.study.open_storage`):
+recovery works alongside it. The pid rule fails a dead same-host owner's trial at once instead
+of after Optuna's grace period (and at all when the process died before Optuna's first beat:
+Optuna skips a trial with no heartbeat row); whichever of the two moves a trial from RUNNING
+to FAIL first is the only one that queues a retry (the storage lets only one FAIL through), so
+a death is never retried twice. A retry queued by Optuna's callback carries the dead trial's
+``retries`` count (it copies the user attributes), so the give-up rule still holds.
+
+Example::
+
+    storage = open_storage(url)
+    study = optuna.load_study(study_name=name, storage=storage)
+    recover_stale_trials(study, storage=storage, grace_s=60)          # at start
+
+    def objective(trial):
+        with TrialHeartbeat(trial, interval_s=20):                  # owner + heartbeat
+            ...
+
+    study.optimize(objective, callbacks=[StaleTrialRecovery(storage, grace_s=60)])
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState
+
+_logger = logging.getLogger(__name__)
+
+OWNER_DIED = "owner died"
+GIVEN_UP = "owner died twice: given up"
+INTERRUPTED = "interrupted"
+# Reasons that count as one death of a network towards the give-up rule.
+DEATH_REASONS = frozenset({OWNER_DIED, GIVEN_UP, INTERRUPTED})
+# A network's second death gives it up.
+MAX_DEATHS = 2
+
+DEFAULT_HEARTBEAT_S = 20.0
+DEFAULT_GRACE_S = 60.0
+
+OWNER_KEYS = ("owner_host", "owner_pid", "owner_start", "owner_pidns", "owner_trial")
+# Attributes a queued trial was given when it was enqueued (a preset, a promotion to a higher
+# rung) and that its retry must keep, so the retry is the same network in the same place.
+CARRIED_ATTRS = ("arch_hash", "rung", "preset", "promoted_from_rung", "promoted_from_trial")
+
+
+# ---------------------------------------------------------------------------------------------
+# who runs a trial
+
+
+@dataclass(frozen=True)
+class ProcessIdentity:
+    """A process as its owner record states it: host, pid, start time, pid namespace."""
+
+    host: str
+    pid: int
+    start: str | None  # "<start ticks>@<boot id>", None without /proc
+    pidns: str | None
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+@lru_cache(maxsize=1)
+def _boot_id() -> str | None:
+    return _read("/proc/sys/kernel/random/boot_id")
+
+
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+def _start_ticks(pid: int) -> str | None:
+    """Field 22 of ``/proc/<pid>/stat``; None when the process is gone or a zombie."""
+    stat = _read(f"/proc/{pid}/stat")
+    if stat is None:
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces or ')': split after
+    # the last ')'. What follows starts at field 3 (the state).
+    fields = stat.rpartition(")")[2].split()
+    if len(fields) < 20 or fields[0] in ("Z", "X"):  # exited, not yet reaped: dead all the same
+        return None
+    return fields[19]
+
+
+def this_process() -> ProcessIdentity:
+    """The identity this process writes into the trials it runs."""
+    pid = os.getpid()
+    ticks, boot = _start_ticks(pid), _boot_id()
+    start = f"{ticks}@{boot}" if ticks and boot else None
+    return ProcessIdentity(socket.gethostname(), pid, start, _pid_namespace())
+
+
+def owner_of(trial: FrozenTrial) -> ProcessIdentity | None:
+    """The owner record written for this very trial; None if it has none (or only a copy)."""
+    attrs = trial.user_attrs
+    if attrs.get("owner_trial") != trial.number:
+        return None
+    try:
+        return ProcessIdentity(
+            str(attrs["owner_host"]),
+            int(attrs["owner_pid"]),
+            attrs.get("owner_start"),
+            attrs.get("owner_pidns"),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def record_owner(trial: optuna.Trial) -> ProcessIdentity:
+    """Write this process's owner record and a first heartbeat into a trial that just started.
+
+    ``owner_trial`` goes last: a process killed half-way leaves no valid record, and the trial
+    is then judged by its age like one without any record.
+    """
+    me = this_process()
+    trial.set_user_attr("heartbeat", round(time.time(), 3))
+    trial.set_user_attr("owner_host", me.host)
+    trial.set_user_attr("owner_pid", me.pid)
+    if me.start is not None:
+        trial.set_user_attr("owner_start", me.start)
+    if me.pidns is not None:
+        trial.set_user_attr("owner_pidns", me.pidns)
+    trial.set_user_attr("owner_trial", trial.number)
+    return me
+
+
+def _pid_rule_applies(owner: ProcessIdentity, me: ProcessIdentity) -> bool:
+    """Whether this process can see the owner's process table (same host, same pid space)."""
+    return (
+        owner.host == me.host
+        and owner.pidns == me.pidns
+        and owner.start is not None
+        and me.start is not None
+    )
+
+
+def death_cause(
+    trial: FrozenTrial,
+    *,
+    grace_s: float,
+    now: float | None = None,
+    me: ProcessIdentity | None = None,
+) -> str | None:
+    """Why the RUNNING ``trial``'s owner is provably dead, or None while it may be alive.
+
+    The rules are in the module docstring. ``now`` (epoch seconds) and ``me`` (this process)
+    default to the present and this process.
+    """
+    now = time.time() if now is None else now
+    me = me or this_process()
+    owner = owner_of(trial)
+    if owner is None:
+        started = trial.datetime_start.timestamp() if trial.datetime_start else now
+        if now - started > grace_s:
+            return f"no owner record and started {now - started:.1f} s ago (grace {grace_s:g} s)"
+        return None
+    where = f"process {owner.pid} on {owner.host}"
+    if _pid_rule_applies(owner, me):
+        ticks, _, boot = str(owner.start).partition("@")
+        if boot != _boot_id():
+            return f"{owner.host} restarted since {where} started"
+        current = _start_ticks(owner.pid)
+        if current is None:
+            return f"{where} is gone"
+        if current != ticks:
+            return f"pid {owner.pid} on {owner.host} now belongs to another process"
+        return None
+    beat = trial.user_attrs.get("heartbeat")
+    if not isinstance(beat, (int, float)):
+        beat = trial.datetime_start.timestamp() if trial.datetime_start else now
+    if now - beat > grace_s:
+        return f"no heartbeat from {where} for {now - beat:.1f} s (grace {grace_s:g} s)"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# heartbeat
+
+
+class TrialHeartbeat:
+    """Owner record and heartbeat of a running trial, as a context manager around its work.
+
+    ``__enter__`` writes the owner record (:func:`record_owner`) and starts a daemon thread that
+    writes ``heartbeat`` every ``interval_s`` through ``trial.set_user_attr``; ``__exit__`` stops
+    it and waits for it, so no beat lands after the trial is told. On ``KeyboardInterrupt`` it
+    also writes ``failure_reason = "interrupted"`` while the trial is still RUNNING and queues
+    the network again (:func:`mark_interrupted`'s rule); Optuna's ``optimize`` then fails the
+    trial and re-raises. Thread safety: see the module docstring.
+
+    Args:
+        trial: the live trial (``study.ask()`` or the objective's argument).
+        interval_s: seconds between beats; keep recovery's ``grace_s`` at three or more.
+    """
+
+    def __init__(self, trial: optuna.Trial, interval_s: float = DEFAULT_HEARTBEAT_S) -> None:
+        if not interval_s > 0:
+            raise ValueError(f"interval_s > 0 must hold, got interval_s={interval_s}")
+        self.trial = trial
+        self.interval_s = float(interval_s)
+        self.beats = 0
+        self.last_error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> TrialHeartbeat:
+        record_owner(self.trial)  # inserts the "heartbeat" key from this thread
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._beat, name=f"jetsearch-heartbeat-{self.trial.number}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            try:
+                _interrupt_live_trial(self.trial)
+            except Exception as err:  # the interrupt, not this, is what the caller must see
+                _logger.warning("could not mark trial %d interrupted: %r", self.trial.number, err)
+
+    def stop(self) -> None:
+        """Stop beating and wait for the thread (bounded: a hung write never blocks a trial)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.interval_s + 30.0)
+            self._thread = None
+
+    @property
+    def alive(self) -> bool:
+        """Whether the heartbeat thread is running."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.trial.set_user_attr("heartbeat", round(time.time(), 3))
+                self.beats += 1
+            except UpdateFinishedTrialError:
+                return  # told meanwhile: nothing left to keep alive
+            except Exception as err:  # a flaky database must not fail the trial; beat again
+                if self.last_error is None:
+                    _logger.warning("heartbeat of trial %d failed: %r", self.trial.number, err)
+                self.last_error = err
+
+
+def _interrupt_live_trial(trial: optuna.Trial) -> None:
+    """Ctrl-C inside a trial: reason first (still RUNNING), then the retry; Optuna tells FAIL."""
+    try:
+        trial.set_user_attr("failure_reason", INTERRUPTED)
+    except UpdateFinishedTrialError:
+        return
+    # A fresh read: the live trial's cached params are complete, its other attrs may not be.
+    study = trial.study
+    frozen = _trial_by_number(study, trial.number)
+    if frozen is not None:
+        _requeue(study, frozen, retries=_deaths_before(study, frozen) + 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# recovery
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """One trial failed by recovery (or by :func:`mark_interrupted`)."""
+
+    number: int
+    reason: str  # the failure_reason written: "owner died", "... given up", "interrupted"
+    cause: str  # the evidence: "process 4242 on jetson-1 is gone", ...
+    requeued: bool  # its network was enqueued again
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def _own_handle(study: optuna.Study, storage: Any) -> tuple[optuna.Study, int]:
+    """A handle on the same study whose tells reach no caller's sampler; and the study's id."""
+    try:
+        study_id = storage.get_study_id_from_name(study.study_name)
+    except KeyError:
+        raise ValueError(
+            f"study {study.study_name!r} is not in the storage given; pass the storage the "
+            "study was opened on"
+        ) from None
+    handle = optuna.load_study(
+        study_name=study.study_name, storage=storage, sampler=optuna.samplers.RandomSampler()
+    )
+    return handle, study_id
+
+
+def _trial_by_number(study: optuna.Study, number: int) -> FrozenTrial | None:
+    for t in study.get_trials(deepcopy=False):
+        if t.number == number:
+            return t
+    return None
+
+
+def _same_network(a: FrozenTrial, b: FrozenTrial) -> bool:
+    """By ``arch_hash`` when both have one, else by identical (non-empty) parameters."""
+    ha, hb = a.user_attrs.get("arch_hash"), b.user_attrs.get("arch_hash")
+    if ha is not None and hb is not None:
+        return ha == hb
+    return bool(a.params) and a.params == b.params
+
+
+def _deaths_before(study: optuna.Study, trial: FrozenTrial) -> int:
+    """How often ``trial``'s network died before: its retry count, or its failed twins."""
+    chain = int(trial.user_attrs.get("retries", 0) or 0)
+    twins = sum(
+        1
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+        if t.number != trial.number
+        and t.user_attrs.get("failure_reason") in DEATH_REASONS
+        and _same_network(t, trial)
+    )
+    return max(chain, twins)
+
+
+def _requeue(study: optuna.Study, trial: FrozenTrial, *, retries: int) -> bool:
+    """Enqueue ``trial``'s network once (never twice for one dead trial); True if enqueued."""
+    if not trial.params:
+        return False  # died before its parameters were sampled: no network to train again
+    for t in study.get_trials(deepcopy=False):
+        if t.user_attrs.get("retry_of") == trial.number:
+            return False
+    attrs = {k: trial.user_attrs[k] for k in CARRIED_ATTRS if k in trial.user_attrs}
+    study.enqueue_trial(
+        dict(trial.params), user_attrs={**attrs, "retry_of": trial.number, "retries": retries}
+    )
+    return True
+
+
+def _fail(
+    handle: optuna.Study, storage: Any, study_id: int, trial: FrozenTrial, reason: str, cause: str
+) -> bool:
+    """Reason first, then FAIL; False when the trial finished meanwhile or another process won."""
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+    try:
+        storage.set_trial_user_attr(trial_id, "failure_reason", reason)
+        storage.set_trial_user_attr(trial_id, "failure_detail", cause)
+        handle.tell(trial.number, state=TrialState.FAIL)
+    except (UpdateFinishedTrialError, ValueError):
+        return False
+    return True
+
+
+def recover_stale_trials(
+    study: optuna.Study,
+    *,
+    storage: Any,
+    grace_s: float = DEFAULT_GRACE_S,
+    requeue: bool = True,
+) -> list[Recovered]:
+    """Fail the RUNNING trials whose owner is provably dead; queue each network again once.
+
+    Call it when a study process starts and after every trial (:class:`StaleTrialRecovery`),
+    on any storage. The rules, the attributes written and how it lives beside Optuna's own RDB
+    heartbeat are in the module docstring. A network that died before (``retries`` along the
+    chain of retries, or failed trials of the same ``arch_hash`` / parameters) is given up:
+    ``failure_reason = "owner died twice: given up"``, nothing enqueued.
+
+    Args:
+        study: the study to clean (its name is what is used).
+        storage: the Optuna storage object the study lives in (what ``open_storage`` returned):
+            its public per-trial methods write to a trial this process does not own.
+        grace_s: how long a heartbeat (or, without an owner record, the trial's start) may be
+            old before its owner counts as dead; not used for same-host owners, whose process
+            is checked directly.
+        requeue: enqueue the dead trials' networks again.
+
+    Returns:
+        The trials this call failed, in trial order. A trial that another process recovered
+        at the same moment is in that process's list only.
+    """
+    if not grace_s > 0:
+        raise ValueError(f"grace_s > 0 must hold, got grace_s={grace_s}")
+    handle, study_id = _own_handle(study, storage)
+    me = this_process()
+    recovered: list[Recovered] = []
+    for trial in handle.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        cause = death_cause(trial, grace_s=grace_s, me=me)
+        if cause is None:
+            continue
+        deaths = _deaths_before(handle, trial) + 1
+        reason = GIVEN_UP if deaths >= MAX_DEATHS else OWNER_DIED
+        if trial.user_attrs.get("failure_reason") == INTERRUPTED:
+            reason = INTERRUPTED  # a Ctrl-C whose process died before Optuna told the trial
+        if not _fail(handle, storage, study_id, trial, reason, cause):
+            continue
+        queued = requeue and reason != GIVEN_UP and _requeue(handle, trial, retries=deaths)
+        _logger.warning(
+            "trial %d of %s: %s (%s)%s",
+            trial.number,
+            study.study_name,
+            reason,
+            cause,
+            "; queued again" if queued else "",
+        )
+        recovered.append(Recovered(trial.number, reason, cause, queued, dict(trial.params)))
+    return recovered
+
+
+def mark_interrupted(study: optuna.Study, trial_number: int, *, storage: Any) -> Recovered | None:
+    """Ctrl-C: fail trial ``trial_number`` with ``failure_reason = "interrupted"``, queue it again.
+
+    Call it from the process that ran the trial, after catching ``KeyboardInterrupt``. A RUNNING
+    trial gets the reason and FAIL; a trial Optuna's ``optimize`` already failed on the
+    interrupt (so read-only now) is only queued again, and nothing is queued twice, so calling
+    this after :class:`TrialHeartbeat` handled the interrupt is harmless. An interrupt counts as
+    one death of the network (its retry carries ``retries`` + 1) but never gives it up: a person
+    stopping a study is not a network crashing its process. Returns None when there was nothing
+    to do (the trial finished, or failed for another reason).
+
+    Raises:
+        ValueError: the trial is RUNNING in another process that is alive.
+    """
+    handle, study_id = _own_handle(study, storage)
+    trial = _trial_by_number(handle, trial_number)
+    if trial is None:
+        raise ValueError(f"study {study.study_name!r} has no trial {trial_number}")
+    retries = _deaths_before(handle, trial) + 1
+    if trial.state == TrialState.RUNNING:
+        owner, me = owner_of(trial), this_process()
+        if (
+            owner is not None
+            and (owner.host, owner.pid, owner.start) != (me.host, me.pid, me.start)
+            and death_cause(trial, grace_s=DEFAULT_GRACE_S, me=me) is None
+        ):
+            raise ValueError(
+                f"trial {trial_number} is running in process {owner.pid} on {owner.host}, "
+                "which is alive; only its own process marks it interrupted"
+            )
+        if not _fail(handle, storage, study_id, trial, INTERRUPTED, "KeyboardInterrupt"):
+            return None
+    elif trial.state != TrialState.FAIL or trial.user_attrs.get("failure_reason") not in (
+        None,
+        INTERRUPTED,
+    ):
+        return None
+    queued = _requeue(handle, trial, retries=retries)
+    return Recovered(trial_number, INTERRUPTED, "KeyboardInterrupt", queued, dict(trial.params))
+
+
+class StaleTrialRecovery:
+    """An ``optimize`` callback: :func:`recover_stale_trials` after every trial of this process.
+
+    So a process that died while others go on has its trial failed and its network queued
+    again within one trial of the survivors (Optuna does the same for RDB heartbeats, before
+    each ``ask``). ``recovered`` lists everything this callback failed.
+    """
+
+    def __init__(
+        self, storage: Any, grace_s: float = DEFAULT_GRACE_S, *, requeue: bool = True
+    ) -> None:
+        self.storage = storage
+        self.grace_s = grace_s
+        self.requeue = requeue
+        self.recovered: list[Recovered] = []
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        try:
+            self.recovered += recover_stale_trials(
+                study, storage=self.storage, grace_s=self.grace_s, requeue=self.requeue
+            )
+        except Exception as err:  # a storage hiccup must not stop the study: retried next trial
+            _logger.warning("stale-trial recovery of %s failed: %r", study.study_name, err)

@@ -1,0 +1,508 @@
+"""Stale-trial recovery with real processes on real storages: no trial stays RUNNING for ever.
+
+Study processes are ``recovery_driver.py`` (beside this file), started, ``kill -9``ed,
+interrupted with SIGINT and started again on a journal file or a SQLite file in ``tmp_path``;
+the storage is read back from this process. Heartbeats beat every 0.2 s, the grace is 1 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import FrozenTrial, TrialState
+from recovery_driver import open_storage
+
+from jetsearch.recovery import (
+    GIVEN_UP,
+    INTERRUPTED,
+    OWNER_DIED,
+    TrialHeartbeat,
+    death_cause,
+    mark_interrupted,
+    owner_of,
+    recover_stale_trials,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+DRIVER = Path(__file__).with_name("recovery_driver.py")
+STUDY = "recovery"
+HAS_PROC = Path("/proc/self/stat").exists() and Path("/proc/sys/kernel/random/boot_id").exists()
+needs_proc = pytest.mark.skipif(not HAS_PROC, reason="the pid rule needs Linux's /proc")
+
+
+def storage_url(tmp_path: Path, kind: str) -> str:
+    """A new storage; a SQLite schema is made here, so no reader races a driver making it."""
+    if kind == "journal":
+        return str(tmp_path / "study.log")
+    url = f"sqlite:///{tmp_path}/study.db"
+    open_storage(url, None).remove_session()
+    return url
+
+
+def start(url: str, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, str(DRIVER), url, "--study", STUDY, *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: float = 60) -> tuple[int, list[dict]]:
+    """Wait for a driver; its return code and the trials it recovered at start."""
+    code, lines = finish_lines(proc, timeout)
+    return code, lines["RECOVERED"]
+
+
+def finish_lines(proc: subprocess.Popen, timeout: float = 60) -> tuple[int, dict[str, object]]:
+    """Wait for a driver; its return code and its ``RECOVERED`` / ``MARKED`` lines, decoded."""
+    out, err = proc.communicate(timeout=timeout)
+    lines = {}
+    for line in out.splitlines():
+        key, _, value = line.partition(" ")
+        if key in ("RECOVERED", "MARKED"):
+            lines[key] = json.loads(value)
+    assert "RECOVERED" in lines, f"no RECOVERED line (exit {proc.returncode}):\n{err}"
+    assert proc.returncode in (0, 130, -signal.SIGKILL), f"exit {proc.returncode}:\n{err}"
+    return proc.returncode, lines
+
+
+def run(url: str, *args: str) -> list[dict]:
+    """Run a driver to the end; what it recovered at start."""
+    code, recovered = finish(start(url, *args))
+    assert code == 0
+    return recovered
+
+
+def read(url: str) -> dict[int, FrozenTrial]:
+    study = optuna.load_study(study_name=STUDY, storage=open_storage(url, None))
+    return {t.number: t for t in study.get_trials()}
+
+
+def wait_for(
+    url: str,
+    proc: subprocess.Popen,
+    ready: Callable[[dict[int, FrozenTrial]], bool],
+    timeout: float = 60,
+) -> dict[int, FrozenTrial]:
+    """Poll the storage until ``ready(trials)``; fail if the driver exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            trials = read(url)
+        except KeyError:  # the driver has not created the study yet
+            trials = {}
+        if trials and ready(trials):
+            return trials
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"driver exited with {proc.returncode} first:\n{out}\n{err}")
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail("timed out waiting for the study to get there")
+
+
+def owned_running(trials: dict[int, FrozenTrial]) -> list[FrozenTrial]:
+    """RUNNING trials with their own owner record and sampled parameters."""
+    return [
+        t
+        for t in trials.values()
+        if t.state == TrialState.RUNNING and owner_of(t) is not None and t.params
+    ]
+
+
+def kill_when(url: str, proc: subprocess.Popen, ready, settle_s: float = 0.0) -> FrozenTrial:
+    """``kill -9`` the driver ``settle_s`` after ``ready``; the one trial it left RUNNING."""
+    wait_for(url, proc, ready)
+    time.sleep(settle_s)
+    proc.kill()
+    proc.wait()  # reaped: the pid is gone, not a zombie
+    proc.stdout.close()
+    proc.stderr.close()
+    left = [t for t in read(url).values() if t.state == TrialState.RUNNING]
+    assert len(left) == 1 and left[0].params, f"expected one sampled RUNNING trial, got {left}"
+    return left[0]
+
+
+def stat_fields(pid: int | str) -> list[str]:
+    """``/proc/<pid>/stat`` from field 3 (the state) on; field 22, the start time, is [19]."""
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+
+
+def by_state(trials: dict[int, FrozenTrial], state: TrialState) -> list[FrozenTrial]:
+    return [t for t in trials.values() if t.state == state]
+
+
+# ---------------------------------------------------------------------------------------------
+# kill -9, then run again
+
+
+@needs_proc
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_a_killed_trial_is_failed_and_its_network_trained_again(tmp_path, kind):
+    url = storage_url(tmp_path, kind)
+    first = start(url, "--trials", "4", "--sleep", "1.0")
+    dead = kill_when(
+        url,
+        first,
+        lambda ts: len(by_state(ts, TrialState.COMPLETE)) >= 1 and owned_running(ts),
+    )
+    before = {
+        t.number: (t.params, t.values, t.datetime_complete)
+        for t in by_state(read(url), TrialState.COMPLETE)
+    }
+
+    recovered = run(url, "--trials", "4", "--sleep", "0.05")
+
+    assert [(r["number"], r["reason"], r["requeued"]) for r in recovered] == [
+        (dead.number, OWNER_DIED, True)
+    ]
+    assert "is gone" in recovered[0]["cause"]
+    after = read(url)
+    assert not by_state(after, TrialState.RUNNING) and not by_state(after, TrialState.WAITING)
+    assert after[dead.number].state == TrialState.FAIL
+    assert after[dead.number].user_attrs["failure_reason"] == OWNER_DIED
+    retries = [t for t in after.values() if t.user_attrs.get("retry_of") == dead.number]
+    assert len(retries) == 1
+    retry = retries[0]
+    assert retry.state == TrialState.COMPLETE and retry.params == dead.params
+    assert retry.user_attrs["retries"] == 1 and retry.values == [dead.params["x"]]
+    for number, (params, values, completed) in before.items():
+        t = after[number]
+        assert (t.state, t.params, t.values, t.datetime_complete) == (
+            TrialState.COMPLETE,
+            params,
+            values,
+            completed,
+        )
+    assert len(by_state(after, TrialState.COMPLETE)) == 4
+
+
+@needs_proc
+def test_a_network_that_kills_its_process_twice_is_given_up(tmp_path):
+    url = storage_url(tmp_path, "journal")
+    bomb = "13.0"
+    # 1st run: the bomb (enqueued first) kills its own process. 2nd: recovered, queued again,
+    # run again, kills the process again. 3rd: given up, and the study runs to its end.
+    for _ in range(2):
+        code, _ = finish(start(url, "--trials", "2", "--sleep", "0.05", "--bomb", bomb))
+        assert code == -signal.SIGKILL
+    recovered = run(url, "--trials", "2", "--sleep", "0.05", "--bomb", bomb)
+
+    trials = read(url)
+    assert trials[0].user_attrs["failure_reason"] == OWNER_DIED
+    assert trials[1].user_attrs["failure_reason"] == GIVEN_UP
+    assert trials[1].user_attrs["retry_of"] == 0 and trials[1].user_attrs["retries"] == 1
+    assert [(r["number"], r["reason"], r["requeued"]) for r in recovered] == [(1, GIVEN_UP, False)]
+    assert [t.number for t in trials.values() if t.params.get("x") == float(bomb)] == [0, 1]
+    assert not by_state(trials, TrialState.RUNNING) and not by_state(trials, TrialState.WAITING)
+    assert len(by_state(trials, TrialState.COMPLETE)) == 2
+
+
+@needs_proc
+def test_a_process_sharing_the_study_recovers_a_killed_one_while_it_runs(tmp_path):
+    url = storage_url(tmp_path, "journal")
+    doomed = start(url, "--trials", "8", "--sleep", "2.0")
+    survivor = start(url, "--trials", "8", "--sleep", "0.3")
+
+    def both_running(trials: dict[int, FrozenTrial]) -> bool:
+        return {owner_of(t).pid for t in owned_running(trials)} == {doomed.pid, survivor.pid}
+
+    wait_for(url, survivor, both_running)
+    trials = read(url)
+    [dead] = [t for t in owned_running(trials) if owner_of(t).pid == doomed.pid]
+    doomed.kill()
+    doomed.wait()
+    doomed.stdout.close()
+    doomed.stderr.close()
+    code, _ = finish(survivor)  # recovers after each of its trials (StaleTrialRecovery)
+
+    assert code == 0
+    after = read(url)
+    assert after[dead.number].user_attrs["failure_reason"] == OWNER_DIED
+    [retry] = [t for t in after.values() if t.user_attrs.get("retry_of") == dead.number]
+    assert retry.state == TrialState.COMPLETE and retry.params == dead.params
+    assert owner_of(retry).pid == survivor.pid
+    assert not by_state(after, TrialState.RUNNING) and not by_state(after, TrialState.WAITING)
+    assert len(by_state(after, TrialState.COMPLETE)) == 8
+
+
+@needs_proc
+def test_a_live_owner_is_never_recovered_by_another_process(tmp_path):
+    url = storage_url(tmp_path, "journal")
+    release = tmp_path / "release"
+    holder = start(url, "--trials", "3", "--sleep", "0", "--hold", str(release))
+    trials = wait_for(url, holder, owned_running)
+    held = owned_running(trials)[0]
+    # Older than the grace period before the second process looks at it.
+    time.sleep(max(0.0, 1.2 - (time.time() - held.datetime_start.timestamp())))
+
+    recovered = run(url, "--trials", "2", "--sleep", "0.1")  # recovers at start and per trial
+
+    assert recovered == []
+    now = read(url)[held.number]
+    assert now.state == TrialState.RUNNING and "failure_reason" not in now.user_attrs
+    assert time.time() - now.user_attrs["heartbeat"] < 1.0  # still beating
+    release.touch()
+    code, _ = finish(holder)
+    assert code == 0
+    done = read(url)[held.number]
+    assert done.state == TrialState.COMPLETE and "failure_reason" not in done.user_attrs
+    assert len(by_state(read(url), TrialState.COMPLETE)) == 3
+
+
+def test_ctrl_c_fails_the_trial_as_interrupted_and_queues_it_once(tmp_path):
+    url = storage_url(tmp_path, "journal")
+    proc = start(url, "--trials", "3", "--sleep", "5")
+    wait_for(url, proc, owned_running)
+    # Let its last write finish: Optuna 5.0's journal lock turns a Ctrl-C landing inside its
+    # release() into a FileNotFoundError; after the sampling the trial only sleeps.
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    code, lines = finish_lines(proc)
+    assert code == 130
+
+    trials = read(url)
+    [stopped] = [t for t in trials.values() if t.user_attrs.get("failure_reason") == INTERRUPTED]
+    assert stopped.state == TrialState.FAIL
+    # TrialHeartbeat queued it on the interrupt; mark_interrupted, called after optimize
+    # re-raised, found it failed and queued already.
+    assert lines["MARKED"]["number"] == stopped.number and not lines["MARKED"]["requeued"]
+    [waiting] = by_state(trials, TrialState.WAITING)
+    assert waiting.user_attrs == {"retry_of": stopped.number, "retries": 1}
+
+    assert run(url, "--trials", "3", "--sleep", "0.05") == []
+    after = read(url)
+    [retry] = [t for t in after.values() if t.user_attrs.get("retry_of") == stopped.number]
+    assert retry.state == TrialState.COMPLETE and retry.params == stopped.params
+
+
+# ---------------------------------------------------------------------------------------------
+# Optuna's own heartbeat on an RDB storage, alongside
+
+
+@needs_proc
+@pytest.mark.parametrize("first", ["recovery", "optuna"])
+def test_optuna_heartbeat_and_recovery_retry_a_death_once(tmp_path, first):
+    url = storage_url(tmp_path, "sqlite")
+    proc = start(url, "--trials", "2", "--sleep", "5", "--optuna-heartbeat", "1")
+    # Optuna never fails a trial that died before its first beat: let it beat (every 1 s).
+    dead = kill_when(url, proc, owned_running, settle_s=1.5)
+    storage = open_storage(url, 1)
+    study = optuna.load_study(study_name=STUDY, storage=storage)
+
+    with warnings.catch_warnings():  # experimental; ask() beside Optuna's heartbeat warns
+        warnings.simplefilter("ignore")
+        if first == "recovery":
+            assert [r.number for r in recover_stale_trials(study, storage=storage, grace_s=1)] == [
+                dead.number
+            ]
+            # Past Optuna's grace (2 s, measured in SQLite's whole seconds): it would be stale.
+            time.sleep(3.5)
+            optuna.storages.fail_stale_trials(study)
+        else:
+            deadline = time.monotonic() + 10
+            while study.get_trials()[dead.number].state == TrialState.RUNNING:
+                assert time.monotonic() < deadline, "Optuna never failed the stale trial"
+                time.sleep(0.2)
+                optuna.storages.fail_stale_trials(study)
+            assert recover_stale_trials(study, storage=storage, grace_s=1) == []
+        trials = {t.number: t for t in study.get_trials()}
+        assert trials[dead.number].state == TrialState.FAIL
+        [waiting] = by_state(trials, TrialState.WAITING)
+        assert waiting.system_attrs.get("fixed_params", waiting.params) == dead.params
+        # Optuna's retry copies the dead trial's user attributes, owner record included: once
+        # that copy runs, the copied record is not its own and it is not judged by it.
+        trial = study.ask()
+    assert trial.number == waiting.number
+    assert recover_stale_trials(study, storage=storage, grace_s=1) == []
+    assert study.get_trials()[trial.number].state == TrialState.RUNNING
+    study.tell(trial, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# the rules, on real storages in this process
+
+
+@pytest.fixture(params=["journal", "sqlite"])
+def storage_and_study(tmp_path, request):
+    storage = open_storage(storage_url(tmp_path, request.param), None)
+    study = optuna.create_study(storage=storage, study_name=STUDY, direction="maximize")
+    return storage, study
+
+
+def _remote_trial(study: optuna.Study, heartbeat_age_s: float) -> optuna.Trial:
+    """A trial whose owner record names a process on another host."""
+    trial = study.ask()
+    trial.suggest_float("x", 0.0, 1.0)
+    trial.set_user_attr("heartbeat", time.time() - heartbeat_age_s)
+    trial.set_user_attr("owner_host", f"not-{socket.gethostname()}")
+    trial.set_user_attr("owner_pid", os.getpid())
+    trial.set_user_attr("owner_start", "1@another-boot")
+    trial.set_user_attr("owner_trial", trial.number)
+    return trial
+
+
+def test_an_owner_on_another_host_is_judged_by_its_heartbeat(storage_and_study):
+    storage, study = storage_and_study
+    beating = _remote_trial(study, heartbeat_age_s=0.1)
+    silent = _remote_trial(study, heartbeat_age_s=5.0)
+
+    recovered = recover_stale_trials(study, storage=storage, grace_s=1.0)
+
+    assert [(r.number, r.reason, r.requeued) for r in recovered] == [
+        (silent.number, OWNER_DIED, True)
+    ]
+    assert "no heartbeat" in recovered[0].cause
+    trials = study.get_trials()
+    assert trials[beating.number].state == TrialState.RUNNING
+    assert trials[silent.number].state == TrialState.FAIL
+    assert trials[silent.number].user_attrs["failure_reason"] == OWNER_DIED
+    [waiting] = by_state({t.number: t for t in trials}, TrialState.WAITING)
+    assert waiting.user_attrs == {"retry_of": silent.number, "retries": 1}
+    assert waiting.system_attrs["fixed_params"] == trials[silent.number].params
+    # Recovering again finds nothing new and queues nothing twice.
+    assert recover_stale_trials(study, storage=storage, grace_s=1.0) == []
+    assert len(study.get_trials(states=(TrialState.WAITING,))) == 1
+
+
+def test_a_trial_without_its_own_owner_record_is_recovered_only_after_the_grace(
+    storage_and_study,
+):
+    storage, study = storage_and_study
+    older = study.ask()  # as an older version wrote it: no owner record at all
+    copied = study.ask()  # a record copied from another trial is not its own
+    for key, value in {"owner_host": socket.gethostname(), "owner_pid": 0}.items():
+        copied.set_user_attr(key, value)
+    copied.set_user_attr("owner_trial", older.number)
+
+    assert recover_stale_trials(study, storage=storage, grace_s=0.5) == []
+    time.sleep(0.6)
+    recovered = recover_stale_trials(study, storage=storage, grace_s=0.5)
+
+    assert [r.number for r in recovered] == [older.number, copied.number]
+    assert all("no owner record" in r.cause for r in recovered)
+    assert not any(r.requeued for r in recovered)  # died before any parameter was sampled
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+
+
+@needs_proc
+def test_same_host_owners_are_judged_by_their_process(storage_and_study):
+    storage, study = storage_and_study
+    ticks = stat_fields("self")[19]
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    zombie = subprocess.Popen(["true"])  # exits, and stays a zombie until waited for
+    deadline = time.monotonic() + 10
+    while stat_fields(zombie.pid)[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    zombie_ticks = stat_fields(zombie.pid)[19]
+
+    def owned(pid: int, start: str) -> optuna.Trial:
+        trial = study.ask()
+        trial.suggest_float("x", 0.0, 1.0)
+        trial.set_user_attr("heartbeat", time.time() - 3600)  # old: the pid rule decides
+        trial.set_user_attr("owner_host", socket.gethostname())
+        trial.set_user_attr("owner_pid", pid)
+        trial.set_user_attr("owner_start", start)
+        trial.set_user_attr("owner_pidns", os.readlink("/proc/self/ns/pid"))
+        trial.set_user_attr("owner_trial", trial.number)
+        return trial
+
+    alive = owned(os.getpid(), f"{ticks}@{boot}")
+    reused = owned(os.getpid(), f"{int(ticks) - 1}@{boot}")
+    rebooted = owned(os.getpid(), f"{ticks}@not-this-boot")
+    exited = owned(gone.pid, f"{ticks}@{boot}")
+    unreaped = owned(zombie.pid, f"{zombie_ticks}@{boot}")
+
+    causes = {r.number: r.cause for r in recover_stale_trials(study, storage=storage, grace_s=1)}
+    zombie.wait()
+
+    assert set(causes) == {reused.number, rebooted.number, exited.number, unreaped.number}
+    assert "is gone" in causes[unreaped.number]
+    assert "another process" in causes[reused.number]
+    assert "restarted" in causes[rebooted.number]
+    assert "is gone" in causes[exited.number]
+    assert study.get_trials()[alive.number].state == TrialState.RUNNING
+    frozen = study.get_trials()[alive.number]
+    assert death_cause(frozen, grace_s=1e-3) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# the heartbeat and mark_interrupted
+
+
+@needs_proc
+def test_the_heartbeat_records_the_owner_and_beats_until_the_trial_ends(storage_and_study):
+    storage, study = storage_and_study
+    trial = study.ask()
+    reader = optuna.load_study(study_name=STUDY, storage=storage)
+
+    with TrialHeartbeat(trial, interval_s=0.05) as heartbeat:
+        time.sleep(0.3)
+        first = reader.get_trials()[trial.number].user_attrs["heartbeat"]
+        time.sleep(0.3)
+        frozen = reader.get_trials()[trial.number]
+        assert heartbeat.alive
+    assert not heartbeat.alive and heartbeat.beats >= 4 and heartbeat.last_error is None
+    assert frozen.user_attrs["heartbeat"] > first
+    ticks = stat_fields("self")[19]
+    assert frozen.user_attrs["owner_host"] == socket.gethostname()
+    assert frozen.user_attrs["owner_pid"] == os.getpid()
+    assert frozen.user_attrs["owner_start"].partition("@")[0] == ticks
+    assert frozen.user_attrs["owner_trial"] == trial.number
+    stopped_at = reader.get_trials()[trial.number].user_attrs["heartbeat"]
+    study.tell(trial, 1.0)
+    time.sleep(0.15)
+    assert reader.get_trials()[trial.number].user_attrs["heartbeat"] == stopped_at
+
+
+def test_mark_interrupted_fails_a_running_trial_and_queues_it_once(storage_and_study):
+    storage, study = storage_and_study
+    trial = study.ask()
+    trial.suggest_float("x", 0.0, 1.0)
+
+    marked = mark_interrupted(study, trial.number, storage=storage)
+    again = mark_interrupted(study, trial.number, storage=storage)
+
+    assert marked is not None and marked.reason == INTERRUPTED and marked.requeued
+    assert again is not None and not again.requeued
+    frozen = study.get_trials()[trial.number]
+    assert frozen.state == TrialState.FAIL and frozen.user_attrs["failure_reason"] == INTERRUPTED
+    [waiting] = study.get_trials(states=(TrialState.WAITING,))
+    assert waiting.user_attrs == {"retry_of": trial.number, "retries": 1}
+    done = study.ask()
+    study.tell(done, 2.0)
+    assert mark_interrupted(study, done.number, storage=storage) is None  # finished: left alone
+
+
+def test_mark_interrupted_refuses_a_trial_of_another_live_process(storage_and_study):
+    storage, study = storage_and_study
+    remote = _remote_trial(study, heartbeat_age_s=0.0)
+    with pytest.raises(ValueError, match="alive"):
+        mark_interrupted(study, remote.number, storage=storage)
+    assert study.get_trials()[remote.number].state == TrialState.RUNNING
+
+
+def test_a_storage_without_the_study_is_refused(tmp_path):
+    storage = open_storage(str(tmp_path / "a.log"), None)
+    other = optuna.create_study(storage=open_storage(str(tmp_path / "b.log"), None))
+    with pytest.raises(ValueError, match="not in the storage"):
+        recover_stale_trials(other, storage=storage, grace_s=1)
+    with pytest.raises(ValueError, match="grace_s > 0"):
+        recover_stale_trials(other, storage=storage, grace_s=0)
