@@ -492,7 +492,9 @@ class Objective:
         rung: int = 0,
         progress: Any = None,
         artifacts: Any = None,
+        heartbeat_s: float | None = None,
     ) -> None:
+        self.heartbeat_s = heartbeat_s
         self.spec = spec
         self.space = space
         self.latency = latency
@@ -508,12 +510,20 @@ class Objective:
     def __call__(self, trial):
         import optuna
 
+        from jetsearch.recovery import TrialHeartbeat
+
         # The outcome comes first among the attributes, so the dashboard shows it on top.
         trial.set_user_attr("outcome", "running")
         if self.progress is not None:
             self.progress.start_trial(trial.number, self.rung)
         try:
-            value = self._run(trial)
+            if self.heartbeat_s is None:
+                value = self._run(trial)
+            else:
+                # Owner record and heartbeat: a process killed mid-trial leaves a trial that the
+                # next process can prove dead, fail and run again (jetsearch.recovery).
+                with TrialHeartbeat(trial, interval_s=self.heartbeat_s):
+                    value = self._run(trial)
         except optuna.TrialPruned as pruned:
             reason = trial.user_attrs.get("pruned_reason") or str(pruned) or "pruned"
             trial.set_user_attr("outcome", f"pruned: {reason}")
@@ -916,6 +926,12 @@ def run_worker_process(
     if already:
         study.sampler = make_sampler(spec, job_index + 1000 * already)
     ladder = RungLadder(studies, spec.eta, spec.latency.budget_ms) if len(studies) > 1 else None
+    from jetsearch.recovery import StaleTrialRecovery, recover_stale_trials
+
+    interval_s, grace_s = heartbeat_settings()
+    storage_obj = open_storage(storage)
+    for rung_study in studies:  # trials whose process died: failed, their network queued again
+        recover_stale_trials(rung_study, storage=storage_obj, grace_s=grace_s)
     objectives: dict[int, Objective] = {}
 
     def objective(rung: int) -> Objective:
@@ -928,11 +944,16 @@ def run_worker_process(
                 rung=rung,
                 progress=progress,
                 artifacts=artifacts,
+                heartbeat_s=interval_s,
             )
         return objectives[rung]
 
     guard = FailureGuard()
-    hooks = [guard, *(_on_rung0(cb, study) for cb in callbacks)]
+    hooks = [
+        guard,
+        StaleTrialRecovery(storage_obj, grace_s=grace_s),
+        *(_on_rung0(cb, study) for cb in callbacks),
+    ]
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     try:
         while not guard.stopped_reason:
