@@ -300,14 +300,17 @@ def test_study_names_and_paths_resolve_like_presets_and_spaces(tmp_path, monkeyp
 
 
 def _wait_for_complete_trial(
-    storage: Path, process: subprocess.Popen, log: Path, timeout: float
+    storage: Path, process: subprocess.Popen, log: Path, timeout: float, url: str | None = None
 ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.poll() is None, log.read_text()
         if storage.exists():
             try:
-                trials = _study("small", storage).get_trials(states=(COMPLETE,))
+                study = optuna.load_study(
+                    study_name="small", storage=open_storage(url or str(storage))
+                )
+                trials = study.get_trials(states=(COMPLETE,))
             except KeyError:  # the study is not created yet
                 trials = []
             if trials:
@@ -316,22 +319,24 @@ def _wait_for_complete_trial(
     raise AssertionError(f"no trial completed within {timeout} s")
 
 
-def test_a_killed_study_keeps_its_completed_trials_and_continues(tmp_path):
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_a_killed_study_keeps_its_completed_trials_and_continues(tmp_path, kind):
     spec = write_study(tmp_path)
-    storage = tmp_path / "s.log"
+    storage = tmp_path / ("s.log" if kind == "journal" else "s.db")
+    url = str(storage) if kind == "journal" else f"sqlite:///{storage}"
     cmd = [sys.executable, "-m", "jetsearch.cli", "study", "--target", str(spec)]
-    cmd += ["--trials", "100", "--storage", str(storage), "--quiet"]
+    cmd += ["--trials", "100", "--storage", url, "--quiet"]
     log = tmp_path / "stderr.txt"
     with log.open("w") as stderr:
         process = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr)
         try:
-            _wait_for_complete_trial(storage, process, log, timeout=120)
+            _wait_for_complete_trial(storage, process, log, timeout=120, url=url)
         finally:
             process.send_signal(signal.SIGKILL)
             process.wait(timeout=30)
     assert process.returncode == -signal.SIGKILL
 
-    before = _study("small", storage).trials
+    before = optuna.load_study(study_name="small", storage=open_storage(url)).trials
     complete = [t for t in before if t.state == COMPLETE]
     assert complete
     for t in complete:
@@ -340,11 +345,19 @@ def test_a_killed_study_keeps_its_completed_trials_and_continues(tmp_path):
             assert key in t.user_attrs, key
     finished = sum(t.state in (COMPLETE, PRUNED) for t in before)
 
-    _run_study(spec, storage, finished + 1, "--quiet")
-    after = _study("small", storage).trials
+    dead = [t for t in before if t.state == optuna.trial.TrialState.RUNNING]
+    _run_study(spec, url, finished + 1, "--quiet")
+    after = optuna.load_study(study_name="small", storage=open_storage(url)).trials
     assert sum(t.state in (COMPLETE, PRUNED) for t in after) == finished + 1
-    new = [t for t in after if t.number > max(t.number for t in before)]
-    assert len(new) == 1 and new[0].state == COMPLETE
+    # Nothing stays RUNNING: the killed process's trial is failed with the reason, and the
+    # network it was training is trained again (a retry trial with the same parameters).
+    assert not [t for t in after if t.state == optuna.trial.TrialState.RUNNING]
+    for d in dead:
+        assert after[d.number].state == optuna.trial.TrialState.FAIL
+        assert after[d.number].user_attrs["failure_reason"] == "owner died"
+        if d.params:
+            [retry] = [t for t in after if t.user_attrs.get("retry_of") == d.number]
+            assert retry.params == d.params and retry.state == COMPLETE
     for old in complete:
         assert after[old.number].values == old.values
         assert after[old.number].user_attrs == old.user_attrs
