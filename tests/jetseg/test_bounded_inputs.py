@@ -173,6 +173,26 @@ def test_alias_bombs_are_refused_fast_by_the_cli(cli_runs: dict[str, dict], case
     assert run["stderr"].count("lol") < 20  # the expanding value is never printed
 
 
+def test_the_console_script_entry_point_exits_2_on_a_bomb(tmp_path: Path) -> None:
+    """``python -m jetsearch.cli`` itself (import time included), under the same cap."""
+    path = tmp_path / "bomb.yaml"
+    path.write_text(f"stages: {alias_bomb()}\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env.pop("JETSEARCH_DEBUG", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "jetsearch.cli", "model", "show", str(path)],
+        env=env,
+        preexec_fn=_cap_memory,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert str(path) in done.stderr
+    assert "Traceback" not in done.stderr
+    assert len(done.stderr) < MESSAGE_LIMIT
+
+
 def test_alias_bomb_message_says_what_was_refused(cli_runs: dict[str, dict]) -> None:
     assert (
         f"more than {MAX_YAML_VALUES} values once its aliases are expanded"
