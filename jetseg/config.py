@@ -15,7 +15,9 @@ and the rules that tie fields together, here those of :mod:`jetseg.rules`), so t
 with the per-key problems in one error. ``arch_hash(config)`` digests everything that changes the
 network (not its name), so two configs that build the same network share a hash whatever their
 key order or origin. :func:`resolve_named_file` is how presets, search spaces and studies turn a
-built-in name or a path into a file.
+built-in name or a path into a file, and :func:`read_yaml_mapping` how they read it: within a
+size limit, as UTF-8, with aliases bounded (:class:`BoundedSafeLoader`), the file named in every
+error.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any, Literal
 import yaml
 
 from jetseg import rules
+from jetseg.fileio import MIB, FileTooLargeError, format_bytes, read_bytes_bounded
 from jetseg.rules import DILATION_RANGE, auto_groups, common_divisors, resolve_groups
 from jetseg.validation import ConfigError, Problem, known, parse, validate
 
@@ -39,8 +42,12 @@ __all__ = [
     "ATTENTIONS",
     "DILATION_RANGE",
     "KERNELS",
+    "MAX_YAML_BYTES",
+    "MAX_YAML_DEPTH",
+    "MAX_YAML_VALUES",
     "PRESETS_DIR",
     "STEM_KINDS",
+    "BoundedSafeLoader",
     "BranchConfig",
     "ConfigError",
     "DecoderConfig",
@@ -48,12 +55,14 @@ __all__ = [
     "JetSegConfig",
     "StageConfig",
     "StemConfig",
+    "YAMLTooLargeError",
     "arch_hash",
     "auto_groups",
     "common_divisors",
     "config_to_dict",
     "dump_config",
     "load_config",
+    "load_yaml_text",
     "preset_names",
     "read_yaml_mapping",
     "resolve_groups",
@@ -295,16 +304,154 @@ def resolve_named_file(name_or_path: str | Path, directory: Path, what: str, bui
     )
 
 
+# Limits of every config, space and study YAML the tool reads. The largest built-in one is under
+# 5 KB and 450 values; a value past these limits is a mistake or an attack, and the config walk
+# and its messages grow with the expanded document, so it is refused before it is built.
+MAX_YAML_BYTES = MIB
+MAX_YAML_VALUES = 10_000
+MAX_YAML_DEPTH = 64
+
+
+class YAMLTooLargeError(yaml.composer.ComposerError):
+    """A YAML document over :class:`BoundedSafeLoader`'s limits (a ``yaml.YAMLError``)."""
+
+
+class BoundedSafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that bounds a document's size as its aliases expand it.
+
+    Aliases stay allowed (one anchor shared by several rungs or stages is ordinary YAML), but
+    each counts as the full copy of what it names, since that is what the config walk visits
+    and what a message prints: the document, expanded, may hold at most ``max_values`` values
+    (scalars, lists and mappings) nested at most ``max_depth`` deep. The count is kept while
+    the document is composed, so a "billion laughs" bomb (a list of 9 strings, a list of 9
+    aliases of it, and so on 9 deep: 9**9 values from a 1 KB file) is refused after a few
+    hundred nodes, in milliseconds and without building anything; an alias to a value that
+    contains it (a recursive structure, which no config can hold) is refused too. Refusing
+    aliases outright would be simpler but would reject sensible files; counting them costs
+    one dictionary entry per anchor.
+    """
+
+    max_values = MAX_YAML_VALUES
+    max_depth = MAX_YAML_DEPTH
+
+    def compose_document(self) -> yaml.Node:
+        self._values = 0  # values of the document so far, aliases expanded
+        self._depth = 0  # nesting of the node being composed
+        self._deepest = 0  # deepest expanded nesting inside the node being composed
+        self._extents: dict[int, tuple[int, int]] = {}  # anchored node -> (values, height)
+        return super().compose_document()
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            target = self.anchors.get(event.anchor)
+            if target is not None:  # an undefined alias is the composer's own error
+                extent = self._extents.get(id(target))
+                if extent is None:  # anchored but not finished: an ancestor of this alias
+                    raise YAMLTooLargeError(
+                        None,
+                        None,
+                        f"alias *{event.anchor} refers to a value that contains it; a config "
+                        "cannot be recursive",
+                        event.start_mark,
+                    )
+                self._grow(extent[0], self._depth + extent[1], event)
+            return super().compose_node(parent, index)
+        self._depth += 1
+        values_before, deepest_outside = self._values, self._deepest
+        self._deepest = 0
+        self._grow(1, self._depth, event)
+        node = super().compose_node(parent, index)
+        if event.anchor is not None:
+            height = self._deepest - self._depth + 1
+            self._extents[id(node)] = (self._values - values_before, height)
+        self._deepest = max(deepest_outside, self._deepest)
+        self._depth -= 1
+        return node
+
+    def fetch_flow_collection_start(self, token_class: type) -> None:
+        # The scanner looks up to 1024 characters ahead for a key, across every open bracket:
+        # refusing deep flow nesting here keeps "[[[[..." from costing it a second.
+        if self.flow_level >= self.max_depth:
+            raise YAMLTooLargeError(
+                None, None, f"values are nested more than {self.max_depth} deep", self.get_mark()
+            )
+        super().fetch_flow_collection_start(token_class)
+
+    def _grow(self, values: int, depth: int, event: yaml.Event) -> None:
+        self._values += values
+        self._deepest = max(self._deepest, depth)
+        if self._values > self.max_values:
+            raise YAMLTooLargeError(
+                None,
+                None,
+                f"the document holds more than {self.max_values} values once its aliases are "
+                "expanded (a YAML alias bomb?)"
+                if isinstance(event, yaml.AliasEvent)
+                else f"the document holds more than {self.max_values} values",
+                event.start_mark,
+            )
+        if depth > self.max_depth:
+            raise YAMLTooLargeError(
+                None, None, f"values are nested more than {self.max_depth} deep", event.start_mark
+            )
+
+
+def load_yaml_text(text: str, name: str | None = None) -> Any:
+    """``yaml.safe_load(text)`` within :class:`BoundedSafeLoader`'s limits.
+
+    For YAML text that did not come from a file, such as a trial's stored ``config_yaml``.
+    ``name`` (a file name) replaces ``<unicode string>`` in the positions of error messages.
+    Raises ``yaml.YAMLError`` (:class:`YAMLTooLargeError` for a document over the limits).
+    """
+    loader = BoundedSafeLoader(text)
+    if name is not None:
+        loader.name = name  # read whenever a mark (an error's position) is made
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def read_yaml_mapping(
-    path: Path, error: Callable[[Sequence[Problem], str], Exception] = ConfigError
+    path: Path,
+    error: Callable[[Sequence[Problem], str], Exception] = ConfigError,
+    *,
+    max_bytes: int = MAX_YAML_BYTES,
 ) -> dict[str, Any]:
     """The mapping a YAML file holds (an empty file is an empty mapping).
 
-    Not YAML, or not a mapping, raises ``error(problems, str(path))``.
+    The one reader of config, space and study files. A file over ``max_bytes`` is refused
+    before it is read, one that is not UTF-8 text or not YAML, or a document past the limits of
+    :class:`BoundedSafeLoader` (an alias bomb), after; each raises ``error(problems,
+    str(path))``, as does a file whose top level is not a mapping.
     """
     try:
-        data = yaml.safe_load(path.read_text())
+        raw = read_bytes_bounded(path, max_bytes, "YAML file")
+    except FileTooLargeError as err:
+        problem = (
+            f"the file is {format_bytes(err.size)} ({err.size} bytes), over the limit of "
+            f"{format_bytes(err.limit)} for a YAML file"
+        )
+        raise error([("", problem)], str(path)) from None
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        raise error([("", f"cannot read the file: {err.strerror or err}")], str(path)) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise error(
+            [("", f"not UTF-8 text: byte {raw[err.start]:#04x} at offset {err.start}")],
+            str(path),
+        ) from None
+    try:
+        data = load_yaml_text(text, str(path))
+    except YAMLTooLargeError as err:
+        raise error([("", f"refused: {err}")], str(path)) from None
     except yaml.YAMLError as err:
+        raise error([("", f"not valid YAML: {err}")], str(path)) from err
+    except ValueError as err:  # a scalar PyYAML cannot convert: an int of 5000 digits, a date
         raise error([("", f"not valid YAML: {err}")], str(path)) from err
     if data is None:
         return {}

@@ -32,6 +32,7 @@ from jetseg.data import (
     overlay,
     to_uint8_image,
 )
+from jetseg.fileio import open_image
 from jetseg.train import EvalMetrics, base_dataset, evaluate, subset_indices
 
 __all__ = ["evaluate_checkpoint", "predict_images", "write_overlays"]
@@ -92,10 +93,10 @@ def evaluate_checkpoint(
 
 
 def _read_image(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:  # refuses a file or header too large to decode
             image.load()
             return np.asarray(image.convert("RGB"))
     except FileNotFoundError as err:
@@ -106,14 +107,14 @@ def _read_image(path: Path) -> np.ndarray:
 
 def _check_images(paths: Sequence[Path]) -> None:
     """Fail before writing anything: every image exists, is readable, names are unique."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     stems: dict[str, Path] = {}
     for path in paths:
         if not path.is_file():
             raise FileNotFoundError(f"image {path} does not exist")
         try:
-            with Image.open(path) as image:
+            with open_image(path) as image:
                 image.verify()
         except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
             raise ValueError(f"cannot read image {path}: {err}") from err

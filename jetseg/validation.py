@@ -146,9 +146,92 @@ def known(*values: Any) -> bool:
 # wording
 
 
+# How much of a refused value a message shows: a value that YAML aliases blew up, or a 1 MB
+# string, must not flood the terminal (nor take minutes to render).
+DESCRIBE_LIMIT = 80
+
+
 def describe(value: Any) -> str:
-    """A refused value as a message shows it: strings quoted, so that their type shows."""
-    return repr(value) if isinstance(value, str) else str(value)
+    """A refused value as a message shows it: strings quoted, so that their type shows.
+
+    A value whose text is longer than :data:`DESCRIBE_LIMIT` characters is cut there, with an
+    ellipsis and its full size (``'xxxx...' (100000 characters)``, ``[1, 2, ...] (5000
+    items)``). Only the part shown is ever rendered, so describing a huge value is cheap.
+    """
+    text = _BoundedText(DESCRIBE_LIMIT + 1)
+    text.add_value(value, top=True)
+    if text.complete:
+        return text.text()
+    return f"{text.text()[: DESCRIBE_LIMIT - 3]}... ({_extent(value)})"
+
+
+class _BoundedText:
+    """``str(value)`` rendered piece by piece, stopping once ``budget`` characters are out.
+
+    Lists, tuples and mappings read as ``str`` shows them (their items by ``repr``); a long
+    string is cut before it is quoted. ``complete`` says whether the whole text fitted.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.used = 0
+        self.pieces: list[str] = []
+        self.complete = True
+
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+    def add(self, piece: str) -> bool:
+        self.pieces.append(piece)
+        self.used += len(piece)
+        if self.used > self.budget:
+            self.complete = False
+        return self.complete
+
+    def add_value(self, value: Any, *, top: bool = False) -> bool:
+        if isinstance(value, str | bytes):
+            short = value[: max(self.budget - self.used, 0) + 1]
+            if not self.add(repr(short)):
+                return False
+            if len(short) < len(value):
+                self.complete = False
+            return self.complete
+        if isinstance(value, Mapping):
+            return self.add_items(("{", "}"), value.items(), pairs=True)
+        if isinstance(value, list):
+            return self.add_items(("[", "]"), value)
+        if isinstance(value, tuple):
+            return self.add_items(("(", ",)" if len(value) == 1 else ")"), value)
+        return self.add(str(value) if top else repr(value))
+
+    def add_items(self, brackets: tuple[str, str], items: Any, *, pairs: bool = False) -> bool:
+        if not self.add(brackets[0]):
+            return False
+        for i, item in enumerate(items):
+            if i and not self.add(", "):
+                return False
+            if pairs:
+                key, item = item
+                if not (self.add_value(key) and self.add(": ")):
+                    return False
+            if not self.add_value(item):
+                return False
+        return self.add(brackets[1])
+
+
+def _extent(value: Any) -> str:
+    """The full size of a value that :func:`describe` cut: characters, items or keys."""
+    if isinstance(value, str):
+        count, unit = len(value), "character"
+    elif isinstance(value, bytes):
+        count, unit = len(value), "byte"
+    elif isinstance(value, Mapping):
+        count, unit = len(value), "key"
+    elif isinstance(value, list | tuple):
+        count, unit = len(value), "item"
+    else:
+        count, unit = len(str(value)), "character"
+    return f"{count} {unit}{'' if count == 1 else 's'}"
 
 
 def describe_type(tp: Any) -> str:
@@ -187,7 +270,7 @@ def _constraint_problem(value: Any, meta: Mapping[str, Any]) -> str | None:
         and ("gt" not in meta or value > meta["gt"])
         and ("lt" not in meta or value < meta["lt"])
     ):
-        return f"{value} is out of range; {_bounds(meta)} must hold"
+        return f"{describe(value)} is out of range; {_bounds(meta)} must hold"
     if "check" in meta:
         return meta["check"](value)
     return None
@@ -216,10 +299,16 @@ def unknown_key_problems(cls: type, data: Mapping[str, Any], path: str) -> list[
     """One problem per key of ``data`` that is not a field of ``cls``, listing the fields."""
     names = [f.name for f in dataclasses.fields(cls)]
     return [
-        (join_path(path, str(key)), f"unknown key; allowed keys: {', '.join(names)}")
+        (join_path(path, _key_text(key)), f"unknown key; allowed keys: {', '.join(names)}")
         for key in data
         if key not in names
     ]
+
+
+def _key_text(key: Any) -> str:
+    """An unknown key as its key path shows it, cut as :func:`describe` cuts a value."""
+    text = key if isinstance(key, str) else describe(key)
+    return text if len(text) <= DESCRIBE_LIMIT else describe(text)
 
 
 # Set while the engine builds configs, so that their __post_init__ does not check them again.

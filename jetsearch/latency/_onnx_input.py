@@ -12,6 +12,7 @@ from pathlib import Path
 
 from jetsearch.latency import worker
 from jetsearch.latency.base import InvalidModelError
+from jetseg.fileio import MIB, FileTooLargeError, read_bytes_bounded
 
 
 @dataclass(frozen=True)
@@ -27,15 +28,41 @@ class ModelInput:
         return self.dims is None or any(not (isinstance(d, int) and d > 0) for d in self.dims)
 
 
-def read_onnx_bytes(onnx_model: bytes | bytearray | memoryview | str | os.PathLike) -> bytes:
-    """The model's bytes; a ``str`` or path-like names a file."""
+# A model file the host reads may be as large as a worker takes by default, and no larger: a
+# model past it could not be measured on a board anyway, and reading an 8 GB file by mistake
+# ends in a MemoryError instead of a message.
+MAX_ONNX_BYTES = int(worker.DEFAULT_MAX_UPLOAD_MB * MIB)
+
+
+def read_onnx_bytes(
+    onnx_model: bytes | bytearray | memoryview | str | os.PathLike,
+    *,
+    max_bytes: int = MAX_ONNX_BYTES,
+) -> bytes:
+    """The model's bytes; a ``str`` or path-like names a file.
+
+    A file over ``max_bytes`` (by default the worker's ``--max-upload-mb`` default) is refused
+    before it is read, with :class:`InvalidModelError` naming the file, its size and the limit.
+    """
     if isinstance(onnx_model, bytes | bytearray | memoryview):
         return bytes(onnx_model)
     if isinstance(onnx_model, str | os.PathLike):
         path = Path(onnx_model)
         if not path.is_file():
+            if path.exists():
+                raise InvalidModelError(f"ONNX model file {path} is not a regular file")
             raise InvalidModelError(f"ONNX model file {path} does not exist")
-        return path.read_bytes()
+        try:
+            return read_bytes_bounded(path, max_bytes, "ONNX model file")
+        except FileTooLargeError as error:
+            raise InvalidModelError(
+                f"{error} (the default upload limit of a latency worker, --max-upload-mb "
+                f"{worker.DEFAULT_MAX_UPLOAD_MB:g})"
+                if max_bytes == MAX_ONNX_BYTES
+                else str(error)
+            ) from None
+        except OSError as error:
+            raise InvalidModelError(f"cannot read ONNX model file {path}: {error}") from None
     raise TypeError(f"onnx_model must be bytes or a path, got {type(onnx_model).__name__}")
 
 

@@ -41,6 +41,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from jetseg.data.classes import CAMVID_CLASSES, CAMVID_PALETTE, IGNORE_INDEX, NUM_CLASSES
+from jetseg.fileio import FileTooLargeError, open_image
 
 # The standard merge of the original 32 classes onto the 11 (Brostow et al. -> SegNet).
 # Every name not listed here, Void included, becomes void.
@@ -223,12 +224,20 @@ class SegmentationDataset(Dataset):
 
 
 def _open_image(path: Path) -> Image.Image:
+    """A frame or label, decoded; one over the size limits of :func:`jetseg.fileio.open_image`
+    (bytes on disk, pixels in its header) is refused before it is decoded."""
     try:
-        image = Image.open(path)
-        image.load()
+        image = open_image(path)
     except FileNotFoundError as error:
         raise DataError(f"file {path} does not exist") from error
+    except FileTooLargeError as error:
+        raise DataError(str(error)) from None
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+        raise DataError(f"cannot read {path}: {error}") from error
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError) as error:
+        image.close()
         raise DataError(f"cannot read {path}: {error}") from error
     return image
 
