@@ -26,10 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from jetsearch.fronts import ranked
-from jetseg.config import JetSegConfig, arch_hash, load_config
+from jetseg.config import JetSegConfig, arch_hash, load_config, load_yaml_text
 from jetseg.fileio import atomic_write_text
 
 AUGMENTATION = {"random_scale": (0.5, 2.0), "flip": True}
@@ -179,7 +177,7 @@ def finalize(
     rows = trial_rows(study, storage)
     networks: list[tuple[FinalRow, JetSegConfig]] = []
     for r in choose(rows, top):
-        config = load_config(yaml.safe_load(_trial_config_yaml(study, r.number)))
+        config = load_config(load_yaml_text(_trial_config_yaml(study, r.number)))
         networks.append((_final_row(f"trial-{r.number}", "found", r), config))
     by_preset = {r.preset: r for r in rows if r.preset and r.complete}
     for name in presets:

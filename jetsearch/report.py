@@ -15,13 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from jetsearch.fidelity import kendall_tau, spearman_rho
 from jetsearch.fronts import Point, latency_tied, tie_groups
 from jetsearch.fronts import pareto_front as point_front
 from jetsearch.rungs import rung_study_name
-from jetseg.config import dump_config, load_config
+from jetseg.config import dump_config, load_config, load_yaml_text
 from jetseg.fileio import atomic_write_text
 
 
@@ -467,7 +465,7 @@ def export_trial(
     text = trial.user_attrs.get("config_yaml")
     if not text:
         raise ReportError(f"trial {number} stored no config (state {trial.state.name})")
-    data = yaml.safe_load(text)
+    data = load_yaml_text(text, f"trial {number} config_yaml")
     data["name"] = Path(output).stem
     config = load_config(data)
     path = atomic_write_text(output, dump_config(config))
