@@ -135,9 +135,10 @@ def require_storage(url: str) -> None:
         raise UsageError(f"storage {url} does not exist; run jetsearch study first")
 
 
-def check_data_root(data: str | Path | None) -> None:
+def check_data_root(data: str | Path | None, label: str = "--data") -> None:
     """Refuse a CamVid root that is missing, in no known layout or without a train and a val
-    split, before anything is written (``None`` and ``"synthetic"`` pass)."""
+    split, before anything is written (``None`` and ``"synthetic"`` pass). ``label`` says
+    where the path came from."""
     if data is None or str(data) == "synthetic":
         return
     from jetseg.data import CamVid
@@ -146,7 +147,7 @@ def check_data_root(data: str | Path | None) -> None:
         for split in ("train", "val"):
             CamVid(data, split, cache=False)  # lists the split's files, decodes nothing
     except (FileNotFoundError, ValueError) as err:
-        raise UsageError(f"--data {data}: {err}") from None
+        raise UsageError(f"{label} {data}: {err}") from None
 
 
 def load_network_config(name_or_path: str):
