@@ -49,7 +49,9 @@ class StudyClock:
     """Elapsed time of a running study and its ETA, from the trials it finished so far.
 
     The ETA is the mean time per trial finished in this run times the trials still to go,
-    counted down since the last one ended (so that a view redrawn every second moves).
+    counted down since the last one ended (so that a view redrawn every second moves). A
+    running trial that takes longer than the mean stops the count at the time the trials not
+    yet started need: the ETA is then a lower bound, and :meth:`text` marks it with ``+``.
     """
 
     def __init__(self, total: int, start_count: int) -> None:
@@ -67,16 +69,26 @@ class StudyClock:
     def elapsed_s(self) -> float:
         return time.monotonic() - self.started
 
-    def eta_s(self) -> float | None:
-        """Seconds until the study holds ``total`` finished trials; ``None`` before the first."""
+    def _estimate(self) -> tuple[float | None, bool]:
         new = self.done - self.start_count
         remaining = max(0, self.total - self.done)
         if remaining == 0:
-            return 0.0
+            return 0.0, False
         if new <= 0 or self.last_end is None:
-            return None
+            return None, False
         per_trial = (self.last_end - self.started) / new
-        return max(0.0, per_trial * remaining - (time.monotonic() - self.last_end))
+        countdown = per_trial * remaining - (time.monotonic() - self.last_end)
+        floor = per_trial * (remaining - 1)  # the trials that have not started yet
+        return max(countdown, floor), countdown < floor
+
+    def eta_s(self) -> float | None:
+        """Seconds until the study holds ``total`` finished trials; ``None`` before the first."""
+        return self._estimate()[0]
+
+    def text(self) -> str:
+        """The ETA as ``h:mm:ss``; ``?`` before the first trial, ``+`` while it is a bound."""
+        eta, bound = self._estimate()
+        return format_duration(eta) + ("+" if bound else "")
 
 
 def trial_line(trial) -> str:
@@ -141,7 +153,7 @@ class LiveView:
             (f"{clock.done}/{clock.total}", "bold"),
             (
                 f" trials finished | elapsed {format_duration(clock.elapsed_s())} | "
-                f"ETA {format_duration(clock.eta_s())}",
+                f"ETA {clock.text()}",
                 "",
             ),
         )
@@ -178,7 +190,7 @@ class TrialLines:
         self.clock.trial_ended(finished_count(study))
         line = (
             f"{trial_line(trial)} | {self.clock.done}/{self.clock.total} finished, "
-            f"ETA {format_duration(self.clock.eta_s())}"
+            f"ETA {self.clock.text()}"
         )
         self.console.print(line, markup=False, highlight=False, soft_wrap=True)
         self.console.file.flush()

@@ -132,8 +132,14 @@ def test_the_eta_is_the_mean_trial_time_times_the_trials_left_counted_down():
     now = time.monotonic()
     clock.started, clock.last_end, clock.done = now - 100.0, now - 10.0, 4
     assert clock.eta_s() == pytest.approx(45.0 * 3 - 10.0, abs=0.5)
+    assert clock.text() in ("0:02:05", "0:02:04")
+    # The running trial took longer than the mean (45 s): the two not started yet remain.
+    clock.last_end = now - 60.0
+    clock.started = clock.last_end - 90.0
+    assert clock.eta_s() == pytest.approx(45.0 * 2, abs=0.5)
+    assert clock.text() in ("0:01:30+", "0:01:31+")
     clock.done = 7
-    assert clock.eta_s() == 0.0
+    assert clock.eta_s() == 0.0 and clock.text() == "0:00:00"
 
 
 def _frozen(number: int, miou: float, latency: float) -> optuna.trial.FrozenTrial:
