@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import random
 import warnings
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -164,10 +165,20 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    # torch.save writes a zip archive; anything else (a text file, a truncated download) would
+    # only get torch's unpickler's error, e.g. a bare "101", which names neither file nor cause.
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"cannot read checkpoint {path}: not a jetseg checkpoint (not a torch zip archive; "
+            "a truncated file reads so too)"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for truncated or foreign files
-        raise ValueError(f"cannot read checkpoint {path}: {err}") from err
+    except Exception as err:  # torch raises several types for foreign or damaged archives
+        raise ValueError(
+            f"cannot read checkpoint {path}: not a jetseg checkpoint (a zip archive torch "
+            f"cannot load: {type(err).__name__}: {err})"
+        ) from err
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
             f"{path} is not a JetSeg training checkpoint (expected format {CHECKPOINT_FORMAT!r})"

@@ -7,13 +7,15 @@ Example::
     >>> predict_images("runs/nano/best.pt", ["street.png"], out_dir="predictions")
     [PosixPath('predictions/street_mask.png'), PosixPath('predictions/street_overlay.png')]
 
-:func:`write_overlays` draws ``image | ground truth | prediction`` panels of a dataset's first
-frames; :func:`jetseg.train.run_training` leaves them in a run's ``overlays/``.
+:func:`write_overlays` draws ``image | truth | prediction`` panels of a dataset's first
+frames, titled, above a legend of the class colours (:func:`draw_panels`, laid out by
+:func:`panel_layout`); :func:`jetseg.train.run_training` leaves them in a run's ``overlays/``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from jetseg.checkpoint import checkpoint_input_size, load_checkpoint
 from jetseg.data import (
+    CAMVID_CLASSES,
+    CAMVID_PALETTE,
+    IGNORE_INDEX,
     NUM_CLASSES,
     CamVid,
     build_datasets,
@@ -35,7 +40,15 @@ from jetseg.data import (
 from jetseg.fileio import open_image
 from jetseg.train import EvalMetrics, base_dataset, evaluate, subset_indices
 
-__all__ = ["evaluate_checkpoint", "predict_images", "write_overlays"]
+__all__ = [
+    "PANEL_TITLES",
+    "PanelLayout",
+    "draw_panels",
+    "evaluate_checkpoint",
+    "panel_layout",
+    "predict_images",
+    "write_overlays",
+]
 
 
 def evaluate_checkpoint(
@@ -186,16 +199,148 @@ def _frame_name(dataset: Dataset, index: int) -> str:
     return f"{index:03d}_{stem}"
 
 
+# ---------------------------------------------------------------------------------------------
+# overlay panels: titles, image | truth | prediction, legend
+
+PANEL_TITLES = ("image", "truth", "prediction")
+_BACKGROUND = (32, 32, 32)
+_TEXT = (240, 240, 240)
+_OUTLINE = (160, 160, 160)  # around each swatch, so black (void) and dark classes show
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)  # scalable where Pillow has FreeType
+    except (TypeError, OSError):  # older Pillow or no FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _legend_entries(class_names: Sequence[str]) -> list[tuple[str, tuple[int, int, int]]]:
+    def colour(index: int) -> tuple[int, int, int]:
+        red, green, blue = (int(c) for c in CAMVID_PALETTE[index])
+        return red, green, blue
+
+    return [(name, colour(i)) for i, name in enumerate(class_names)] + [
+        ("void", colour(IGNORE_INDEX))
+    ]
+
+
+@dataclass(frozen=True)
+class PanelLayout:
+    """Where the parts of an overlay PNG lie, for frames of ``height`` x ``width``.
+
+    From the top: a strip of ``title_px`` with the panel titles, the three panels side by side
+    (``image | truth | prediction``, each ``width`` wide), then ``legend_px`` of legend: one
+    swatch and name per class (and void), in rows as wide as the three panels.
+    """
+
+    height: int
+    width: int
+    font_px: int
+    title_px: int
+    legend_px: int
+    legend_rows: tuple[tuple[int, ...], ...]  # entry indices per legend row
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(width, height)`` of the whole PNG, as PIL's ``Image.size`` gives it."""
+        return 3 * self.width, self.title_px + self.height + self.legend_px
+
+    @property
+    def panels_top(self) -> int:
+        """The first pixel row of the panels."""
+        return self.title_px
+
+
+def panel_layout(
+    height: int, width: int, class_names: Sequence[str] = CAMVID_CLASSES
+) -> PanelLayout:
+    """The :class:`PanelLayout` of :func:`draw_panels` for ``height`` x ``width`` frames."""
+    from PIL import Image, ImageDraw
+
+    font_px = int(np.clip(round(height / 18), 10, 24))  # readable, and small beside the frame
+    font = _font(font_px)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    line_px = font_px + max(4, font_px // 2)
+    swatch = font_px
+    rows: list[list[int]] = [[]]
+    used = 0
+    for index, (name, _) in enumerate(_legend_entries(class_names)):
+        entry = swatch + 4 + int(np.ceil(measure.textlength(name, font=font))) + font_px
+        if rows[-1] and used + entry > 3 * width:
+            rows.append([])
+            used = 0
+        rows[-1].append(index)
+        used += entry
+    return PanelLayout(
+        height=height,
+        width=width,
+        font_px=font_px,
+        title_px=line_px,
+        legend_px=len(rows) * line_px + max(2, font_px // 3),
+        legend_rows=tuple(tuple(row) for row in rows),
+    )
+
+
+def draw_panels(
+    image: np.ndarray,
+    truth: np.ndarray,
+    prediction: np.ndarray,
+    class_names: Sequence[str] = CAMVID_CLASSES,
+) -> np.ndarray:
+    """One overlay PNG's pixels: titles, ``image | truth | prediction``, the colour legend.
+
+    ``image`` is uint8 (H, W, 3); ``truth`` and ``prediction`` are class-index maps (H, W),
+    drawn in the CamVid colours (void black). Returns uint8 (rows, 3W, 3) laid out as
+    :func:`panel_layout` says.
+    """
+    from PIL import Image, ImageDraw
+
+    height, width = image.shape[:2]
+    if np.shape(truth) != (height, width) or np.shape(prediction) != (height, width):
+        raise ValueError(
+            f"image {(height, width)}, truth {np.shape(truth)} and prediction "
+            f"{np.shape(prediction)} must have one size"
+        )
+    layout = panel_layout(height, width, class_names)
+    canvas = Image.new("RGB", layout.size, _BACKGROUND)
+    panels = np.concatenate([image, colorize(truth), colorize(prediction)], axis=1)  # (H, 3W, 3)
+    canvas.paste(Image.fromarray(panels), (0, layout.panels_top))
+    draw = ImageDraw.Draw(canvas)
+    font = _font(layout.font_px)
+    pad = max(2, layout.font_px // 4)
+    for i, title in enumerate(PANEL_TITLES):
+        left = i * width + max(0, (width - int(draw.textlength(title, font=font))) // 2)
+        draw.text((left, pad), title, fill=_TEXT, font=font)
+    entries = _legend_entries(class_names)
+    swatch = layout.font_px
+    top = layout.panels_top + height + pad
+    for row in layout.legend_rows:
+        left = pad
+        for index in row:
+            name, colour = entries[index]
+            box = (left, top + 1, left + swatch - 1, top + swatch)
+            draw.rectangle(box, fill=colour, outline=_OUTLINE)
+            draw.text((left + swatch + 4, top), name, fill=_TEXT, font=font)
+            left += swatch + 4 + int(np.ceil(draw.textlength(name, font=font))) + layout.font_px
+        top += layout.title_px
+    return np.asarray(canvas)
+
+
 @torch.no_grad()
 def write_overlays(
     model: nn.Module, dataset: Dataset, out_dir: str | Path, count: int
 ) -> list[Path]:
-    """PNG panels ``image | ground truth | prediction`` (CamVid colours) of the first frames."""
+    """PNG panels ``image | truth | prediction`` (CamVid colours) of the first frames, titled,
+    with a legend of the class colours (see :func:`draw_panels`)."""
     from PIL import Image
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = next(model.parameters()).device
+    class_names = getattr(base_dataset(dataset), "class_names", CAMVID_CLASSES)
     was_training = model.training
     model.eval()
     written = []
@@ -204,13 +349,11 @@ def write_overlays(
             image, label = dataset[index]
             logits = model(image.unsqueeze(0).to(device))  # (1, C, H, W)
             prediction = logits.argmax(dim=1)[0].cpu().numpy().astype(np.uint8)
-            panels = [
-                to_uint8_image(image),
-                colorize(label.numpy().astype(np.uint8)),
-                colorize(prediction),
-            ]
+            pixels = draw_panels(
+                to_uint8_image(image), label.numpy().astype(np.uint8), prediction, class_names
+            )
             path = out / f"{_frame_name(dataset, index)}.png"
-            Image.fromarray(np.concatenate(panels, axis=1)).save(path)  # (H, 3W, 3)
+            Image.fromarray(pixels).save(path)
             written.append(path)
     finally:
         model.train(was_training)

@@ -75,9 +75,15 @@ class TrainHooks:
 
 
 class InterruptNotice(TrainHooks):
-    """Says on stderr, after Ctrl-C, which epoch ``last.pt`` holds and how to resume."""
+    """Says on stderr, after Ctrl-C, which epoch ``last.pt`` holds and how to resume.
+
+    A run without an ``out_dir`` (a study's trial) has nothing to resume: its caller decides
+    what an interrupt means (a study re-runs the trial), so the notice stays silent there.
+    """
 
     def on_interrupt(self, trainer: Trainer, message: str) -> None:
+        if trainer.out_dir is None:
+            return
         print(message, file=sys.stderr)
 
 

@@ -19,7 +19,9 @@ Examples::
     jetsearch worker --target agx --port 8765 --token-file token.txt
 
 Exit codes: 0 success, 1 the work failed, 2 bad arguments or bad input files, 130 interrupted.
-Set JETSEARCH_DEBUG=1 to see tracebacks for input errors.
+Set JETSEARCH_DEBUG=1 to see tracebacks for input errors. The storage of study, show, export
+and dashboard is --storage, else $JETSEARCH_STORAGE, else $OPTUNA_STORAGE (the variable
+Optuna's own command line reads).
 """
 
 from __future__ import annotations
@@ -28,12 +30,46 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class UsageError(Exception):
     """Bad arguments or input files: reported in one line, exit code 2."""
+
+
+def _number(text: str, kind: type, low: float, strict: bool) -> float:
+    """``text`` as ``kind``, at least ``low`` (above ``low`` when ``strict``), for argparse."""
+    noun = "an integer" if kind is int else "a number"
+    bound = f"> {low:g}" if strict else f">= {low:g}"
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {noun} {bound}, got {text!r}") from None
+    if value != value or value < low or (strict and value == low):  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be {noun} {bound}, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (counts: trials, jobs, epochs, ...)."""
+    return int(_number(text, int, 1, strict=False))
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer >= 0 (retries, worker processes, trial numbers)."""
+    return int(_number(text, int, 0, strict=False))
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a number > 0 (seconds, milliseconds, rates)."""
+    return _number(text, float, 0, strict=True)
+
+
+def non_negative_float(text: str) -> float:
+    """An argparse type: a number >= 0 (GPU fractions)."""
+    return _number(text, float, 0, strict=False)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -62,6 +98,56 @@ def console():
 
 
 _console = console  # the name jetsearch.latency.commands imports
+
+
+STORAGE_ENV = ("JETSEARCH_STORAGE", "OPTUNA_STORAGE")  # in order of precedence
+STORAGE_HELP = (
+    "journal file path, sqlite:/// or postgresql:// URL (default: $JETSEARCH_STORAGE, else "
+    "$OPTUNA_STORAGE, else {fallback})"
+)
+
+
+def storage_option(given: str | None) -> str | None:
+    """The storage a command was given: ``--storage``, else $JETSEARCH_STORAGE, else
+    $OPTUNA_STORAGE; ``None`` when none is set (the caller's default applies)."""
+    if given:
+        return given
+    for name in STORAGE_ENV:
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
+def storage_file(url: str) -> Path | None:
+    """The local file a storage lives in (a journal path or ``sqlite:///PATH``), else None."""
+    if url.startswith("sqlite:///"):
+        return Path(url.removeprefix("sqlite:///"))
+    if "://" in url:
+        return None
+    return Path(url.removeprefix("journal:"))
+
+
+def require_storage(url: str) -> None:
+    """Refuse a storage file that does not exist, before opening it would create it empty."""
+    path = storage_file(url)
+    if path is not None and not path.is_file():
+        raise UsageError(f"storage {url} does not exist; run jetsearch study first")
+
+
+def check_data_root(data: str | Path | None, label: str = "--data") -> None:
+    """Refuse a CamVid root that is missing, in no known layout or without a train and a val
+    split, before anything is written (``None`` and ``"synthetic"`` pass). ``label`` says
+    where the path came from."""
+    if data is None or str(data) == "synthetic":
+        return
+    from jetseg.data import CamVid
+
+    try:
+        for split in ("train", "val"):
+            CamVid(data, split, cache=False)  # lists the split's files, decodes nothing
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageError(f"{label} {data}: {err}") from None
 
 
 def load_network_config(name_or_path: str):
@@ -102,7 +188,7 @@ def study_parent() -> argparse.ArgumentParser:
     """``--study`` and ``--storage``: the stored study of ``show`` and ``export``."""
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument("--study", required=True, help="study name")
-    parent.add_argument("--storage", help="storage of the study (default jetsearch-studies.log)")
+    parent.add_argument("--storage", help=STORAGE_HELP.format(fallback="jetsearch-studies.log"))
     return parent
 
 
@@ -113,15 +199,17 @@ def study_parent() -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     """The whole ``jetsearch`` parser, every command group registered."""
     # Imported here: the command modules import the shared pieces above from this package.
+    from jetsearch import __version__
     from jetsearch.cli import finalize, model, study, train, worker
     from jetsearch.latency.commands import add_latency_parser
 
     parser = argparse.ArgumentParser(
         prog="jetsearch",
         description="Hardware-aware architecture search for JetSeg segmentation networks.",
-        epilog=__doc__.split("Examples::", 1)[1].split("Exit codes")[0],
+        epilog=__doc__.split("Examples::", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"jetsearch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     model.add_parsers(sub)
     train.add_parsers(sub)

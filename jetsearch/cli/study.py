@@ -1,84 +1,333 @@
 """``jetsearch study``, ``show``, ``export`` and ``dashboard``: a search and what it found.
 
-``study`` runs or resumes a study (the same command again continues it) with a live view of
-the front; ``show`` and ``export`` read a stored study; ``dashboard`` opens its storage in
-optuna-dashboard.
+``study`` runs or resumes a study (the same command again continues it). On a terminal a live
+panel (:class:`LiveView`) shows the clock, the ETA, what the running trial is doing and the
+front; where output goes to a file or a pipe, one line per finished trial (:class:`TrialLines`)
+and the front at the end. Ctrl-C stops it with one line and exit code 130. ``show`` prints a
+stored study (a table, JSON or CSV) and ``export`` writes a trial's config; ``dashboard``
+opens the storage in optuna-dashboard. None of them creates a storage or a study on bad input.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
+import inspect
+import json
+import logging
+import math
+import shlex
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from jetsearch.cli import EXIT_INTERRUPTED, EXIT_OK, UsageError, study_parent
+from jetsearch.cli import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    STORAGE_HELP,
+    UsageError,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    require_storage,
+    storage_file,
+    storage_option,
+    study_parent,
+)
 from jetsearch.cli import console as make_console
+from jetseg.progress import format_duration
+
+# ---------------------------------------------------------------------------------------------
+# what a running study shows
+
+
+class StudyClock:
+    """Elapsed time of a running study and its ETA, from the trials it finished so far.
+
+    The ETA is the mean time per trial finished in this run times the trials still to go,
+    counted down since the last one ended (so that a view redrawn every second moves). A
+    running trial that takes longer than the mean stops the count at the time the trials not
+    yet started need: the ETA is then a lower bound, and :meth:`text` marks it with ``+``.
+    """
+
+    def __init__(self, total: int, start_count: int) -> None:
+        self.total = total
+        self.start_count = start_count
+        self.done = start_count
+        self.started = time.monotonic()
+        self.last_end: float | None = None
+
+    def trial_ended(self, done: int) -> None:
+        """A trial ended; ``done`` trials (complete or pruned) are now in the study."""
+        self.done = done
+        self.last_end = time.monotonic()
+
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self.started
+
+    def _estimate(self) -> tuple[float | None, bool]:
+        new = self.done - self.start_count
+        remaining = max(0, self.total - self.done)
+        if remaining == 0:
+            return 0.0, False
+        if new <= 0 or self.last_end is None:
+            return None, False
+        per_trial = (self.last_end - self.started) / new
+        countdown = per_trial * remaining - (time.monotonic() - self.last_end)
+        floor = per_trial * (remaining - 1)  # the trials that have not started yet
+        return max(countdown, floor), countdown < floor
+
+    def eta_s(self) -> float | None:
+        """Seconds until the study holds ``total`` finished trials; ``None`` before the first."""
+        return self._estimate()[0]
+
+    def text(self) -> str:
+        """The ETA as ``h:mm:ss``; ``?`` before the first trial, ``+`` while it is a bound."""
+        eta, bound = self._estimate()
+        return format_duration(eta) + ("+" if bound else "")
+
+
+def trial_line(trial) -> str:
+    """One finished trial in words: number, state, mIoU, latency (and where from), reason."""
+    text = f"trial {trial.number} {trial.state.name.lower()}"
+    parts = []
+    attrs = trial.user_attrs
+    miou = trial.values[0] if trial.values else attrs.get("val_miou")
+    if miou is not None:
+        parts.append(f"val mIoU {100 * miou:.2f}%")
+    if attrs.get("latency_ms") is not None:
+        parts.append(f"{attrs['latency_ms']:.2f} ms ({attrs.get('latency_provenance', '?')})")
+    if parts:
+        text += ": " + ", ".join(parts)
+    reason = attrs.get("pruned_reason") or attrs.get("failure_reason")
+    if reason:
+        text += f" - {reason}"
+    return text
 
 
 class LiveView:
-    """Rich live panel for a running study: trials done, the current front, an ETA."""
+    """The live panel of a running study on a terminal, redrawn every second.
 
-    def __init__(self, console, study_name: str, total: int, start_count: int) -> None:
+    Shows the trials finished, the elapsed clock, the ETA, what the running trial is doing
+    (from a :class:`jetsearch.progress.StudyProgress` the objective writes) and the current
+    front, which is rebuilt when a trial ends: the view is also the study's callback.
+    """
+
+    def __init__(
+        self, console, study_name: str, total: int, start_count: int, progress=None
+    ) -> None:
         from rich.live import Live
 
         self.console = console
         self.study_name = study_name
-        self.total = total
-        self.start_count = start_count
-        self.t0 = None
-        self.live = Live(console=console, refresh_per_second=2, transient=False)
+        self.clock = StudyClock(total, start_count)
+        self.progress = progress
+        self.last: str | None = None
+        self.front: Any = None  # the front table, replaced by the callback
+        # get_renderable: rich's refresh thread asks for a fresh panel on every refresh, so
+        # the clock and the phase move between trial ends.
+        self.live = Live(
+            console=console, refresh_per_second=1, transient=False, get_renderable=self.render
+        )
 
-    def __enter__(self):
-        import time
-
-        self.t0 = time.time()
+    def __enter__(self) -> LiveView:
+        self.clock = StudyClock(self.clock.total, self.clock.start_count)
         self.live.__enter__()
-        self.live.update(f"study {self.study_name}: starting...")
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc) -> None:
         self.live.__exit__(*exc)
 
-    def __call__(self, study, trial) -> None:
-        import time
-
+    def render(self):
+        """The panel as it stands now (called by rich once a second, and after a trial)."""
         from rich.console import Group
+        from rich.text import Text
 
+        clock = self.clock
+        head = Text.assemble(
+            (f"study {self.study_name}: ", ""),
+            (f"{clock.done}/{clock.total}", "bold"),
+            (
+                f" trials finished | elapsed {format_duration(clock.elapsed_s())} | "
+                f"ETA {clock.text()}",
+                "",
+            ),
+        )
+        lines: list[Any] = [head]
+        if self.progress is not None and self.progress.trial is not None:
+            lines.append(Text(f"now: {self.progress.describe()}"))
+        if self.last is not None:
+            lines.append(Text(f"last: {self.last}"))
+        lines.append(self.front if self.front is not None else Text("no trial finished yet"))
+        return Group(*lines)
+
+    def __call__(self, study, trial) -> None:
         from jetsearch.report import front_table, trial_rows
         from jetsearch.study import finished_count
 
-        rows = trial_rows(study)
-        done = finished_count(study)
-        new = max(0, done - self.start_count)
-        elapsed = time.time() - self.t0
-        remaining = max(0, self.total - done)
-        eta = f"{elapsed / new * remaining / 60:.1f} min" if new else "?"
-        last = f"trial {trial.number} {trial.state.name.lower()}"
-        if trial.values:
-            last += f": mIoU {100 * trial.values[0]:.2f}%"
-        if "latency_ms" in trial.user_attrs:
-            attrs = trial.user_attrs
-            last += f", {attrs['latency_ms']:.2f} ms ({attrs.get('latency_provenance')})"
-        reason = trial.user_attrs.get("pruned_reason") or trial.user_attrs.get("failure_reason")
-        if reason:
-            last += f" - {reason}"
-        head = (
-            f"[bold]{done}/{self.total}[/bold] trials finished | {elapsed / 60:.1f} min | "
-            f"ETA {eta} | {last}"
+        self.clock.trial_ended(finished_count(study))
+        self.last = trial_line(trial)
+        self.front = front_table(study, trial_rows(study))
+        self.live.refresh()
+
+
+class TrialLines:
+    """A running study where output is not a terminal (a log file, a pipe): one plain line per
+    finished trial, with the trials finished and the ETA; the front is printed at the end."""
+
+    def __init__(self, console, study_name: str, total: int, start_count: int) -> None:
+        self.console = console
+        self.study_name = study_name
+        self.clock = StudyClock(total, start_count)
+
+    def __call__(self, study, trial) -> None:
+        from jetsearch.study import finished_count
+
+        self.clock.trial_ended(finished_count(study))
+        line = (
+            f"{trial_line(trial)} | {self.clock.done}/{self.clock.total} finished, "
+            f"ETA {self.clock.text()}"
         )
-        self.live.update(Group(head, front_table(study, rows)))
+        self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+        self.console.file.flush()
+
+
+class _AfterInterrupt(logging.Filter):
+    """Drops Optuna's "Trial N failed ... KeyboardInterrupt" warning with its traceback, and
+    every record after it: the interrupt was the user's Ctrl-C, which the command reports in
+    one line, and the rest ("Trial N failed with value None") only repeats it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.interrupted = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        self.interrupted = self.interrupted or isinstance(error, KeyboardInterrupt)
+        return not self.interrupted
+
+
+@contextlib.contextmanager
+def _optuna_logs() -> Iterator[None]:
+    """Optuna's log records while a study runs: written to ``sys.stderr`` as it is now (inside
+    a live view, rich's proxy, which prints them above the panel instead of through it), and
+    quiet after a Ctrl-C."""
+    import optuna
+
+    # On Optuna's handlers, not its logger: the records of the modules below it reach the
+    # handlers by propagation, which a logger's own filters never see.
+    handlers = list(optuna.logging.get_logger("optuna").handlers)
+    dropper = _AfterInterrupt()
+    streams = {}
+    for handler in handlers:
+        handler.addFilter(dropper)
+        if isinstance(handler, logging.StreamHandler):
+            streams[handler] = handler.setStream(sys.stderr)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(dropper)
+            if handler in streams:
+                handler.setStream(streams[handler])
+
+
+# ---------------------------------------------------------------------------------------------
+# jetsearch study
+
+
+def _load_spec(args: argparse.Namespace):
+    from jetsearch.study import load_study_spec
+    from jetseg.config import ConfigError
+
+    workers = [w for w in (args.workers or "").split(",") if w]
+    try:
+        return load_study_spec(args.target, data=args.data, mode=args.mode, workers=workers)
+    except (FileNotFoundError, ConfigError) as err:
+        raise UsageError(str(err)) from None
+
+
+def _check_before_creating(spec, url: str, args: argparse.Namespace) -> None:
+    """Every input a study needs, checked before its storage or study is created: a command
+    that fails on bad input leaves no storage file and no new study behind."""
+    from jetsearch.cli import check_data_root
+    from jetsearch.space import load_space
+
+    if args.jobs > 1 and url.startswith("sqlite"):
+        raise UsageError(
+            f"--jobs {args.jobs} with {url}: SQLite storage cannot be shared safely by several "
+            "processes (writers lock the whole file); use a journal file path (the default, "
+            "e.g. --storage studies.log) or PostgreSQL"
+        )
+    check_data_root(spec.data, "--data" if args.data else f"data of {args.target}:")
+    try:
+        load_space(spec.space)
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageError(f"space {spec.space}: {err}") from None
+
+
+def _finished_so_far(url: str, name: str) -> int:
+    """Finished trials of study ``name`` in ``url``, reading only: 0 where there is none yet."""
+    from jetsearch.report import ReportError, load_study
+    from jetsearch.study import finished_count
+
+    path = storage_file(url)
+    if path is not None and not path.is_file():
+        return 0  # opening it would create the file
+    try:
+        return finished_count(load_study(name, url))
+    except ReportError:
+        return 0
+
+
+def _run_backend(args, spec, url: str, name: str, callbacks: list, progress, quiet: bool):
+    from jetsearch.study import run_study
+
+    if args.backend == "ray":
+        from jetsearch.distributed import run_study_ray
+
+        return run_study_ray(
+            spec,
+            trials=args.trials,
+            storage=url,
+            name=name,
+            address=args.address,
+            gpus_per_trial=args.gpus_per_trial,
+            cpus_per_trial=args.cpus_per_trial,
+            max_concurrent=args.max_concurrent,
+            resume=args.resume,
+            timeout_s=args.timeout,
+            storage_path=args.ray_results,
+            max_failures=args.max_failures,
+            callbacks=callbacks,
+            verbose=1 if quiet else 0,
+        )
+    extra = {}
+    # The objective writes the running trial's phase into ``progress`` where run_study takes
+    # one; without it the view shows the clock, the ETA and the front only.
+    if progress is not None and "progress" in inspect.signature(run_study).parameters:
+        extra["progress"] = progress
+    return run_study(
+        spec,
+        trials=args.trials,
+        storage=url,
+        name=name,
+        timeout_s=args.timeout,
+        jobs=args.jobs,
+        callbacks=callbacks,
+        **extra,
+    )
 
 
 def cmd_study(args: argparse.Namespace) -> int:
     """Run or resume a study with the local or the Ray backend; 130 when interrupted."""
-    from jetsearch.report import front_table, study_notes, trial_rows
-    from jetsearch.study import (
-        StudyError,
-        create_or_load_study,
-        finished_count,
-        load_study_spec,
-        run_study,
-        storage_url,
-    )
+    from jetsearch.progress import StudyProgress
+    from jetsearch.report import front_table, load_study, study_notes, trial_rows
+    from jetsearch.study import StudyError, storage_url
 
     if args.backend == "ray" and args.jobs > 1:
         raise UsageError("--jobs is for the local backend; with --backend ray use --max-concurrent")
@@ -97,89 +346,60 @@ def cmd_study(args: argparse.Namespace) -> int:
     ]
     if args.backend == "local" and ray_only:
         raise UsageError(f"{', '.join(ray_only)}: only with --backend ray")
-    workers = [w for w in (args.workers or "").split(",") if w]
-    try:
-        spec = load_study_spec(args.target, data=args.data, mode=args.mode, workers=workers)
-    except FileNotFoundError as err:
-        raise UsageError(str(err)) from None
-    except Exception as err:
-        from jetseg.config import ConfigError
-
-        if isinstance(err, ConfigError):
-            raise UsageError(str(err)) from None
-        raise
-    console = make_console()
-    url = storage_url(spec, args.storage)
+    spec = _load_spec(args)
+    url = storage_url(spec, storage_option(args.storage))
     name = args.name or spec.name
-    try:
-        study = create_or_load_study(spec, url, name)
-    except StudyError as err:
-        raise UsageError(str(err)) from None
-    before = finished_count(study)
+    _check_before_creating(spec, url, args)
+    before = _finished_so_far(url, name)
+    console = make_console()
     data_note = spec.data or "built-in SYNTHETIC street scenes (not real data)"
     console.print(
         f"study [bold]{name}[/bold] ({spec.mode}) target {spec.target}, space {spec.space}, "
-        f"data {data_note}\nstorage {url} | {before} trials finished, running to {args.trials}"
+        f"data {data_note}\nstorage {url} | {before} trials finished, running to {args.trials}",
+        soft_wrap=True,
     )
-    view = LiveView(console, name, args.trials, before) if not args.quiet else None
-    callbacks = [view] if view else []
-
-    def run_backend():
-        if args.backend == "ray":
-            from jetsearch.distributed import run_study_ray
-
-            return run_study_ray(
-                spec,
-                trials=args.trials,
-                storage=url,
-                name=name,
-                address=args.address,
-                gpus_per_trial=args.gpus_per_trial,
-                cpus_per_trial=args.cpus_per_trial,
-                max_concurrent=args.max_concurrent,
-                resume=args.resume,
-                timeout_s=args.timeout,
-                storage_path=args.ray_results,
-                max_failures=args.max_failures,
-                callbacks=callbacks,
-                verbose=0 if view else 1,
-            )
-        return run_study(
-            spec,
-            trials=args.trials,
-            storage=url,
-            name=name,
-            timeout_s=args.timeout,
-            jobs=args.jobs,
-            callbacks=callbacks,
+    # Trials of the Ray backend run in other processes: no phase to show from here.
+    progress = StudyProgress() if args.backend == "local" else None
+    view: LiveView | TrialLines | None = None
+    if not args.quiet:
+        view = (
+            LiveView(console, name, args.trials, before, progress=progress)
+            if console.is_terminal
+            else TrialLines(console, name, args.trials, before)
         )
-
+    callbacks = [view] if view else []
+    run = None
     try:
-        if view:
-            with view:
-                run = run_backend()
-        else:
-            run = run_backend()
+        with view if isinstance(view, LiveView) else contextlib.nullcontext(), _optuna_logs():
+            run = _run_backend(args, spec, url, name, callbacks, progress, view is None)
     except StudyError as err:
         raise UsageError(str(err)) from None
-    study = create_or_load_study(spec, url, name)
+    except KeyboardInterrupt:
+        run = None  # interrupted outside the trials (starting up, between them)
+    if run is None or run.interrupted:
+        finished = run.finished_after if run is not None else _finished_so_far(url, name)
+        again = " plus --resume" if args.backend == "ray" else ""
+        console.print(
+            f"interrupted: {finished} trials finished, resume with the same command{again}",
+            soft_wrap=True,
+        )
+        return EXIT_INTERRUPTED
+    study = load_study(name, url)
     rows = trial_rows(study)
-    if args.quiet:
+    if not isinstance(view, LiveView):  # the live panel already shows the final front
         console.print(front_table(study, rows))
-    console.print(f"latency from: {run.latency_sources}")
+    console.print(f"latency from: {run.latency_sources}", markup=False, soft_wrap=True)
     for note in study_notes(rows):
-        console.print(f"note: {note}")
+        console.print(f"note: {note}", soft_wrap=True)
     if getattr(run, "requeued", None):
         console.print(f"queued again (interrupted earlier): trials {run.requeued}")
-    if args.backend == "ray" and run.interrupted:
-        console.print("note: add --resume to the same command to restore the Ray experiment")
-    word = "interrupted" if run.interrupted else "done"
     console.print(
-        f"{word}: {run.finished_after - run.finished_before} new trials in "
+        f"done: {run.finished_after - run.finished_before} new trials in "
         f"{run.wall_s / 60:.1f} min "
-        f"({run.finished_after} finished in the study). Run the same command again to continue."
+        f"({run.finished_after} finished in the study). Run the same command again to continue.",
+        soft_wrap=True,
     )
-    return EXIT_INTERRUPTED if run.interrupted else EXIT_OK
+    return EXIT_OK
 
 
 def _add_study(sub) -> None:
@@ -195,27 +415,40 @@ def _add_study(sub) -> None:
         help="built-in study (local, nano, agx, workstation) or a study YAML",
     )
     p.add_argument(
-        "--trials", type=int, default=20, help="run until the study holds N finished trials"
+        "--trials",
+        type=positive_int,
+        default=20,
+        metavar="N",
+        help="run until the study holds N finished trials",
     )
     p.add_argument(
         "--timeout",
-        type=float,
+        type=positive_float,
         default=None,
         metavar="S",
         help="stop starting trials after S seconds",
     )
     p.add_argument(
         "--storage",
-        help="journal file path (default jetsearch-studies.log), sqlite:/// or postgresql:// URL",
+        help=STORAGE_HELP.format(fallback="the study file's, else jetsearch-studies.log"),
     )
     p.add_argument("--name", help="study name (default: the study file's name)")
     p.add_argument("--mode", choices=("pareto", "budget"), help="override the study file's mode")
     p.add_argument("--data", help="CamVid root (overrides the study file)")
     p.add_argument("--workers", help="comma-separated latency worker URLs for the target")
     p.add_argument(
-        "--jobs", type=int, default=1, help="parallel trial processes sharing the storage"
+        "--jobs",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="parallel trial processes sharing the storage",
     )
-    p.add_argument("--quiet", action="store_true", help="no live view; print the front at the end")
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no live view (on a terminal) and no line per trial (elsewhere); print the front "
+        "at the end",
+    )
     p.add_argument(
         "--backend",
         choices=("local", "ray"),
@@ -230,25 +463,29 @@ def _add_study(sub) -> None:
         "default: start Ray on this machine",
     )
     ray.add_argument(
-        "--max-concurrent", type=int, default=1, metavar="N", help="trials running at once"
+        "--max-concurrent",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="trials running at once",
     )
     ray.add_argument(
         "--cpus-per-trial",
-        type=float,
+        type=positive_float,
         default=1,
         metavar="N",
         help="CPUs reserved per trial (also its training threads unless train.threads is set)",
     )
     ray.add_argument(
         "--gpus-per-trial",
-        type=float,
+        type=non_negative_float,
         default=0.0,
         metavar="F",
         help="GPUs per trial; fractions share a GPU (0.5: two trials per GPU)",
     )
     ray.add_argument(
         "--max-failures",
-        type=int,
+        type=non_negative_int,
         default=2,
         metavar="N",
         help="times a trial whose worker process or node died is run again",
@@ -264,29 +501,131 @@ def _add_study(sub) -> None:
     p.set_defaults(func=cmd_study)
 
 
-def _open_study(args):
-    from jetsearch.report import ReportError, load_study
+def _storage(args: argparse.Namespace) -> str:
     from jetsearch.study import DEFAULT_STORAGE
 
+    return storage_option(args.storage) or DEFAULT_STORAGE
+
+
+def _open_study(args: argparse.Namespace):
+    from jetsearch.report import ReportError, load_study
+
+    storage = _storage(args)
+    require_storage(storage)  # opening a journal path that is not there would create it
     try:
-        return load_study(args.study, args.storage or DEFAULT_STORAGE)
+        return load_study(args.study, storage)
     except ReportError as err:
         raise UsageError(str(err)) from None
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinity (anywhere inside it) as ``None``: strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
+def study_record(study, rows) -> dict[str, Any]:
+    """A stored study as plain data: every trial (number, state, values, parameters, user
+    attributes, whether it is on the front) and the front; what ``show --format json`` prints.
+    """
+    from jetsearch.report import pareto_front, study_notes
+
+    front = {r.number for r in pareto_front(rows)}
+    feasible = {r.number: r.feasible for r in rows}
+    trials = []
+    for t in study.get_trials(deepcopy=False):
+        trials.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "values": None if t.values is None else list(t.values),
+                "params": dict(t.params),
+                "user_attrs": dict(t.user_attrs),
+                "feasible": feasible.get(t.number),
+                "on_front": t.number in front,
+                "datetime_start": t.datetime_start and t.datetime_start.isoformat(),
+                "datetime_complete": t.datetime_complete and t.datetime_complete.isoformat(),
+            }
+        )
+    return _finite(
+        {
+            "study": study.study_name,
+            "directions": [d.name.lower() for d in study.directions],
+            "metric_names": study.metric_names,
+            "user_attrs": dict(study.user_attrs),
+            "trials": trials,
+            "front": [r.number for r in pareto_front(rows)],
+            "notes": study_notes(rows),
+        }
+    )
+
+
+def _is_scalar(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\n" not in value  # multi-line text (the config YAML) is for the JSON form
+    return value is None or isinstance(value, (bool, int, float))
+
+
+def write_csv(record: dict[str, Any], out) -> None:
+    """One row per trial of a :func:`study_record`: number, state, one column per objective,
+    feasibility, front membership, then every single-line attribute (the rest: JSON form)."""
+    names = record["metric_names"] or [f"value_{i}" for i in range(len(record["directions"]))]
+    attrs: dict[str, None] = {}
+    for trial in record["trials"]:
+        for key, value in trial["user_attrs"].items():
+            if _is_scalar(value):
+                attrs.setdefault(key)
+    nested = {
+        key
+        for trial in record["trials"]
+        for key, value in trial["user_attrs"].items()
+        if not _is_scalar(value)
+    }
+    columns = sorted(k for k in attrs if k not in nested)  # mixed keys: the JSON form only
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["number", "state", *names, "feasible", "on_front", *columns])
+    for trial in record["trials"]:
+        values = trial["values"] or [None] * len(names)
+        writer.writerow(
+            [
+                trial["number"],
+                trial["state"],
+                *("" if v is None else v for v in values),
+                trial["feasible"],
+                trial["on_front"],
+                *(
+                    "" if trial["user_attrs"].get(k) is None else trial["user_attrs"][k]
+                    for k in columns
+                ),
+            ]
+        )
+
+
 def cmd_show(args: argparse.Namespace) -> int:
-    """The front of a stored study as a table, its notes, and a plot with ``--plot``."""
+    """A stored study: its front as a table (and notes), or every trial as JSON or CSV."""
     from jetsearch.report import front_table, plot_front, study_notes, trial_rows
 
     study = _open_study(args)
     rows = trial_rows(study)
-    console = make_console()
-    console.print(front_table(study, rows))
-    for note in study_notes(rows):
-        console.print(f"note: {note}")
+    if args.format == "table":
+        console = make_console()
+        console.print(front_table(study, rows))
+        for note in study_notes(rows):
+            console.print(f"note: {note}")
+    elif args.format == "json":
+        json.dump(study_record(study, rows), sys.stdout, indent=2, allow_nan=False)
+        sys.stdout.write("\n")
+    else:
+        write_csv(study_record(study, rows), sys.stdout)
     if args.plot:
         path = plot_front(study, rows, args.plot)
-        console.print(f"wrote {path}")
+        # JSON and CSV keep stdout to themselves, for a pipe or a file.
+        print(f"wrote {path}", file=sys.stdout if args.format == "table" else sys.stderr)
     return EXIT_OK
 
 
@@ -294,12 +633,29 @@ def _add_show(sub, study: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "show",
         parents=[study],
-        help="the Pareto front of a study as a table (and a plot)",
-        epilog="example:\n  jetsearch show --study agx --plot front.png",
+        help="the Pareto front of a study as a table (and a plot), or every trial as JSON/CSV",
+        epilog="examples:\n  jetsearch show --study agx --plot front.png\n"
+        "  jetsearch show --study agx --format json > agx.json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--format",
+        choices=("table", "json", "csv"),
+        default="table",
+        help="table: the front and notes; json: every trial (values, parameters, attributes) "
+        "and the front; csv: one row per trial with its single-line attributes",
     )
     p.add_argument("--plot", metavar="PNG", help="also draw every trial and the front")
     p.set_defaults(func=cmd_show)
+
+
+def train_hint(path: Path, study) -> str:
+    """The ``jetsearch train`` command for an exported config, on the data the study used."""
+    data = (study.user_attrs.get("spec") or {}).get("data")
+    command = f"jetsearch train --config {shlex.quote(str(path))}"
+    if data and str(data) != "synthetic":
+        return f"{command} --data {shlex.quote(str(data))}"
+    return f"{command} (the study trained on synthetic scenes; add --data PATH/TO/CamVid)"
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -319,8 +675,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     make_console().print(
         f"wrote {path}: trial {number}, val mIoU "
         f"{f'{100 * miou:.2f}%' if miou is not None else '?'}, latency "
-        f"{f'{lat:.2f} ms' if lat is not None else '?'}; train it with: "
-        f"jetsearch train --config {path}"
+        f"{f'{lat:.2f} ms' if lat is not None else '?'}; train it with: {train_hint(path, study)}",
+        markup=False,
+        soft_wrap=True,
     )
     return EXIT_OK
 
@@ -334,12 +691,15 @@ def _add_export(sub, study: argparse.ArgumentParser) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--trial", type=int, help="trial number")
+    which.add_argument("--trial", type=non_negative_int, help="trial number")
     which.add_argument(
         "--pick", choices=("max-miou", "knee", "fastest"), help="pick from the front"
     )
     p.add_argument(
-        "--max-latency", type=float, metavar="MS", help="with --pick: only trials under MS"
+        "--max-latency",
+        type=positive_float,
+        metavar="MS",
+        help="with --pick: only trials under MS",
     )
     p.add_argument("-o", "--output", required=True, help="config YAML to write")
     p.set_defaults(func=cmd_export)
@@ -350,17 +710,14 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     import shutil
     import subprocess
 
-    from jetsearch.study import DEFAULT_STORAGE
-
-    storage = args.storage or DEFAULT_STORAGE
+    storage = _storage(args)
     exe = shutil.which("optuna-dashboard")
     if exe is None:
         raise UsageError(
             "optuna-dashboard is not installed: pip install 'jetsearch[dashboard]' "
             f"(then: optuna-dashboard {storage})"
         )
-    if "://" not in storage and not Path(storage).exists():
-        raise UsageError(f"storage {storage} does not exist yet; run jetsearch study first")
+    require_storage(storage)
     cmd = [exe, storage, "--port", str(args.port), "--host", args.host]
     print(" ".join(cmd), f"  (study {args.study})" if args.study else "")
     return subprocess.call(cmd)
@@ -369,8 +726,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 def _add_dashboard(sub) -> None:
     p = sub.add_parser("dashboard", help="open a study's storage in optuna-dashboard")
     p.add_argument("--study", help="study name (the dashboard lists every study in the storage)")
-    p.add_argument("--storage", help="storage (default jetsearch-studies.log)")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--storage", help=STORAGE_HELP.format(fallback="jetsearch-studies.log"))
+    p.add_argument("--port", type=positive_int, default=8080)
     p.add_argument("--host", default="127.0.0.1")
     p.set_defaults(func=cmd_dashboard)
 

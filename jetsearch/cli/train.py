@@ -7,12 +7,41 @@ from pathlib import Path
 
 from jetsearch.cli import (
     EXIT_OK,
+    UsageError,
+    check_data_root,
     checkpoint_parent,
     console,
     data_parent,
     load_network_config,
+    non_negative_int,
     parse_size,
+    positive_float,
+    positive_int,
 )
+
+
+def _dirs_to_create(out: Path) -> list[Path]:
+    """The folders ``out`` needs that do not exist yet, deepest first; a file in the way is a
+    :class:`UsageError` naming it (``--out`` must be a run directory)."""
+    missing = []
+    for path in (out, *out.parents):
+        if path.is_dir():
+            return missing
+        if path.exists():
+            if path == out:
+                raise UsageError(f"--out {out} is a file, not a run directory")
+            raise UsageError(f"--out {out}: {path} is a file, not a directory")
+        missing.append(path)
+    return missing
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Remove the folders a failed command created, deepest first, while they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (something was written) or already gone
+            return
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -21,6 +50,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from jetseg.train import TrainConfig, run_training
 
     config = load_network_config(args.config)
+    # Every input is checked before the run directory exists: a command that fails on bad
+    # input leaves nothing behind.
+    out = Path(args.out or f"runs/{config.name}")
+    created = _dirs_to_create(out)
+    check_data_root(args.data)
     train_cfg = TrainConfig(
         epochs=args.epochs,
         time_budget_s=args.time_budget,
@@ -34,15 +68,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         num_workers=args.workers,
     )
-    out = Path(args.out or f"runs/{config.name}")
-    result = run_training(
-        config,
-        data=args.data,
-        out_dir=out,
-        train_cfg=train_cfg,
-        resume=not args.restart,
-        hooks=[TrainingDisplay()],  # progress bar on a terminal, epoch lines on stderr
-    )
+    try:
+        result = run_training(
+            config,
+            data=args.data,
+            out_dir=out,
+            train_cfg=train_cfg,
+            resume=not args.restart,
+            hooks=[TrainingDisplay()],  # progress bar on a terminal, epoch lines on stderr
+        )
+    except BaseException:
+        # Data that fails while it is read (a corrupt frame), an interrupt before the first
+        # checkpoint: the folders this command made go again if nothing was written to them.
+        _remove_if_empty(created)
+        raise
     console().print(result.summary())
     return EXIT_OK
 
@@ -81,12 +120,14 @@ def add_parsers(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", required=True, help="preset name or config YAML path")
-    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--epochs", type=positive_int, default=50)
     p.add_argument(
-        "--time-budget", type=float, default=None, metavar="S", help="stop after S seconds"
+        "--time-budget", type=positive_float, default=None, metavar="S", help="stop after S seconds"
     )
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default per optimizer)")
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument(
+        "--lr", type=positive_float, default=None, help="learning rate (default per optimizer)"
+    )
     p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
     p.add_argument("--schedule", choices=("poly", "cosine"), default="poly")
     p.add_argument("--loss", choices=LOSS_NAMES, default="jetloss")
@@ -95,7 +136,9 @@ def add_parsers(subparsers) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    p.add_argument(
+        "--workers", type=non_negative_int, default=0, help="data loader worker processes"
+    )
     p.add_argument("--out", help="run directory (default runs/NAME); an existing run resumes")
     p.add_argument("--restart", action="store_true", help="start over instead of resuming")
     p.set_defaults(func=cmd_train)

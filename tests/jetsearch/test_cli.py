@@ -77,3 +77,30 @@ def test_the_latency_commands_find_the_shared_pieces():
     from jetsearch.latency import commands
 
     assert commands.parse_size is cli.parse_size and commands._console is cli.console
+
+
+def test_version_prints_the_package_version(capsys):
+    import jetsearch
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out == f"jetsearch {jetsearch.__version__}\n"
+
+
+def test_the_count_types_say_the_rule_and_the_value():
+    import argparse
+
+    from jetsearch.cli import non_negative_float, positive_float, positive_int
+
+    assert positive_int("3") == 3 and positive_float("0.5") == 0.5
+    assert non_negative_float("0") == 0.0
+    for parse, text, message in (
+        (positive_int, "0", "must be an integer >= 1, got 0"),
+        (positive_int, "two", "must be an integer >= 1, got 'two'"),
+        (positive_float, "0", "must be a number > 0, got 0"),
+        (positive_float, "nan", "must be a number > 0, got nan"),
+        (non_negative_float, "-0.5", "must be a number >= 0, got -0.5"),
+    ):
+        with pytest.raises(argparse.ArgumentTypeError, match=message):
+            parse(text)

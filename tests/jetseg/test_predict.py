@@ -11,8 +11,22 @@ from train_cases import SIZE
 from train_cases import synthetic_run as train_synthetic_run
 
 from jetseg.checkpoint import load_checkpoint
-from jetseg.data import build_datasets, colorize, to_uint8_image
-from jetseg.predict import evaluate_checkpoint, predict_images, write_overlays
+from jetseg.data import (
+    CAMVID_CLASSES,
+    CAMVID_PALETTE,
+    IGNORE_INDEX,
+    build_datasets,
+    colorize,
+    to_uint8_image,
+)
+from jetseg.predict import (
+    PANEL_TITLES,
+    draw_panels,
+    evaluate_checkpoint,
+    panel_layout,
+    predict_images,
+    write_overlays,
+)
 from jetseg.train import EvalMetrics, metrics_table
 
 
@@ -87,9 +101,52 @@ def test_overlays_are_image_truth_and_prediction_side_by_side(synthetic_run, tmp
     image, label = val[1]
     with torch.no_grad():
         prediction = model(image.unsqueeze(0)).argmax(dim=1)[0].numpy().astype(np.uint8)
+    layout = panel_layout(*SIZE)
     with Image.open(written[1]) as panel:
+        assert panel.size == layout.size
         pixels = np.asarray(panel)
-    width = SIZE[1]
-    np.testing.assert_array_equal(pixels[:, :width], to_uint8_image(image))
-    np.testing.assert_array_equal(pixels[:, width : 2 * width], colorize(label.numpy()))
-    np.testing.assert_array_equal(pixels[:, 2 * width :], colorize(prediction))
+    top, width = layout.panels_top, SIZE[1]
+    frames = pixels[top : top + SIZE[0]]
+    np.testing.assert_array_equal(frames[:, :width], to_uint8_image(image))
+    np.testing.assert_array_equal(frames[:, width : 2 * width], colorize(label.numpy()))
+    np.testing.assert_array_equal(frames[:, 2 * width :], colorize(prediction))
+
+
+def _bright(pixels: np.ndarray) -> np.ndarray:
+    return (pixels >= 200).all(axis=-1)  # the titles' and names' text colour
+
+
+@pytest.mark.parametrize("size", [(48, 64), (360, 480)])
+def test_panels_carry_their_titles_and_a_legend_of_every_class_colour(size):
+    height, width = size
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 100, (height, width, 3), dtype=np.uint8)  # dark: no text colour
+    truth = np.full((height, width), IGNORE_INDEX, dtype=np.uint8)
+    prediction = np.zeros((height, width), dtype=np.uint8)
+    pixels = draw_panels(image, truth, prediction)
+    layout = panel_layout(height, width)
+    assert pixels.shape == (layout.size[1], layout.size[0], 3)
+    assert layout.title_px > 0 and layout.legend_px > 0
+    np.testing.assert_array_equal(
+        pixels[layout.panels_top : layout.panels_top + height, :width], image
+    )
+
+    # A title over each of the three panels, one per panel: text in every third of the strip.
+    titles = _bright(pixels[: layout.title_px])
+    assert [titles[:, i * width : (i + 1) * width].any() for i in range(3)] == [True] * 3
+    assert len(PANEL_TITLES) == 3 and PANEL_TITLES[1] == "truth"
+    # The legend: a swatch of every class colour and void (black), with names beside them.
+    legend = pixels[layout.panels_top + height :]
+    colours = {tuple(c) for c in legend.reshape(-1, 3).tolist()}
+    for colour in CAMVID_PALETTE.tolist():
+        assert tuple(colour) in colours, colour
+    assert _bright(legend).sum() > 20 * len(CAMVID_PALETTE)  # the names, not just swatches
+    assert sum(len(row) for row in layout.legend_rows) == len(CAMVID_CLASSES) + 1
+    # Wider frames fit the legend in fewer rows; the panels never change size.
+    assert len(panel_layout(height, 4 * width).legend_rows) <= len(layout.legend_rows)
+
+
+def test_panels_refuse_maps_of_another_size():
+    image = np.zeros((20, 30, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match="must have one size"):
+        draw_panels(image, np.zeros((20, 30), np.uint8), np.zeros((20, 31), np.uint8))

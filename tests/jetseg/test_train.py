@@ -19,6 +19,7 @@ from train_cases import synthetic_run as train_synthetic_run
 from jetseg.checkpoint import load_checkpoint
 from jetseg.config import ConfigError, arch_hash, load_config
 from jetseg.loss import LOSS_NAMES
+from jetseg.predict import panel_layout
 from jetseg.train import (
     EpochReport,
     NonFiniteLossError,
@@ -247,7 +248,7 @@ def test_run_training_writes_every_file(synthetic_run):
     assert len(overlays) == 2
     for path in overlays:
         with Image.open(path) as image:
-            assert image.size == (3 * SIZE[1], SIZE[0]) and image.mode == "RGB"
+            assert image.size == panel_layout(*SIZE).size and image.mode == "RGB"
 
 
 def test_run_training_passes_augmentation_to_the_training_split(tmp_path):
@@ -272,7 +273,7 @@ def test_run_training_passes_augmentation_to_the_training_split(tmp_path):
     # Validation frames stay whole: the overlay is three 48x64 panels, not crops.
     (overlay,) = (tmp_path / "overlays").glob("*.png")
     with Image.open(overlay) as image:
-        assert image.size == (3 * SIZE[1], SIZE[0])
+        assert image.size == panel_layout(*SIZE).size
 
 
 def test_best_onnx_matches_the_best_checkpoint_in_onnxruntime(synthetic_run):
@@ -321,4 +322,4 @@ def test_real_camvid_frames_load_and_train_one_step(tmp_path):
     (overlay,) = (tmp_path / "overlays").glob("*.png")
     assert overlay.stem.startswith("000_")  # named after the CamVid frame
     with Image.open(overlay) as image:
-        assert image.size == (3 * 240, 180)
+        assert image.size == panel_layout(180, 240).size
