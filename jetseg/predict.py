@@ -32,6 +32,7 @@ from jetseg.data import (
     NUM_CLASSES,
     CamVid,
     build_datasets,
+    build_holdout,
     build_transforms,
     colorize,
     overlay,
@@ -59,8 +60,12 @@ def evaluate_checkpoint(
     *,
     device: str = "auto",
     batch_size: int = 8,
+    holdout: Sequence[str] = (),
 ) -> EvalMetrics:
     """Per-class IoU, mIoU and pixel accuracy of a checkpoint on a whole split.
+
+    With ``holdout`` (CamVid sequences) it evaluates every train and val frame of those
+    sequences instead of ``split`` (:func:`jetseg.data.build_holdout`).
 
     ``data`` is a CamVid root (any split it holds: train, val, test) or ``None`` /
     ``"synthetic"`` for the synthetic street scenes (train or val; the returned metrics say
@@ -69,7 +74,12 @@ def evaluate_checkpoint(
     """
     model, config, state = load_checkpoint(checkpoint, device)
     size = checkpoint_input_size(state, size)
-    if data is None or str(data) == "synthetic":
+    if holdout:
+        if data is None or str(data) == "synthetic":
+            raise ValueError("held-out sequences need CamVid data (--data PATH/TO/CamVid)")
+        dataset = build_holdout(data, tuple(holdout), size)
+        description, synthetic = dataset.description, False
+    elif data is None or str(data) == "synthetic":
         if split not in ("train", "val"):
             raise ValueError(f"the synthetic data has the splits train and val, not {split!r}")
         train, val, info = build_datasets(None, size)

@@ -100,7 +100,13 @@ def trial_line(trial) -> str:
     if miou is not None:
         parts.append(f"val mIoU {100 * miou:.2f}%")
     if attrs.get("latency_ms") is not None:
-        parts.append(f"{attrs['latency_ms']:.2f} ms ({attrs.get('latency_provenance', '?')})")
+        source = attrs.get("latency_source", attrs.get("latency_provenance", "?"))
+        flags = [f for f in attrs.get("latency_flags", ()) if f != "from-cache"]
+        parts.append(
+            f"{attrs['latency_ms']:.2f} ms ({source}{', ' + ', '.join(flags) if flags else ''})"
+        )
+    if attrs.get("rung"):
+        parts.append(f"rung {attrs['rung']}")
     if parts:
         text += ": " + ", ".join(parts)
     reason = attrs.get("pruned_reason") or attrs.get("failure_reason")
@@ -118,10 +124,17 @@ class LiveView:
     """
 
     def __init__(
-        self, console, study_name: str, total: int, start_count: int, progress=None
+        self,
+        console,
+        study_name: str,
+        total: int,
+        start_count: int,
+        progress=None,
+        storage: str | None = None,
     ) -> None:
         from rich.live import Live
 
+        self.storage = storage  # where the higher rungs of the study are
         self.console = console
         self.study_name = study_name
         self.clock = StudyClock(total, start_count)
@@ -171,7 +184,7 @@ class LiveView:
 
         self.clock.trial_ended(finished_count(study))
         self.last = trial_line(trial)
-        self.front = front_table(study, trial_rows(study))
+        self.front = front_table(study, trial_rows(study, self.storage))
         self.live.refresh()
 
 
@@ -363,7 +376,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     view: LiveView | TrialLines | None = None
     if not args.quiet:
         view = (
-            LiveView(console, name, args.trials, before, progress=progress)
+            LiveView(console, name, args.trials, before, progress=progress, storage=url)
             if console.is_terminal
             else TrialLines(console, name, args.trials, before)
         )
@@ -385,7 +398,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         )
         return EXIT_INTERRUPTED
     study = load_study(name, url)
-    rows = trial_rows(study)
+    rows = trial_rows(study, url)
     if not isinstance(view, LiveView):  # the live panel already shows the final front
         console.print(front_table(study, rows))
     console.print(f"latency from: {run.latency_sources}", markup=False, soft_wrap=True)
@@ -611,7 +624,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from jetsearch.report import front_table, plot_front, study_notes, trial_rows
 
     study = _open_study(args)
-    rows = trial_rows(study)
+    rows = trial_rows(study, _storage(args))
     if args.format == "table":
         console = make_console()
         console.print(front_table(study, rows))
@@ -666,8 +679,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     try:
         number = args.trial
         if number is None:
-            number = pick(trial_rows(study), args.pick, args.max_latency).number
-        path, info = export_trial(study, number, args.output)
+            number = pick(trial_rows(study, _storage(args)), args.pick, args.max_latency).number
+        path, info = export_trial(study, number, args.output, _storage(args))
     except ReportError as err:
         raise UsageError(str(err)) from None
     miou = info.get("val_miou")
@@ -718,8 +731,36 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
             f"(then: optuna-dashboard {storage})"
         )
     require_storage(storage)
-    cmd = [exe, storage, "--port", str(args.port), "--host", args.host]
-    print(" ".join(cmd), f"  (study {args.study})" if args.study else "")
+    from jetsearch.artifacts import ArtifactStoreError, dashboard_command
+    from jetsearch.study import open_storage
+
+    setting = None
+    names = []
+    try:
+        import optuna
+
+        names = optuna.get_all_study_names(open_storage(storage))
+    except Exception as err:  # an unreadable storage: optuna-dashboard will say it too
+        raise UsageError(f"cannot read the storage {storage}: {err}") from None
+    if args.study is not None and args.study not in names:
+        raise UsageError(
+            f"no study {args.study!r} in {storage}; it holds: {', '.join(names) or 'no studies'}"
+        )
+    if names:
+        first = optuna.load_study(study_name=args.study or names[0], storage=open_storage(storage))
+        setting = (first.user_attrs.get("spec") or {}).get("artifact_store")
+    try:
+        cmd = dashboard_command(storage, setting, host=args.host, port=args.port)
+    except ArtifactStoreError:
+        # No artifact folder for this storage (a database server without a setting).
+        cmd = ["optuna-dashboard", storage, "--host", args.host, "--port", str(args.port)]
+    cmd[0] = exe
+    url = f"http://{args.host}:{args.port}/dashboard/"
+    if args.study is not None:
+        study_id = open_storage(storage).get_study_id_from_name(args.study)
+        url += f"studies/{study_id}"
+    print(" ".join(cmd))
+    print(f"open {url}", flush=True)
     return subprocess.call(cmd)
 
 

@@ -67,6 +67,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         num_workers=args.workers,
+        holdout=tuple(args.holdout or ()),
     )
     try:
         result = run_training(
@@ -91,8 +92,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from jetseg.predict import evaluate_checkpoint
     from jetseg.train import metrics_table
 
-    metrics = evaluate_checkpoint(args.checkpoint, data=args.data, split=args.split, size=args.size)
-    console().print(metrics_table(metrics, title=f"{args.checkpoint} on {args.split}"))
+    holdout = tuple(args.holdout or ())
+    metrics = evaluate_checkpoint(
+        args.checkpoint, data=args.data, split=args.split, size=args.size, holdout=holdout
+    )
+    where = f"held-out sequences {', '.join(holdout)}" if holdout else args.split
+    console().print(metrics_table(metrics, title=f"{args.checkpoint} on {where}"))
     return EXIT_OK
 
 
@@ -139,6 +144,12 @@ def add_parsers(subparsers) -> None:
     p.add_argument(
         "--workers", type=non_negative_int, default=0, help="data loader worker processes"
     )
+    p.add_argument(
+        "--holdout",
+        nargs="+",
+        metavar="SEQUENCE",
+        help="CamVid sequences kept out of training and evaluated beside val (e.g. 0001TP)",
+    )
     p.add_argument("--out", help="run directory (default runs/NAME); an existing run resumes")
     p.add_argument("--restart", action="store_true", help="start over instead of resuming")
     p.set_defaults(func=cmd_train)
@@ -151,6 +162,12 @@ def add_parsers(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--split", default="val")
+    p.add_argument(
+        "--holdout",
+        nargs="+",
+        metavar="SEQUENCE",
+        help="evaluate on every frame of these CamVid sequences instead of --split",
+    )
     p.add_argument(
         "--size",
         type=parse_size,

@@ -70,3 +70,76 @@ def test_unknown_sequence_is_refused_before_training(tmp_path):
     root = make_root(tmp_path / "camvid", FRAMES)
     with pytest.raises(DataError, match="0001TP, 0006R0, 0016E5"):
         run_training(load_config(TINY), root, tmp_path / "run", recipe(holdout=("XX",)))
+
+
+def test_cli_trains_and_evaluates_with_held_out_sequences(tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    root = make_root(tmp_path / "camvid", FRAMES)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    out = tmp_path / "run"
+    cli = [sys.executable, "-m", "jetsearch.cli"]
+    train = subprocess.run(
+        [
+            *cli,
+            "train",
+            "--config",
+            str(config),
+            "--data",
+            str(root),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "2",
+            "--size",
+            "16x24",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--holdout",
+            "0001TP",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert train.returncode == 0, train.stdout + train.stderr
+    assert "held-out mIoU" in train.stdout
+    evaluated = subprocess.run(
+        [
+            *cli,
+            "eval",
+            "--checkpoint",
+            str(out / "best.pt"),
+            "--data",
+            str(root),
+            "--holdout",
+            "0001TP",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "held-out sequences 0001TP" in evaluated.stdout
+    unknown = subprocess.run(
+        [
+            *cli,
+            "eval",
+            "--checkpoint",
+            str(out / "best.pt"),
+            "--data",
+            str(root),
+            "--holdout",
+            "9999XX",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert unknown.returncode == 2 and "0001TP, 0006R0, 0016E5" in unknown.stderr
