@@ -168,6 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--final-minutes", type=float, default=3.0)
     parser.add_argument("--final-size", default="192x256")
     parser.add_argument("--no-final", action="store_true")
+    parser.add_argument(
+        "--final-networks",
+        type=int,
+        help="train only the first N networks (the preset first) under the final recipe",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
     parser.add_argument("--out", default="runs/proxy_fidelity")
@@ -208,8 +213,9 @@ def main(argv: list[str] | None = None) -> int:
             "threads": args.threads,
         }
         for stage in stages
-        for name, cfg in nets
+        for k, (name, cfg) in enumerate(nets)
         if (name, stage) not in done
+        and not (stage == FINAL and args.final_networks is not None and k >= args.final_networks)
     ]
     print(f"machine: {describe(args.threads)}; {args.jobs} runs at a time", flush=True)
     print(
