@@ -44,7 +44,7 @@ from jetseg.config import (
     resolve_named_file,
     yaml_names,
 )
-from jetseg.train import TrainConfig
+from jetseg.train_config import TrainConfig
 from jetseg.validation import Problem, field_types, known, parse, validate
 
 STUDIES_DIR_ENV = "JETSEARCH_STUDIES_DIR"
@@ -110,7 +110,7 @@ TrialBudget = dataclasses.make_dataclass(
         "__module__": __name__,
         "__doc__": """How each trial is trained: a study's ``train:`` block.
 
-    Any :class:`jetseg.train.TrainConfig` field is set by its name (``epochs``, ``lr``,
+    Any :class:`jetseg.train_config.TrainConfig` field is set by its name (``epochs``, ``lr``,
     ``schedule``, ``random_scale``...), with TrainConfig's defaults and rules, except the
     fields a trial sets itself (:data:`TRIAL_SET_FIELDS`). A study's own defaults: 3 epochs and
     ``size`` 360x480, which a trial cannot leave out. Keys of the study only:

@@ -8,7 +8,7 @@ Example::
     [PosixPath('predictions/street_mask.png'), PosixPath('predictions/street_overlay.png')]
 
 :func:`write_overlays` draws ``image | ground truth | prediction`` panels of a dataset's first
-frames; :func:`jetseg.train.run_training` leaves them in a run's ``overlays/``.
+frames; :func:`jetseg.run.run_training` leaves them in a run's ``overlays/``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from jetseg.data import (
     to_uint8_image,
 )
 from jetseg.fileio import open_image
-from jetseg.train import EvalMetrics, base_dataset, evaluate, subset_indices
+from jetseg.results import EvalMetrics
+from jetseg.train import base_dataset, evaluate, subset_indices
 
 __all__ = ["evaluate_checkpoint", "predict_images", "write_overlays"]
 

@@ -18,7 +18,8 @@ from jetsearch.cli import (
 def cmd_train(args: argparse.Namespace) -> int:
     """Train one network into a run directory (resuming one that is there) with the display."""
     from jetseg.progress import TrainingDisplay
-    from jetseg.train import TrainConfig, run_training
+    from jetseg.run import run_training
+    from jetseg.train_config import TrainConfig
 
     config = load_network_config(args.config)
     train_cfg = TrainConfig(
@@ -50,7 +51,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     """Per-class IoU and mIoU of a checkpoint on a split, as a table."""
     from jetseg.predict import evaluate_checkpoint
-    from jetseg.train import metrics_table
+    from jetseg.results import metrics_table
 
     metrics = evaluate_checkpoint(args.checkpoint, data=args.data, split=args.split, size=args.size)
     console().print(metrics_table(metrics, title=f"{args.checkpoint} on {args.split}"))

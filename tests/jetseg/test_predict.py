@@ -13,7 +13,7 @@ from train_cases import synthetic_run as train_synthetic_run
 from jetseg.checkpoint import load_checkpoint
 from jetseg.data import build_datasets, colorize, to_uint8_image
 from jetseg.predict import evaluate_checkpoint, predict_images, write_overlays
-from jetseg.train import EvalMetrics, metrics_table
+from jetseg.results import EvalMetrics, metrics_table
 
 
 @pytest.fixture(scope="module")
