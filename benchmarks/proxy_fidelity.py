@@ -67,7 +67,8 @@ def train_one(job: dict[str, Any]) -> dict[str, Any]:
     from jetseg.data import build_datasets, build_holdout
     from jetseg.loss import cui_class_weights
     from jetseg.model import build_model
-    from jetseg.train import TrainConfig, Trainer
+    from jetseg.train import Trainer
+    from jetseg.train_config import TrainConfig
 
     torch.set_num_threads(job["threads"])
     config = load_config(job["config"])

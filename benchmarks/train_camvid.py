@@ -29,7 +29,8 @@ import torch
 from jetseg.config import load_config
 from jetseg.data import CAMVID_CLASSES
 from jetseg.loss import LOSS_NAMES
-from jetseg.train import TrainConfig, resolve_device, run_training
+from jetseg.run import run_training
+from jetseg.train_config import TrainConfig, resolve_device
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "camvid"
 DEFAULT_PRESETS = ("nano", "agx")

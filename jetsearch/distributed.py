@@ -5,7 +5,7 @@ objective, latency providers, stored attributes and Optuna storage); Ray Tune on
 
     driver (jetsearch study --backend ray)          Ray workers, one process per running trial
     StudySearcher: study.ask() with the study's     run_ray_trial: reopens that Optuna trial,
-      sampler, samples the space on it, hands   ->    runs jetsearch.study.Objective on it and
+      sampler, samples the space on it, hands   ->    runs jetsearch.objective.Objective on it and
       the trial number to a new Ray trial             study.tell()s the result
     scheduler: FIFO (pareto), ASHA (budget mode)    LatencyService: one Ray actor per target,
     StudyRecorder: a worker that died, ASHA stops     measuring one network at a time
@@ -54,15 +54,14 @@ import optuna
 from optuna.trial import TrialState
 
 from jetsearch.latency.chain import LatencyChain
+from jetsearch.objective import Objective, load_data
 from jetsearch.study import (
-    Objective,
     StudyError,
     StudyRun,
     StudySpec,
     create_or_load_study,
     enqueue_presets,
     finished_count,
-    load_data,
     make_sampler,
     open_storage,
     storage_url,

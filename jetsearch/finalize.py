@@ -158,7 +158,7 @@ def finalize(
 ) -> dict[str, Any]:
     """Train, evaluate, re-measure and report; returns what ``report.json`` holds."""
     from jetsearch.report import trial_rows
-    from jetseg.train import run_training
+    from jetseg.run import run_training
 
     if top < 1:
         raise FinalizeError(f"--top must be >= 1, got {top}")

@@ -1,11 +1,7 @@
 """Studies: a study YAML becomes a :class:`StudySpec`; ``run_study`` creates or resumes it.
 
-One trial samples a JetSeg config from the space, counts it, exports it to ONNX, obtains its
-latency on the target (cache, then the providers the spec lists, in order; the provenance is
-always stored), sets the latency constraint, prunes an over-budget network **before** any
-training, and otherwise trains it for the short budget and returns val mIoU (and latency in
-pareto mode). Everything a person needs to judge the trial is stored as user attributes, which
-optuna-dashboard shows.
+Each trial is a :class:`jetsearch.objective.Objective`: it samples, counts, exports and measures
+a network, prunes it when over the latency budget, otherwise trains it and returns its scores.
 
 Study files (``studies/*.yaml``) look like::
 
@@ -31,7 +27,6 @@ import contextlib
 import copy
 import dataclasses
 import functools
-import math
 import os
 import time
 import typing
@@ -42,15 +37,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from jetsearch.latency.chain import LatencyChain
+from jetsearch.objective import Objective, load_data
 from jetseg.config import (
     ConfigError,
-    arch_hash,
-    dump_config,
     read_yaml_mapping,
     resolve_named_file,
     yaml_names,
 )
-from jetseg.train import TrainConfig
+from jetseg.train_config import TrainConfig
 from jetseg.validation import Problem, field_types, known, parse, validate
 
 STUDIES_DIR_ENV = "JETSEARCH_STUDIES_DIR"
@@ -116,7 +110,7 @@ TrialBudget = dataclasses.make_dataclass(
         "__module__": __name__,
         "__doc__": """How each trial is trained: a study's ``train:`` block.
 
-    Any :class:`jetseg.train.TrainConfig` field is set by its name (``epochs``, ``lr``,
+    Any :class:`jetseg.train_config.TrainConfig` field is set by its name (``epochs``, ``lr``,
     ``schedule``, ``random_scale``...), with TrainConfig's defaults and rules, except the
     fields a trial sets itself (:data:`TRIAL_SET_FIELDS`). A study's own defaults: 3 epochs and
     ``size`` 360x480, which a trial cannot leave out. Keys of the study only:
@@ -404,380 +398,6 @@ def open_storage(url: str, *, heartbeat: bool = True):
     path = Path(url.removeprefix("journal:"))
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path)))
-
-
-# ---------------------------------------------------------------------------------------------
-# the objective
-
-
-@dataclass
-class _DataBundle:
-    train: Any
-    val: Any
-    info: Any
-    class_weights: Any
-    heldout: Any = None
-
-
-def load_data(spec: StudySpec, rung: int = 0) -> _DataBundle:
-    """The datasets of one rung (its size, frames and held-out sequences) and class weights."""
-    from jetseg.data import build_datasets, build_holdout
-    from jetseg.loss import cui_class_weights
-
-    budget = spec.rung_budget(rung)
-    train, val, info = build_datasets(
-        spec.data,
-        tuple(budget.size),
-        limit=None,
-        synthetic_images=(spec.synthetic.train_images, spec.synthetic.val_images),
-        seed=spec.seed,
-        holdout=budget.holdout,
-    )
-    heldout = (
-        build_holdout(spec.data, budget.holdout, tuple(budget.size)) if budget.holdout else None
-    )
-    if budget.train_images is not None or budget.val_images is not None:
-        import torch.utils.data as tud
-
-        if budget.train_images is not None:
-            train = tud.Subset(train, range(min(len(train), budget.train_images)))
-        if budget.val_images is not None:
-            val = tud.Subset(val, range(min(len(val), budget.val_images)))
-    base = train.dataset if hasattr(train, "dataset") else train
-    weights = cui_class_weights(base.class_pixel_counts())
-    return _DataBundle(train, val, info, weights, heldout)
-
-
-class _TrialPhases:
-    """Training hooks that keep a StudyProgress at the running trial's epoch and phase."""
-
-    def __init__(self, progress: Any, epochs: int) -> None:
-        self.progress, self.epochs = progress, epochs
-
-    def on_fit_start(self, trainer) -> None: ...
-
-    def on_epoch_start(self, trainer, epoch: int) -> None:
-        self.progress.set_phase("training", epoch=epoch, epochs=self.epochs)
-
-    def on_step(self, trainer, step: int, loss: float, images_per_s: float) -> None: ...
-
-    def on_validate(self, trainer, epoch: int) -> None:
-        self.progress.set_phase("validating", epoch=epoch, epochs=self.epochs)
-
-    def on_epoch_end(self, trainer, record: dict[str, Any]) -> None:
-        if record.get("val_miou") is not None:
-            self.progress.set_miou(record["val_miou"])
-
-    def on_fit_end(self, trainer) -> None: ...
-
-    def on_interrupt(self, trainer, message: str) -> None: ...
-
-
-class Objective:
-    """One trial of a study (see the module docstring for the steps).
-
-    ``rung`` says which recipe the trial trains with (:meth:`StudySpec.rung_budget`); a trial
-    above rung 0 trains a promoted network (:mod:`jetsearch.rungs`). ``progress`` (a
-    :class:`jetsearch.progress.StudyProgress`) hears the trial's phases; ``artifacts`` (an
-    Optuna artifact store) receives each trial's config, ONNX, latency record and overlays.
-    """
-
-    def __init__(
-        self,
-        spec: StudySpec,
-        space,
-        latency: LatencyChain,
-        data: _DataBundle,
-        *,
-        rung: int = 0,
-        progress: Any = None,
-        artifacts: Any = None,
-        heartbeat_s: float | None = None,
-    ) -> None:
-        self.heartbeat_s = heartbeat_s
-        self.spec = spec
-        self.space = space
-        self.latency = latency
-        self.data = data
-        self.rung = rung
-        self.progress = progress
-        self.artifacts = artifacts
-
-    def _phase(self, phase: str) -> None:
-        if self.progress is not None:
-            self.progress.set_phase(phase)
-
-    def __call__(self, trial):
-        import optuna
-
-        from jetsearch.recovery import TrialHeartbeat
-
-        # The outcome comes first among the attributes, so the dashboard shows it on top.
-        trial.set_user_attr("outcome", "running")
-        if self.progress is not None:
-            self.progress.start_trial(trial.number, self.rung)
-        try:
-            if self.heartbeat_s is None:
-                value = self._run(trial)
-            else:
-                # Owner record and heartbeat: a process killed mid-trial leaves a trial that the
-                # next process can prove dead, fail and run again (jetsearch.recovery).
-                with TrialHeartbeat(trial, interval_s=self.heartbeat_s):
-                    value = self._run(trial)
-        except optuna.TrialPruned as pruned:
-            reason = trial.user_attrs.get("pruned_reason") or str(pruned) or "pruned"
-            trial.set_user_attr("outcome", f"pruned: {reason}")
-            raise
-        except KeyboardInterrupt:
-            trial.set_user_attr("outcome", "failed: interrupted")
-            trial.set_user_attr("failure_reason", "interrupted")
-            raise
-        except Exception as err:
-            reason = trial.user_attrs.get("failure_reason") or f"{type(err).__name__}: {err}"
-            trial.set_user_attr("failure_reason", reason)
-            trial.set_user_attr("outcome", f"failed: {reason}")
-            raise
-        finally:
-            if self.progress is not None:
-                self.progress.end_trial()
-        trial.set_user_attr("outcome", "completed")
-        return value
-
-    def _run(self, trial):
-        import optuna
-        import torch
-
-        from jetseg.complexity import profile
-        from jetseg.export import export_onnx
-        from jetseg.model import build_model
-
-        spec = self.spec
-        if self.rung > 0 and "promoted_from_trial" not in trial.user_attrs:
-            # Another process took the promotion this one meant to train.
-            trial.set_user_attr("pruned_reason", "no promoted network was waiting at this rung")
-            raise optuna.TrialPruned("no promoted network was waiting")
-        config = self.space.sample(trial)
-        digest = arch_hash(config)
-        trial.set_user_attr("rung", self.rung)
-        trial.set_user_attr("arch_hash", digest)
-        trial.set_user_attr("config_yaml", dump_config(config))
-        trial.set_user_attr("data", self.data.info.description)
-        trial.set_user_attr("synthetic_data", bool(self.data.info.synthetic))
-
-        duplicate = _find_completed(trial.study, digest, exclude=trial.number)
-        if duplicate is not None:
-            for key in (*DUPLICATE_KEYS, *LEGACY_KEYS):
-                if key in duplicate.user_attrs:
-                    trial.set_user_attr(key, duplicate.user_attrs[key])
-            trial.set_user_attr("duplicate_of", duplicate.number)
-            for key, value in (duplicate.constraints or {}).items():
-                trial.set_constraint(key, value)
-            trial.set_user_attr("train_time_s", 0.0)
-            return duplicate.values if len(duplicate.values) > 1 else duplicate.values[0]
-
-        # The initial weights depend on the trial's training seed only (as in run_training), not
-        # on what this process ran before: repeated, resumed and parallel studies, and two
-        # samplers compared trial by trial, then train an architecture from the same start.
-        torch.manual_seed(spec.seed + trial.number)
-        model = build_model(config)
-        h, w = spec.latency.input_size
-        report = profile(model, (h, w))
-        trial.set_user_attr("params", report.params)
-        trial.set_user_attr("macs", report.macs)
-        trial.set_user_attr("paper_flops", report.flops)
-        onnx_bytes = export_onnx(model, input_size=(h, w))
-
-        self._phase("measuring latency")
-        result, errors = self.latency.measure(onnx_bytes, config)
-        if errors:
-            trial.set_user_attr("latency_fallbacks", errors)
-        latency_ms = result.median_ms
-        for key, value in latency_attrs(result).items():
-            trial.set_user_attr(key, value)
-        budget = spec.latency.budget_ms
-        trial.set_user_attr("feasible", budget is None or latency_ms <= budget)
-        trial.set_user_attr(
-            "latency_over_budget_ms",
-            0.0 if budget is None else round(max(0.0, latency_ms - budget), 4),
-        )
-        if budget is not None:
-            trial.set_constraint("latency_ms", latency_ms - budget)
-            if latency_ms > budget:
-                self._upload(trial, config, onnx_bytes, result, None)
-                trial.set_user_attr(
-                    "pruned_reason",
-                    f"over the latency budget before training: {latency_ms:.2f} ms > {budget} ms",
-                )
-                raise optuna.TrialPruned(f"latency {latency_ms:.2f} ms > budget {budget} ms")
-
-        outcome, trainer = self._train(trial, model)
-        trial.set_user_attr("val_miou", outcome.best_miou)
-        trial.set_user_attr(
-            "per_class_iou", _iou_mapping(outcome.class_names, outcome.per_class_iou)
-        )
-        if outcome.heldout_miou is not None:
-            trial.set_user_attr("heldout_miou", outcome.heldout_miou)
-            trial.set_user_attr(
-                "heldout_per_class_iou",
-                _iou_mapping(outcome.class_names, outcome.heldout_per_class_iou),
-            )
-        trial.set_user_attr("train_time_s", round(outcome.train_time_s, 2))
-        trial.set_user_attr("epochs", outcome.epochs_done)
-        self._upload(trial, config, onnx_bytes, result, trainer)
-        score = outcome.best_miou if spec.objective == "val" else outcome.heldout_miou
-        if spec.mode == "pareto":
-            return score, latency_ms
-        return score
-
-    def _upload(self, trial, config, onnx_bytes: bytes, result, trainer) -> None:
-        """The trial's config, ONNX, latency record and (when trained) an overlay panel."""
-        if self.artifacts is None:
-            return
-        from jetsearch.artifacts import upload_trial_artifacts
-
-        self._phase("uploading artifacts")
-        overlay = None if trainer is None else _overlay_png(trainer, self.data.val)
-        upload_trial_artifacts(
-            trial,
-            trial.study,
-            self.artifacts,
-            config_yaml=dump_config(config),
-            onnx_bytes=onnx_bytes,
-            overlay_png=overlay,
-            latency_record=result.to_dict(),
-        )
-
-    def _train(self, trial, model):
-        import optuna
-
-        from jetseg.train import Trainer
-
-        spec = self.spec
-        cfg = spec.rung_budget(self.rung).train_config(seed=spec.seed + trial.number)
-        callbacks: list[Callable] = []
-        if spec.mode == "budget":
-
-            def report(epoch_report) -> None:
-                trial.report(epoch_report.val.miou, epoch_report.epoch)
-                if trial.should_prune():
-                    trial.set_user_attr(
-                        "pruned_reason", f"pruned after epoch {epoch_report.epoch} by the pruner"
-                    )
-                    raise optuna.TrialPruned()
-
-            callbacks.append(report)
-        hooks = () if self.progress is None else (_TrialPhases(self.progress, cfg.epochs),)
-        trainer = Trainer(
-            model,
-            self.data.train,
-            self.data.val,
-            cfg,
-            out_dir=None,
-            class_weights=self.data.class_weights,
-            callbacks=callbacks,
-            hooks=hooks,
-            heldout_set=self.data.heldout,
-        )
-        try:
-            return trainer.fit(resume=False), trainer
-        except optuna.TrialPruned:
-            raise
-        except Exception as err:
-            trial.set_user_attr("failure_reason", f"{type(err).__name__}: {err}")
-            raise
-
-
-# Attributes a duplicate trial copies from the trial of the same network (flat keys, and the
-# keys earlier versions wrote, so duplicates of old trials stay complete).
-DUPLICATE_KEYS = (
-    "params",
-    "macs",
-    "latency_median_ms",
-    "latency_p90_ms",
-    "latency_cv",
-    "latency_source",
-    "latency_flags",
-    "latency_samples_ms",
-    "device",
-    "runtime",
-    "precision",
-    "power_mode",
-    "feasible",
-    "latency_over_budget_ms",
-    "per_class_iou",
-    "val_miou",
-    "heldout_miou",
-)
-LEGACY_KEYS = ("latency_ms", "latency_provenance", "latency")
-MAX_STORED_SAMPLES = 200  # the attribute stays small; the cache and latency.json keep them all
-
-
-def latency_attrs(result) -> dict[str, Any]:
-    """A LatencyResult as flat user attributes a person can scan in the dashboard."""
-    fp = result.fingerprint or {}
-    runtime = fp.get("runtime") or fp.get("backend") or fp.get("model")
-    version = fp.get("runtime_version")
-    device = (
-        fp.get("board_model")
-        or fp.get("device")
-        or fp.get("gpu_model")
-        or fp.get("cpu_model")
-        or fp.get("machine")
-    )
-    return {
-        "latency_median_ms": result.median_ms,
-        # The key earlier versions wrote, which the sampler-facing code and old tools read.
-        "latency_ms": result.median_ms,
-        "latency_p90_ms": result.p90_ms,
-        "latency_cv": round(result.cv, 4) if math.isfinite(result.cv) else None,
-        "latency_source": result.provenance.value,
-        "latency_flags": list(result.flags),
-        "device": None if device is None else str(device),
-        "runtime": None if runtime is None else f"{runtime} {version or ''}".strip(),
-        "precision": fp.get("precision"),
-        "power_mode": fp.get("power_mode"),
-        "latency_samples_ms": list(result.samples_ms[:MAX_STORED_SAMPLES]),
-    }
-
-
-def _iou_mapping(names: Sequence[str], values: Sequence[float]) -> dict[str, float | None]:
-    """Per-class IoU by class name (NaN, a class absent from truth and prediction, is None)."""
-    names = list(names) or [str(i) for i in range(len(values))]
-    return {
-        name: None if v is None or (isinstance(v, float) and math.isnan(v)) else round(v, 6)
-        for name, v in zip(names, values, strict=True)
-    }
-
-
-def _overlay_png(trainer, val, frames: int = 3) -> bytes | None:
-    """image | truth | prediction for the first val frames, from the trained model."""
-    import torch
-
-    from jetsearch.artifacts import overlay_panel_png
-    from jetseg.data import to_uint8_image
-
-    base = getattr(val, "dataset", val)
-    indices = list(getattr(val, "indices", range(len(val))))[:frames]
-    images, labels, preds = [], [], []
-    model = trainer.model
-    model.eval()
-    with torch.no_grad():
-        for i in indices:
-            image, label = base[i]
-            logits = model(image.unsqueeze(0).to(trainer.device))
-            preds.append(logits.argmax(1)[0].cpu().numpy())
-            images.append(to_uint8_image(image))
-            labels.append(label.numpy())
-    return overlay_panel_png(images, labels, preds) if images else None
-
-
-def _find_completed(study, digest: str, exclude: int):
-    import optuna
-
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        if t.number != exclude and t.user_attrs.get("arch_hash") == digest:
-            return t
-    return None
 
 
 # ---------------------------------------------------------------------------------------------

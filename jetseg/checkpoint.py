@@ -39,6 +39,7 @@ from torch import nn
 from jetseg.config import JetSegConfig, arch_hash, config_to_dict, load_config
 from jetseg.fileio import atomic_write_bytes
 from jetseg.metrics import SegMetrics
+from jetseg.train_config import resolve_device
 
 if TYPE_CHECKING:
     from jetseg.train import Trainer
@@ -195,7 +196,6 @@ def load_checkpoint(
     ``train_config``, ``data``...). ``device`` is ``"auto"`` or a torch device name.
     """
     from jetseg.model import build_model
-    from jetseg.train import resolve_device  # jetseg.train imports this module
 
     state = read_checkpoint(path)
     if state.get("config") is None:

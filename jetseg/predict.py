@@ -9,7 +9,7 @@ Example::
 
 :func:`write_overlays` draws ``image | truth | prediction`` panels of a dataset's first
 frames, titled, above a legend of the class colours (:func:`draw_panels`, laid out by
-:func:`panel_layout`); :func:`jetseg.train.run_training` leaves them in a run's ``overlays/``.
+:func:`panel_layout`); :func:`jetseg.run.run_training` leaves them in a run's ``overlays/``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ from jetseg.data import (
     to_uint8_image,
 )
 from jetseg.fileio import open_image
-from jetseg.train import EvalMetrics, base_dataset, evaluate, subset_indices
+from jetseg.results import EvalMetrics
+from jetseg.train import base_dataset, evaluate, subset_indices
 
 __all__ = [
     "PANEL_TITLES",

@@ -47,7 +47,8 @@ def _remove_if_empty(folders: list[Path]) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     """Train one network into a run directory (resuming one that is there) with the display."""
     from jetseg.progress import TrainingDisplay
-    from jetseg.train import TrainConfig, run_training
+    from jetseg.run import run_training
+    from jetseg.train_config import TrainConfig
 
     config = load_network_config(args.config)
     # Every input is checked before the run directory exists: a command that fails on bad
@@ -90,7 +91,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     """Per-class IoU and mIoU of a checkpoint on a split, as a table."""
     from jetseg.predict import evaluate_checkpoint
-    from jetseg.train import metrics_table
+    from jetseg.results import metrics_table
 
     holdout = tuple(args.holdout or ())
     metrics = evaluate_checkpoint(

@@ -199,9 +199,7 @@ def build_holdout(
     parts = []
     for split in ("train", "val"):
         try:
-            parts.append(
-                CamVid(root, split, transform=transform, cache=cache, sequences=holdout)
-            )
+            parts.append(CamVid(root, split, transform=transform, cache=cache, sequences=holdout))
         except DataError as err:
             if "unknown CamVid sequence" in str(err):
                 raise

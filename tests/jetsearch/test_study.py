@@ -25,7 +25,7 @@ from jetsearch.study import load_study_spec, open_storage, study_names
 from jetseg.config import ConfigError, arch_hash, config_to_dict, load_config
 from jetseg.data import CAMVID_CLASSES
 from jetseg.model import build_model
-from jetseg.train import TrainConfig
+from jetseg.train_config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
 COMPLETE = optuna.trial.TrialState.COMPLETE

@@ -30,7 +30,9 @@ from jetseg.checkpoint import (
 )
 from jetseg.config import arch_hash, load_config
 from jetseg.model import build_model
-from jetseg.train import EpochReport, StopTraining, TrainConfig, Trainer
+from jetseg.results import EpochReport
+from jetseg.train import StopTraining, Trainer
+from jetseg.train_config import TrainConfig
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ from test_sequences import FRAMES, make_root  # noqa: E402
 
 from jetseg.config import load_config
 from jetseg.data import DataError
-from jetseg.train import TrainConfig, run_training
+from jetseg.run import run_training
+from jetseg.train_config import TrainConfig
 
 TINY = {
     "name": "tiny",

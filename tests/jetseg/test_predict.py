@@ -27,7 +27,7 @@ from jetseg.predict import (
     predict_images,
     write_overlays,
 )
-from jetseg.train import EvalMetrics, metrics_table
+from jetseg.results import EvalMetrics, metrics_table
 
 
 @pytest.fixture(scope="module")

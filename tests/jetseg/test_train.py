@@ -20,14 +20,11 @@ from jetseg.checkpoint import load_checkpoint
 from jetseg.config import ConfigError, arch_hash, load_config
 from jetseg.loss import LOSS_NAMES
 from jetseg.predict import panel_layout
-from jetseg.train import (
-    EpochReport,
-    NonFiniteLossError,
-    TrainConfig,
-    TrainConfigError,
-    WarmupDecaySchedule,
-    run_training,
-)
+from jetseg.results import EpochReport
+from jetseg.run import run_training
+from jetseg.schedule import WarmupDecaySchedule
+from jetseg.train import NonFiniteLossError
+from jetseg.train_config import TrainConfig, TrainConfigError
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,10 @@ from jetseg.config import load_config
 from jetseg.data import build_datasets
 from jetseg.loss import cui_class_weights
 from jetseg.model import build_model
-from jetseg.train import TIMING_KEYS, TrainConfig, Trainer, TrainResult, run_training
+from jetseg.results import TrainResult
+from jetseg.run import run_training
+from jetseg.train import TIMING_KEYS, Trainer
+from jetseg.train_config import TrainConfig
 
 CAMVID_ROOT = camvid_root()
 SIZE = (48, 64)
