@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
-from test_sequences import FRAMES, make_root  # noqa: E402
+from test_sequences import FRAMES, make_root
 
 from jetseg.config import load_config
 from jetseg.data import DataError
@@ -75,7 +72,6 @@ def test_unknown_sequence_is_refused_before_training(tmp_path):
 
 def test_cli_trains_and_evaluates_with_held_out_sequences(tmp_path):
     import subprocess
-    import sys
 
     import yaml
 
