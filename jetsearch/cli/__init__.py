@@ -3,7 +3,7 @@
 ``model`` (:mod:`jetsearch.cli.model`); ``train``, ``eval``, ``predict``
 (:mod:`jetsearch.cli.train`); ``study``, ``show``, ``export``, ``dashboard``
 (:mod:`jetsearch.cli.study`); ``worker`` (:mod:`jetsearch.cli.worker`); ``latency``
-(:mod:`jetsearch.latency.commands`). Each module's ``add_parsers(subparsers)`` registers its
+(:mod:`jetsearch.cli.latency`). Each module's ``add_parsers(subparsers)`` registers its
 commands, each command's ``func`` takes the parsed arguments and returns the exit code.
 
 Examples::
@@ -95,9 +95,6 @@ def console():
     if not out.is_terminal:
         out = Console(width=140)
     return out
-
-
-_console = console  # the name jetsearch.latency.commands imports
 
 
 STORAGE_ENV = ("JETSEARCH_STORAGE", "OPTUNA_STORAGE")  # in order of precedence
@@ -200,8 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The whole ``jetsearch`` parser, every command group registered."""
     # Imported here: the command modules import the shared pieces above from this package.
     from jetsearch import __version__
-    from jetsearch.cli import finalize, model, study, train, worker
-    from jetsearch.latency.commands import add_latency_parser
+    from jetsearch.cli import finalize, latency, model, study, train, worker
 
     parser = argparse.ArgumentParser(
         prog="jetsearch",
@@ -216,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_parsers(sub)
     finalize.add_parsers(sub)
     worker.add_parsers(sub)
-    add_latency_parser(sub)
+    latency.add_parsers(sub)
     return parser
 
 

@@ -17,6 +17,7 @@ COMMANDS = (
     "show",
     "export",
     "dashboard",
+    "finalize",
     "worker",
     "latency",
 )
@@ -74,9 +75,22 @@ def test_the_console_script_runs_this_main():
 
 def test_the_latency_commands_find_the_shared_pieces():
     from jetsearch import cli
-    from jetsearch.latency import commands
+    from jetsearch.cli import latency
 
-    assert commands.parse_size is cli.parse_size and commands._console is cli.console
+    assert latency.parse_size is cli.parse_size and latency._console is cli.console
+
+
+def test_the_latency_package_never_imports_the_cli():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, jetsearch.latency, jetsearch.latency.chain, jetsearch.latency.estimate\n"
+        "print(sorted(m for m in sys.modules if m.startswith('jetsearch.cli')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
 
 
 def test_version_prints_the_package_version(capsys):

@@ -24,7 +24,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jetsearch.cli import _console, parse_size
+from jetsearch.cli import console as _console
+from jetsearch.cli import parse_size
 
 if TYPE_CHECKING:
     from jetsearch.latency.base import LatencyResult
@@ -294,7 +295,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 # the parser
 
 
-def add_latency_parser(subparsers: Any) -> None:
+def add_parsers(subparsers: Any) -> None:
     """Register ``latency`` with its ``measure``, ``estimate`` and ``calibrate`` subcommands.
 
     Each sets ``func``, a handler taking the parsed arguments and returning the exit code.
