@@ -261,16 +261,16 @@ def test_show_json_holds_every_trial_as_the_storage_has_it(stored, capsys):
         assert got["params"] == want.params
         assert got["user_attrs"] == _nan_as_none(want.user_attrs)
     assert record["trials"][2]["user_attrs"]["not_a_number"] is None
-    # The front: the complete trials no other complete trial dominates.
+    # The front: the complete trials no other complete trial dominates, latencies whose samples
+    # cannot be told apart counting as one latency (jetsearch.fronts, tested on its own).
+    from jetsearch.fronts import Point, dominates
+
     complete = [t for t in trials if t.state == COMPLETE]
-    front = [
-        t.number
-        for t in complete
-        if not any(
-            o.values[0] >= t.values[0] and o.values[1] <= t.values[1] and o.values != t.values
-            for o in complete
-        )
-    ]
+
+    def point(t):
+        return Point(str(t.number), t.values[0], t.values[1], t.user_attrs["latency_samples_ms"])
+
+    front = [t.number for t in complete if not any(dominates(point(o), point(t)) for o in complete)]
     assert sorted(record["front"]) == sorted(front) and front
     assert {t["number"] for t in record["trials"] if t["on_front"]} == set(front)
 
