@@ -73,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--holdout", nargs="+", default=["0001TP"])
     parser.add_argument("--top", type=int, default=3)
     parser.add_argument("--out", default="runs/search_to_deploy")
+    parser.add_argument(
+        "--no-study",
+        action="store_true",
+        help="finalize the study as it stands (a study stopped before --trials)",
+    )
     args = parser.parse_args(argv)
     if args.trials < 40:
         print(f"note: {args.trials} rung-0 trials (the benchmark's target is at least 40)")
@@ -106,9 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     jetsearch = [sys.executable, "-m", "jetsearch.cli"]
     log = out / "log.txt"
     walls = {}
-    walls["study"] = run(
-        [*jetsearch, "study", "--target", str(study_file), "--trials", str(args.trials)], log
-    )
+    walls["study"] = 0.0
+    if not args.no_study:
+        walls["study"] = run(
+            [*jetsearch, "study", "--target", str(study_file), "--trials", str(args.trials)], log
+        )
     walls["finalize"] = run(
         [
             *jetsearch,

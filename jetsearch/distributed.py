@@ -55,6 +55,7 @@ from optuna.trial import TrialState
 
 from jetsearch.latency.chain import LatencyChain
 from jetsearch.objective import Objective, load_data
+from jetsearch.recovery import record_owner
 from jetsearch.study import (
     StudyError,
     StudyRun,
@@ -62,6 +63,7 @@ from jetsearch.study import (
     create_or_load_study,
     enqueue_presets,
     finished_count,
+    heartbeat_settings,
     make_sampler,
     open_storage,
     storage_url,
@@ -284,7 +286,12 @@ def trial_worker(settings: RaySettings) -> tuple[Any, optuna.Study, Callable]:
         study = create_or_load_study(spec, settings.storage, settings.study_name, sampler=random)
         study.pruner = EpochsToTune(study.pruner)
         latency = LatencyClient(settings.latency_service)
-        objective = Objective(spec, load_space(spec.space), latency, load_data(spec))
+        # Owner record and heartbeat as in a local study, so a process that shares the storage
+        # can tell a live Ray trial from a dead one (jetsearch.recovery).
+        interval_s, _ = heartbeat_settings()
+        objective = Objective(
+            spec, load_space(spec.space), latency, load_data(spec), heartbeat_s=interval_s
+        )
         if settings.objective_wrapper is not None:
             objective = settings.objective_wrapper(objective)
         _WORKERS[key] = (open_storage(settings.storage), study, objective)
@@ -417,6 +424,7 @@ class StudySearcher(Searcher):
             warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used")
             optuna.storages.fail_stale_trials(study)  # no-op without heartbeats
             trial = study.ask()
+            record_owner(trial)  # the driver owns it until a worker takes it over
         space.sample(trial)
         trial_id = trial_id_of(storage, live.study_name, trial.number)
         storage.set_trial_system_attr(trial_id, RAY_EXPERIMENT_ATTR, live.run_key)

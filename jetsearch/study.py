@@ -550,8 +550,12 @@ def run_worker_process(
 
     interval_s, grace_s = heartbeat_settings()
     storage_obj = open_storage(storage)
-    for rung_study in studies:  # trials whose process died: failed, their network queued again
-        recover_stale_trials(rung_study, storage=storage_obj, grace_s=grace_s)
+    # RDB servers (PostgreSQL, MySQL) keep Optuna's own heartbeat and retry; journal files and
+    # SQLite have none, and get jetsearch's owner-record recovery instead.
+    own_recovery = "://" not in storage or storage.startswith("sqlite")
+    if own_recovery:
+        for rung_study in studies:  # trials whose process died: failed, network queued again
+            recover_stale_trials(rung_study, storage=storage_obj, grace_s=grace_s)
     objectives: dict[int, Objective] = {}
 
     def objective(rung: int) -> Objective:
@@ -571,7 +575,7 @@ def run_worker_process(
     guard = FailureGuard()
     hooks = [
         guard,
-        StaleTrialRecovery(storage_obj, grace_s=grace_s),
+        *([StaleTrialRecovery(storage_obj, grace_s=grace_s)] if own_recovery else []),
         *(_on_rung0(cb, study) for cb in callbacks),
     ]
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
