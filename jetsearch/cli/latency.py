@@ -108,6 +108,30 @@ def _provider_spec(args: argparse.Namespace) -> ProviderSpec:
     )
 
 
+def _onnx_path(text: str) -> Path | None:
+    """``text`` as an ONNX file: a path ending in .onnx, or a file that starts as protobuf."""
+    path = Path(text)
+    if not path.is_file():
+        return None
+    if path.suffix.lower() == ".onnx":
+        return path
+    with path.open("rb") as handle:
+        head = handle.read(2)
+    # A serialized ModelProto starts with field 1 (ir_version, varint): byte 0x08. YAML is text.
+    return path if head[:1] == b"\x08" else None
+
+
+def _onnx_channels(onnx_bytes: bytes) -> int:
+    """The channel count the model's image input fixes (3 when it leaves it free)."""
+    from jetsearch.latency import worker
+
+    item = worker.model_input(worker.describe_onnx_model(onnx_bytes))
+    dims = item["dims"]
+    if dims and len(dims) == 4 and isinstance(dims[1], int) and dims[1] > 0:
+        return dims[1]
+    return 3
+
+
 def cmd_measure(args: argparse.Namespace) -> int:
     """Export the network, measure it (or take the cached result), print and store it."""
     from jetsearch.latency.chain import FlaggedProvider, make_provider
@@ -115,23 +139,48 @@ def cmd_measure(args: argparse.Namespace) -> int:
     from jetseg.export import export_onnx
     from jetseg.model import build_model
 
-    config = _load_config(args.config)
     height, width = args.size
-    shape = (1, config.in_channels, height, width)
+    onnx_file = _onnx_path(args.config)
+    if onnx_file is not None:
+        # Any network, a peer's included: timed as it is, by the same providers. Without a
+        # JetSeg config there is no arch_hash to key the cache on, so nothing is stored.
+        from jetsearch.latency._onnx_input import read_onnx_bytes
+
+        config = None
+        onnx_bytes = read_onnx_bytes(onnx_file)
+        try:
+            channels = _onnx_channels(onnx_bytes)
+        except Exception as err:  # the worker's parser says what is wrong with the bytes
+            raise ValueError(f"{onnx_file} is not a readable ONNX model: {err}") from None
+    else:
+        config = _load_config(args.config)
+        channels = config.in_channels
+    shape = (1, channels, height, width)
     console = _console()
     kind = "workers" if args.provider == "worker" else "local"
     provider = make_provider(kind, _provider_spec(args), refresh=args.fresh)
     with provider:
         target_key = provider.target_fingerprint_key()
-        onnx_bytes = export_onnx(build_model(config), input_size=(height, width))
+        if config is not None:
+            onnx_bytes = export_onnx(build_model(config), input_size=(height, width))
         result = provider.measure(onnx_bytes, shape, config=config)
     if isinstance(provider, FlaggedProvider):
         console.print(f"note: {provider.note}")
+    network = (
+        f"{onnx_file} (an ONNX file, not a JetSeg config)"
+        if config is None
+        else f"{config.name} (arch_hash {arch_hash(config)})"
+    )
+    stored = str(args.cache) if args.cache and config is not None else "not stored"
+    if config is None and args.cache:
+        stored += " (an ONNX file has no arch_hash to key the cache on)"
+    elif not args.cache:
+        stored += " (--cache '')"
     rows = [
-        ("network", f"{config.name} (arch_hash {arch_hash(config)})"),
+        ("network", network),
         ("input", "x".join(str(value) for value in shape)),
         ("target key", target_key),
-        ("cache", str(args.cache) if args.cache else "not stored (--cache '')"),
+        ("cache", stored),
     ]
     console.print(_result_table("latency measurement", result, rows))
     return 0
@@ -316,7 +365,9 @@ def add_parsers(subparsers: Any) -> None:
         "measure",
         help="export a network to ONNX and time it (here or on workers); store it in the cache",
     )
-    measure.add_argument("config", help="preset name (nano, agx, workstation) or config YAML")
+    measure.add_argument(
+        "config", help="preset name (nano, agx, workstation), config YAML, or an ONNX file"
+    )
     measure.add_argument(
         "--size", type=parse_size, default=DEFAULT_SIZE, help="input HxW (default 360x480)"
     )

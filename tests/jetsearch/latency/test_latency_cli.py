@@ -62,6 +62,33 @@ def test_measure_prints_a_table_and_writes_the_cache(
     assert len(LatencyCache(cache_path)) == 1
 
 
+def test_measure_times_an_onnx_file_as_it_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from jetseg import build_model
+    from jetseg.export import export_onnx
+
+    model = tmp_path / "peer.onnx"
+    export_onnx(build_model("nano"), model, input_size=(32, 32))
+    renamed = tmp_path / "peer-model.bin"  # an ONNX file under any name
+    renamed.write_bytes(model.read_bytes())
+    cache_path = tmp_path / "latency.sqlite"
+    for path in (model, renamed):
+        argv = ["latency", "measure", str(path), "--size", "32x32", "--runs", "5"]
+        assert run([*argv, "--warmup", "0.1", "--threads", "1", "--cache", str(cache_path)]) == 0
+        out = capsys.readouterr().out
+        assert "an ONNX file, not a JetSeg config" in out and "1x3x32x32" in out
+        assert "measured-local" in out and "no arch_hash to key the cache" in out
+    assert not cache_path.exists() or len(LatencyCache(cache_path)) == 0
+    # Not ONNX, not YAML: one message naming the file, exit 2 (no bare codec error).
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x08\xff\xfe not a model")
+    capsys.readouterr()
+    assert run(["latency", "measure", str(junk), "--size", "32x32"]) != 0
+    err = capsys.readouterr().err
+    assert "junk.onnx" in err and "codec" not in err
+
+
 def test_fp16_asked_of_the_cpu_is_measured_at_fp32_and_says_so(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
