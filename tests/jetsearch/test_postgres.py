@@ -158,7 +158,14 @@ def test_a_killed_process_fails_its_trial_and_the_other_finishes_the_study(
         assert len(trial.values) == 2 and all(math.isfinite(v) for v in trial.values)
         assert trial.values[0] == trial.user_attrs["val_miou"]
         assert trial.values[1] == trial.user_attrs["latency_ms"]
-        for key in ("arch_hash", "config_yaml", "params", "latency", "per_class_iou"):
+        for key in (
+            "arch_hash",
+            "config_yaml",
+            "params",
+            "latency_median_ms",
+            "latency_samples_ms",
+            "per_class_iou",
+        ):
             assert key in trial.user_attrs, (trial.number, key)
     optuna.delete_study(study_name=name, storage=storage)
 
