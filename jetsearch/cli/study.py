@@ -636,7 +636,13 @@ def cmd_show(args: argparse.Namespace) -> int:
     else:
         write_csv(study_record(study, rows), sys.stdout)
     if args.plot:
-        path = plot_front(study, rows, args.plot)
+        from jetsearch.report import ReportError, pick
+
+        try:  # the network `export --pick knee` would write, marked on the plot
+            picked = pick(rows, "knee")
+        except ReportError:
+            picked = None
+        path = plot_front(study, rows, args.plot, picked=picked)
         # JSON and CSV keep stdout to themselves, for a pipe or a file.
         print(f"wrote {path}", file=sys.stdout if args.format == "table" else sys.stderr)
     return EXIT_OK

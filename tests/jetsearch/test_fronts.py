@@ -96,3 +96,40 @@ def test_tie_groups_chain_tied_neighbours():
     b = Point("b", 0.5, 24.03, samples=[grid[(i + 1) % 4] for i in range(40)])
     c = Point("c", 0.5, 40.0, samples=[40.0 + (i % 3) for i in range(40)])
     assert [[p.key for p in g] for g in tie_groups([c, b, a])] == [["a", "b"], ["c"]]
+
+
+def test_the_front_plot_marks_the_pick_and_draws_no_untrained_point_at_zero(tmp_path):
+    pytest.importorskip("matplotlib")
+    from jetsearch.report import TrialRow, pick, plot_front
+
+    def row(number, miou, latency, state="COMPLETE", preset=None):
+        return TrialRow(
+            number,
+            state,
+            miou,
+            latency,
+            "measured-local",
+            1000,
+            10**6,
+            True,
+            preset,
+            f"h{number}",
+            None,
+            None,
+            False,
+        )
+
+    rows = [
+        row(0, 0.30, 5.0, preset="nano"),
+        row(1, 0.40, 8.0),
+        row(2, 0.45, 12.0),
+        row(3, None, 30.0, state="PRUNED"),
+    ]
+
+    class Study:
+        study_name = "s"
+        user_attrs = {"spec": {"latency": {"budget_ms": 20}}}
+
+    plain = plot_front(Study(), rows, tmp_path / "plain.png")
+    marked = plot_front(Study(), rows, tmp_path / "marked.png", picked=pick(rows, "knee"))
+    assert plain.read_bytes() != marked.read_bytes()
