@@ -98,7 +98,7 @@ def test_tie_groups_chain_tied_neighbours():
     assert [[p.key for p in g] for g in tie_groups([c, b, a])] == [["a", "b"], ["c"]]
 
 
-def test_the_front_plot_marks_the_pick_and_draws_no_untrained_point_at_zero(tmp_path):
+def test_the_front_plot_marks_the_pick(tmp_path):
     pytest.importorskip("matplotlib")
     from jetsearch.report import TrialRow, pick, plot_front
 
