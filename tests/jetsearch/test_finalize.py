@@ -1,0 +1,119 @@
+"""jetsearch finalize on a tiny synthetic study: trains, re-measures, reports every network."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from study_cases import write_study
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _jetsearch(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "jetsearch.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+
+
+def test_finalize_writes_a_report_naming_every_network_it_trained(tmp_path):
+    spec = write_study(tmp_path)
+    storage = tmp_path / "s.log"
+    out = _jetsearch("study", "--target", str(spec), "--trials", "3", "--storage", str(storage))
+    assert out.returncode == 0, out.stdout + out.stderr
+    final = tmp_path / "final"
+    done = _jetsearch(
+        "finalize",
+        "--study",
+        "small",
+        "--storage",
+        str(storage),
+        "--top",
+        "2",
+        "--with-presets",
+        "nano",
+        "--epochs",
+        "1",
+        "--size",
+        "32x48",
+        "--out",
+        str(final),
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((final / "report.json").read_text())
+    names = [n["name"] for n in report["networks"]]
+    assert names[-1] == "preset-nano" and 2 <= len(names) <= 3
+    assert {n["kind"] for n in report["networks"]} == {"found", "preset"}
+    text = (final / "report.md").read_text()
+    for n in report["networks"]:
+        assert n["name"] in text
+        assert (final / n["name"] / "best.pt").is_file()  # a resumable run directory each
+        assert n["latency_median_ms"] > 0 and n["val_miou"] is not None
+    assert "1 epochs at 32x48" in report["recipe"] and "flip" in report["recipe"]
+    assert (final / "front_final.png").read_bytes()[:4] == b"\x89PNG"
+    # Running it again resumes: nothing is trained twice, the report is the same networks.
+    again = _jetsearch(
+        "finalize",
+        "--study",
+        "small",
+        "--storage",
+        str(storage),
+        "--top",
+        "2",
+        "--with-presets",
+        "nano",
+        "--epochs",
+        "1",
+        "--size",
+        "32x48",
+        "--out",
+        str(final),
+    )
+    assert again.returncode == 0, again.stderr
+    assert [n["name"] for n in json.loads((final / "report.json").read_text())["networks"]] == names
+
+
+def test_finalize_refuses_bad_input_before_training(tmp_path):
+    spec = write_study(tmp_path)
+    storage = tmp_path / "s.log"
+    assert (
+        _jetsearch(
+            "study", "--target", str(spec), "--trials", "1", "--storage", str(storage)
+        ).returncode
+        == 0
+    )
+    bad = _jetsearch(
+        "finalize",
+        "--study",
+        "small",
+        "--storage",
+        str(storage),
+        "--top",
+        "0",
+        "--epochs",
+        "1",
+        "--out",
+        str(tmp_path / "f"),
+    )
+    assert bad.returncode == 2 and "--top" in bad.stderr
+    unknown = _jetsearch(
+        "finalize",
+        "--study",
+        "small",
+        "--storage",
+        str(storage),
+        "--with-presets",
+        "tx2",
+        "--epochs",
+        "1",
+        "--out",
+        str(tmp_path / "f"),
+    )
+    assert unknown.returncode == 2 and "not a preset" in unknown.stderr
+    assert not (tmp_path / "f").exists()
