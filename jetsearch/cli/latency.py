@@ -145,9 +145,13 @@ def cmd_measure(args: argparse.Namespace) -> int:
         # Any network, a peer's included: timed as it is, by the same providers. Without a
         # JetSeg config there is no arch_hash to key the cache on, so nothing is stored.
         from jetsearch.latency._onnx_input import read_onnx_bytes
+        from jetsearch.latency.base import InvalidModelError
 
         config = None
-        onnx_bytes = read_onnx_bytes(onnx_file)
+        try:
+            onnx_bytes = read_onnx_bytes(onnx_file)
+        except InvalidModelError as err:  # too large, unreadable: bad input, exit 2
+            raise ValueError(str(err)) from None
         try:
             channels = _onnx_channels(onnx_bytes)
         except Exception as err:  # the worker's parser says what is wrong with the bytes

@@ -305,11 +305,22 @@ def _wait_for_complete_trial(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.poll() is None, log.read_text()
-        if storage.exists():
+        if storage.exists() and url is not None and url.startswith("sqlite"):
+            # Read-only: an RDBStorage opened here while the study process creates the schema
+            # would race it (two CREATEs of alembic_version).
+            import sqlite3
+
             try:
-                study = optuna.load_study(
-                    study_name="small", storage=open_storage(url or str(storage))
-                )
+                with sqlite3.connect(f"file:{storage}?mode=ro", uri=True) as db:
+                    query = "SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'"
+                    done = db.execute(query).fetchone()[0]
+            except sqlite3.Error:  # no schema yet
+                done = 0
+            if done:
+                return
+        elif storage.exists():
+            try:
+                study = optuna.load_study(study_name="small", storage=open_storage(str(storage)))
                 trials = study.get_trials(states=(COMPLETE,))
             except KeyError:  # the study is not created yet
                 trials = []
