@@ -289,8 +289,13 @@ def trial_worker(settings: RaySettings) -> tuple[Any, optuna.Study, Callable]:
         # Owner record and heartbeat as in a local study, so a process that shares the storage
         # can tell a live Ray trial from a dead one (jetsearch.recovery).
         interval_s, _ = heartbeat_settings()
+        server = "://" in settings.storage and not settings.storage.startswith("sqlite")
         objective = Objective(
-            spec, load_space(spec.space), latency, load_data(spec), heartbeat_s=interval_s
+            spec,
+            load_space(spec.space),
+            latency,
+            load_data(spec),
+            heartbeat_s=None if server else interval_s,  # servers keep Optuna's heartbeat
         )
         if settings.objective_wrapper is not None:
             objective = settings.objective_wrapper(objective)

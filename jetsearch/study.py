@@ -568,7 +568,7 @@ def run_worker_process(
                 rung=rung,
                 progress=progress,
                 artifacts=artifacts,
-                heartbeat_s=interval_s,
+                heartbeat_s=interval_s if own_recovery else None,
             )
         return objectives[rung]
 
