@@ -55,8 +55,13 @@ def _check_promotions(storage: Path, eta: int) -> None:
     rung0, rung1 = _ladder(storage)
     points, _ = RungLadder([rung0, rung1], eta, None).points(0)
     top = {p.key for p in ranked(points)[: len(points) // eta]}
-    promoted = _hashes(rung1)
+    # A promoted trial whose process was killed is failed ("owner died") and its network run
+    # again as a retry (retry_of): a retry is not a second promotion.
+    promoted = [t.user_attrs["arch_hash"] for t in rung1.trials if "retry_of" not in t.user_attrs]
     assert len(promoted) == len(set(promoted)), "a network was promoted twice"
+    for t in rung1.trials:
+        if t.state == optuna.trial.TrialState.FAIL:
+            assert t.user_attrs["failure_reason"] == "owner died"
     assert top and top <= set(promoted), (top, promoted)
     assert set(promoted) <= {p.key for p in points}
     for t in rung1.get_trials(states=(COMPLETE,)):
