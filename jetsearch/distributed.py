@@ -1,34 +1,10 @@
 """Ray Tune backend: a study's trials run as Ray Tune trials, on this machine or a Ray cluster.
 
 :func:`run_study_ray` runs the same study as :func:`jetsearch.study.run_study` (same space,
-objective, latency providers, stored attributes and Optuna storage); Ray Tune only schedules::
-
-    driver (jetsearch study --backend ray)          Ray workers, one process per running trial
-    StudySearcher: study.ask() with the study's     run_ray_trial: reopens that Optuna trial,
-      sampler, samples the space on it, hands   ->    runs jetsearch.objective.Objective on it and
-      the trial number to a new Ray trial             study.tell()s the result
-    scheduler: FIFO (pareto), ASHA (budget mode)    LatencyService: one Ray actor per target,
-    StudyRecorder: a worker that died, ASHA stops     measuring one network at a time
-
-Why a Tune ``Searcher`` over Optuna's ask-and-tell rather than Ray tasks each running the
-study's worker loop: Tune keeps doing what it is for (per-trial CPU/GPU reservations, rerunning a
-dead worker's trial on the *same* Optuna trial, ASHA between epochs, ``Tuner.restore`` for
-``--resume``) and one sampler in the driver sees every trial as it is asked, as in the local
-backend; worker loops would each sample alone and need hand-made retries and scheduling. Only
-public APIs are used: ``study.ask`` / ``study.tell``, ``optuna.trial.Trial(study, trial_id)``
-(how ``ask`` builds a trial; the worker reopens the asked one), the storage's own methods for
-trial ids, attributes and heartbeats, a pruner (consulted after each ``trial.report``) that
-forwards every epoch to ``tune.report``; Ray's ``Searcher``, ``Callback``, ``Tuner``.
-
-A Ray-run trial stores three more user attributes than a local one (:data:`RAY_USER_ATTRS`).
-When something fails: a trial that raises is FAILED with ``failure_reason`` and the study goes
-on; a worker process or node that dies is rerun on the same Optuna trial up to ``max_failures``
-times, then FAILED with the Ray error; the trials in flight of a driver that died or was stopped
-are FAILED and queued again by the next run of the same experiment, or by the driver itself
-(:func:`requeue_interrupted`). On PostgreSQL workers beat a heartbeat, so any process of the
-study recovers the trials of a dead one. The run stops once the study holds ``trials`` finished
-trials (every process counted), starts none after ``timeout_s``, and stops when its failures
-outnumber ``trials``.
+objective, latency providers, stored attributes and Optuna storage); Ray Tune only schedules.
+The driver's :class:`StudySearcher` asks each trial (``study.ask``), a Ray worker runs the
+Objective on it and tells the result (:func:`run_ray_trial`). Public Optuna and Ray APIs only.
+The design, and what happens when something fails: ``docs/scaling.md``, "Ray backend design".
 """
 
 from __future__ import annotations
@@ -51,11 +27,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import optuna
+import torch
 from optuna.trial import TrialState
 
 from jetsearch.latency.chain import LatencyChain
 from jetsearch.objective import Objective, load_data
 from jetsearch.recovery import record_owner
+from jetsearch.space import load_space
 from jetsearch.study import (
     StudyError,
     StudyRun,
@@ -108,10 +86,11 @@ def _absolute(path: str) -> str:
 
 def portable_spec(spec: StudySpec) -> StudySpec:
     """The spec with its relative file paths made absolute (Tune runs trials elsewhere)."""
+    cache, token = spec.latency.cache, spec.latency.token_file
     latency = dataclasses.replace(
         spec.latency,
-        cache=_absolute(spec.latency.cache) if spec.latency.cache else None,
-        token_file=_absolute(spec.latency.token_file) if spec.latency.token_file else None,
+        cache=_absolute(cache) if cache else None,
+        token_file=_absolute(token) if token else None,
     )
     space = spec.space  # a built-in name (space: tiny) stays a name
     if Path(space).suffix in (".yaml", ".yml") or Path(space).exists():
@@ -137,35 +116,24 @@ def trial_id_of(storage: Any, study_name: str, number: int) -> int:
     return storage.get_trial_id_from_study_id_trial_number(study_id, number)
 
 
-# ---------------------------------------------------------------------------------------------
-# latency: one measurement at a time per target
-
-
 def latency_service_name(spec: StudySpec) -> str:
     """The Ray actor name of the latency service for this target and these latency settings."""
     digest = hashlib.sha256(repr((spec.target, spec.latency)).encode()).hexdigest()[:10]
     return f"jetsearch-latency-{spec.target}-{digest}"
 
 
-class LatencyService:
-    """The study's latency chain in a Ray actor that measures one network at a time.
-
-    Two networks timed at once on one board (or CPU) would measure the contention: the actor
-    runs with ``max_concurrency=1``, so every trial's calls run in turn. ``intervals`` returns
-    the (start, end) wall times of every measurement.
-    """
+class LatencyService(LatencyChain):
+    """The study's latency chain as a Ray actor that measures one network at a time (see
+    :func:`start_latency_service`); ``intervals`` returns each measurement's (start, end)."""
 
     def __init__(self, spec: StudySpec) -> None:
-        self.chain = LatencyChain(spec)
+        super().__init__(spec)
         self.times: list[tuple[float, float]] = []
 
-    def describe(self) -> str:
-        return self.chain.describe()
-
-    def measure(self, onnx_bytes: bytes, config: Any) -> tuple[Any, list[str]]:
+    def measure(self, onnx_model: Any, config: Any) -> tuple[Any, list[str]]:
         start = time.time()
         try:
-            return self.chain.measure(onnx_bytes, config)
+            return super().measure(onnx_model, config)
         finally:
             self.times.append((start, time.time()))
 
@@ -182,34 +150,22 @@ class LatencyClient:
     def measure(self, onnx_bytes: bytes, config: Any) -> tuple[Any, list[str]]:
         return ray.get(self.actor.measure.remote(onnx_bytes, config))
 
-    def describe(self) -> str:
-        return ray.get(self.actor.describe.remote())
-
-    def close(self) -> None:
-        """Nothing to close: the actor serves the next trials."""
-
 
 def start_latency_service(spec: StudySpec) -> Any:
-    """The latency actor for ``spec`` (shared by name; it lives as long as this handle).
+    """The latency actor for ``spec``, shared by name; it lives as long as this handle.
 
+    ``max_concurrency=1``: two networks timed at once on one board would measure the contention.
     Placed on the driver's node when it can be: that is the machine ``local`` measures.
     """
-    options: dict[str, Any] = {
-        "name": latency_service_name(spec),
-        "namespace": RAY_NAMESPACE,
-        "get_if_exists": True,
-        "num_cpus": 0,  # it waits on a board or times briefly; trials own the CPUs
-        "max_concurrency": 1,
-        "max_restarts": 3,
-    }
+    options: dict[str, Any] = {"name": latency_service_name(spec), "namespace": RAY_NAMESPACE}
     with contextlib.suppress(Exception):  # Ray Client drivers have no node of their own
         node = ray.get_runtime_context().get_node_id()
         options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=True)
-    return ray.remote(LatencyService).options(**options).remote(spec)
-
-
-# ---------------------------------------------------------------------------------------------
-# the Ray trial, in a Ray worker process
+    # num_cpus=0: it waits on a board or times briefly; the trials own the CPUs.
+    actor = ray.remote(LatencyService).options(
+        get_if_exists=True, num_cpus=0, max_concurrency=1, max_restarts=3, **options
+    )
+    return actor.remote(spec)
 
 
 @dataclass(frozen=True)
@@ -234,13 +190,9 @@ class EpochsToTune(optuna.pruners.BasePruner):
 
     def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
         if trial.last_step is not None:
-            tune.report(
-                {
-                    "val_miou": float(trial.intermediate_values[trial.last_step]),
-                    "epoch": trial.last_step,
-                    "latency_ms": float(trial.user_attrs.get("latency_ms", math.nan)),
-                }
-            )
+            value = float(trial.intermediate_values[trial.last_step])
+            latency_ms = float(trial.user_attrs.get("latency_ms", math.nan))
+            tune.report({"val_miou": value, "epoch": trial.last_step, "latency_ms": latency_ms})
         return self.inner.prune(study, trial)
 
 
@@ -248,7 +200,9 @@ class EpochsToTune(optuna.pruners.BasePruner):
 def heartbeat(storage: Any, trial_id: int) -> Any:
     """Beat the trial's heartbeat while it runs, on storages that have one (RDB with a period)."""
     is_rdb = isinstance(storage, optuna.storages.RDBStorage)
-    interval = storage.get_heartbeat_interval() if is_rdb else None
+    if not (interval := storage.get_heartbeat_interval() if is_rdb else None):
+        yield
+        return
     stop = threading.Event()
 
     def beat() -> None:
@@ -258,14 +212,12 @@ def heartbeat(storage: Any, trial_id: int) -> Any:
             stop.wait(interval)
 
     thread = threading.Thread(target=beat, daemon=True)
-    if interval:
-        thread.start()
+    thread.start()
     try:
         yield
     finally:
         stop.set()
-        if interval:
-            thread.join()
+        thread.join()
 
 
 _WORKERS: dict[str, tuple[Any, optuna.Study, Callable]] = {}  # data and space built once
@@ -275,41 +227,30 @@ def trial_worker(settings: RaySettings) -> tuple[Any, optuna.Study, Callable]:
     """(storage, study, objective) of this worker process for ``settings``."""
     key = repr((settings.storage, settings.study_name, settings.spec))
     if key not in _WORKERS:
-        import torch
-
-        from jetsearch.space import load_space
-
         torch.set_num_threads(settings.threads)
-        spec = settings.spec
+        spec, url = settings.spec, settings.storage
         # Every parameter was suggested by the driver's sampler; the worker only reads them.
         random = optuna.samplers.RandomSampler()
-        study = create_or_load_study(spec, settings.storage, settings.study_name, sampler=random)
+        study = create_or_load_study(spec, url, settings.study_name, sampler=random)
         study.pruner = EpochsToTune(study.pruner)
+        # On file storages, owner record and heartbeat as in a local study, so a process that
+        # shares the storage can tell a live Ray trial from a dead one (jetsearch.recovery);
+        # database servers keep Optuna's heartbeat.
+        server = "://" in url and not url.startswith("sqlite")
+        heartbeat_s = None if server else heartbeat_settings()[0]
         latency = LatencyClient(settings.latency_service)
-        # Owner record and heartbeat as in a local study, so a process that shares the storage
-        # can tell a live Ray trial from a dead one (jetsearch.recovery).
-        interval_s, _ = heartbeat_settings()
-        server = "://" in settings.storage and not settings.storage.startswith("sqlite")
         objective = Objective(
-            spec,
-            load_space(spec.space),
-            latency,
-            load_data(spec),
-            heartbeat_s=None if server else interval_s,  # servers keep Optuna's heartbeat
+            spec, load_space(spec.space), latency, load_data(spec), heartbeat_s=heartbeat_s
         )
         if settings.objective_wrapper is not None:
             objective = settings.objective_wrapper(objective)
-        _WORKERS[key] = (open_storage(settings.storage), study, objective)
+        _WORKERS[key] = (open_storage(url), study, objective)
     return _WORKERS[key]
 
 
 def run_ray_trial(config: dict[str, Any], settings: RaySettings) -> None:
-    """One Ray Tune trial: the study's Objective on the Optuna trial the searcher asked.
-
-    The parameters are in the storage already, so ``space.sample`` on the reopened trial
-    reproduces the network; the result is told to the study here. A trial no longer RUNNING
-    (failed by a heartbeat check while this Ray trial waited for a retry) is left alone.
-    """
+    """One Ray Tune trial: the study's Objective on the Optuna trial the searcher asked (whose
+    parameters the storage holds), told here; one no longer RUNNING is left alone."""
     os.environ.update(dict(settings.env))  # the driver's JETSEARCH_* variables hold here too
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage, study, objective = trial_worker(settings)
@@ -320,8 +261,18 @@ def run_ray_trial(config: dict[str, Any], settings: RaySettings) -> None:
         trial.set_user_attr("ray_attempt", int(frozen.user_attrs.get("ray_attempt", 0)) + 1)
         trial.set_user_attr("ray_trial_id", tune.get_context().get_trial_id())
         trial.set_user_attr("ray_node", socket.gethostname())
+        state, values = TrialState.FAIL, None
         with heartbeat(storage, trial_id):
-            state, values = run_objective(objective, trial)
+            try:  # as study.optimize with catch=Exception
+                state, values = TrialState.COMPLETE, objective(trial)
+            except optuna.TrialPruned:
+                state = TrialState.PRUNED
+            except Exception as err:
+                if "failure_reason" not in trial.user_attrs:
+                    trial.set_user_attr("failure_reason", f"{type(err).__name__}: {err}")
+                warnings.warn(
+                    f"trial {trial.number} failed: {traceback.format_exc()}", stacklevel=1
+                )
         study.tell(trial, values, state=state, skip_if_finished=True)
         gc.collect()  # the process runs the next trial: free this one's model and tensors
     frozen = storage.get_trial(trial_id)  # Tune's own table shows its last report
@@ -332,39 +283,10 @@ def run_ray_trial(config: dict[str, Any], settings: RaySettings) -> None:
     )
 
 
-def run_objective(objective: Callable, trial: optuna.trial.Trial) -> tuple[TrialState, Any]:
-    """(state, values) of one run of the objective, as ``study.optimize`` with catch=Exception."""
-    try:
-        return TrialState.COMPLETE, objective(trial)
-    except optuna.TrialPruned:
-        return TrialState.PRUNED, None
-    except Exception as err:
-        if "failure_reason" not in trial.user_attrs:
-            trial.set_user_attr("failure_reason", f"{type(err).__name__}: {err}")
-        warnings.warn(f"trial {trial.number} failed: {traceback.format_exc()}", stacklevel=1)
-        return TrialState.FAIL, None
-
-
-def _trial_name(trial: Any) -> str:
-    return f"optuna-{trial.config.get(TRIAL_NUMBER_KEY, '?')}"
-
-
-def _trial_dirname(trial: Any) -> str:
-    return f"optuna-{trial.config.get(TRIAL_NUMBER_KEY, 'x')}-{trial.trial_id}"
-
-
-# ---------------------------------------------------------------------------------------------
-# the driver side
-
-
 @dataclass
 class RunControl:
-    """One run as the driver's searcher and recorder see it; pickled with the Tune experiment.
-
-    A restored experiment unpickles the searcher and recorder of the run that started it: they
-    use the live run of their experiment (:meth:`live`) for its target, deadline and callbacks,
-    or the pickled copy (no callbacks) where there is none, as in a Ray Client driver.
-    """
+    """One run as the driver's searcher and recorder see it; pickled with the Tune experiment,
+    less callbacks and open handles (:meth:`live` is the run in progress, when there is one)."""
 
     spec: StudySpec
     storage: str
@@ -385,8 +307,6 @@ class RunControl:
     def open(self) -> tuple[optuna.Study, Any, Any]:
         """(study with the spec's sampler, its storage, the space), opened on first use."""
         if self.opened is None:
-            from jetsearch.space import load_space
-
             storage = open_storage(self.storage)
             study = optuna.load_study(study_name=self.study_name, storage=storage)
             # As run_worker_process: a continued study must not replay the seeded stream.
@@ -453,12 +373,9 @@ class StudySearcher(Searcher):
 
 
 class StudyRecorder(TuneCallback):
-    """Writes what only the driver sees, then calls the run's ``callback(study, frozen_trial)``.
-
-    A Ray trial that errored (its worker died on every attempt) fails its Optuna trial with the
-    Ray error as ``failure_reason``; one ASHA stopped between two epochs is PRUNED with
-    ``pruned_reason``.
-    """
+    """Writes what only the driver sees, then calls the run's ``callback(study, frozen_trial)``:
+    a Ray trial that errored (its worker died on every attempt) is FAILED with the Ray error as
+    ``failure_reason``; one ASHA stopped between two epochs is PRUNED with ``pruned_reason``."""
 
     def __init__(self, control: RunControl) -> None:
         self.control = control
@@ -509,10 +426,6 @@ def ray_error_text(trial: Any) -> str:
     return f"{head}; {f'its worker process died: {lines[0]}' if died else lines[-1]}"[:1000]
 
 
-# ---------------------------------------------------------------------------------------------
-# run
-
-
 @dataclass
 class RayStudyRun(StudyRun):
     """A :class:`StudyRun`, where Tune kept its state, and the trials failed and queued again."""
@@ -523,33 +436,32 @@ class RayStudyRun(StudyRun):
 
 
 def requeue_interrupted(storage: Any, study_name: str, run_key: str) -> list[int]:
-    """Fail the RUNNING trials an earlier driver of this experiment left behind; queue them again.
-
-    Nothing runs them any more: one experiment (``run_key``: host and experiment directory) has
-    one driver at a time. Each is failed with a ``failure_reason`` and queued again with its
-    parameters, marked as Optuna's RetryFailedTrialCallback does (``failed_trial``,
-    ``retry_history``). ``storage`` is an Optuna storage. Returns the failed trials' numbers.
-    """
+    """Fail the RUNNING trials an earlier driver of experiment ``run_key`` (host and experiment
+    directory: one driver at a time) left behind, with a ``failure_reason``, and queue each again
+    as Optuna's RetryFailedTrialCallback does (``failed_trial``, ``retry_history``). Returns
+    the failed trials' numbers."""
     study = optuna.load_study(study_name=study_name, storage=storage)
+    reason = "interrupted: the Ray driver that ran this trial stopped; queued again"
     requeued = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if trial.system_attrs.get(RAY_EXPERIMENT_ATTR) != run_key:
             continue
         trial_id = trial_id_of(storage, study_name, trial.number)
-        reason = "interrupted: the Ray driver that ran this trial stopped; queued again"
         try:
             storage.set_trial_user_attr(trial_id, "failure_reason", reason)
             storage.set_trial_state_values(trial_id, TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # it finished (or another process failed it) meanwhile
-        history = [*trial.system_attrs.get("retry_history", []), trial.number]
-        retry = {"failed_trial": trial.system_attrs.get("failed_trial", trial.number)}
+        retry = {
+            "failed_trial": trial.system_attrs.get("failed_trial", trial.number),
+            "retry_history": [*trial.system_attrs.get("retry_history", []), trial.number],
+        }
         study.add_trial(
             optuna.trial.create_trial(
                 state=TrialState.WAITING,
                 params=trial.params,
                 distributions=trial.distributions,
-                system_attrs={**retry, "retry_history": history},
+                system_attrs=retry,
             )
         )
         requeued.append(trial.number)
@@ -581,30 +493,9 @@ def run_study_ray(
     verbose: int = 1,
     objective_wrapper: ObjectiveWrapper | None = None,
 ) -> RayStudyRun:
-    """Create or resume the study and run it with Ray Tune until it holds ``trials`` finished.
-
-    Args:
-        spec: the study; ``storage``, ``name``: override the spec's (default journal file).
-            Several machines need PostgreSQL, or a journal file every node mounts.
-        trials: run until the study holds this many finished trials (any process, any backend).
-        address: ``None`` starts Ray on this machine, ``"auto"`` joins this machine's cluster,
-            ``"ray://HOST:10001"`` connects as a Ray Client; ignored when Ray is initialised.
-        gpus_per_trial, cpus_per_trial: what Tune reserves per trial (0.5 GPU: two trials per
-            GPU); training threads follow ``cpus_per_trial`` unless the spec sets them.
-        max_concurrent: trials running at once (as the cluster's resources allow).
-        resume: restore the Tune experiment of an interrupted driver (``Tuner.restore``);
-            without it a new experiment continues the study.
-        timeout_s: start no trial after this many seconds (trials in flight finish).
-        storage_path: root of Tune's experiments (default ``~/ray_results``; on a cluster a
-            path every node sees); the experiment is ``<storage_path>/jetsearch-<study name>``.
-        max_failures: times a trial whose worker or node died is run again.
-        scheduler: ``"auto"``: FIFO in pareto mode, ASHA on the per-epoch val mIoU (in place of
-            the median pruner) in budget mode; ``"fifo"`` or ``"asha"`` (budget mode) force one.
-        callbacks: ``callback(study, frozen_trial)`` called here after each finished trial (not
-            with a Ray Client driver, whose Tune loop runs remotely).
-        verbose: Tune's console output, 0 (quiet) to 3.
-        objective_wrapper: a picklable ``wrapper(objective) -> objective`` for every worker.
-    """
+    """Create or resume the study and run it with Ray Tune until it holds ``trials`` finished
+    (any process, any backend). The arguments are described in ``docs/scaling.md``, "Ray
+    backend design"; ``storage`` and ``name`` override the spec's."""
     import_ray()
     problems = [
         rule
@@ -647,8 +538,6 @@ def run_study_ray(
             "(a shared filesystem); otherwise use PostgreSQL (--storage postgresql://...)",
             stacklevel=2,
         )
-    from jetsearch.space import load_space
-
     study_name = name or spec.name
     study = create_or_load_study(spec, url, study_name)
     if spec.enqueue_presets and not resume:
@@ -671,18 +560,14 @@ def run_study_ray(
     deadline = start + timeout_s if timeout_s is not None else None
     control = RunControl(spec, url, study_name, run_key, trials, deadline, tuple(callbacks))
     _RUNS[run_key] = control
-    interrupted, sources, cut_off = False, "", []
+    interrupted, sources = False, ""
     try:
         service = start_latency_service(spec)  # held: the actor lives as long as this handle
         sources = ray.get(service.describe.remote())
+        threads = spec.train.threads or max(1, int(cpus_per_trial))
+        env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("JETSEARCH_")))
         settings = RaySettings(
-            spec=spec,
-            storage=url,
-            study_name=study_name,
-            latency_service=latency_service_name(spec),
-            threads=spec.train.threads or max(1, int(cpus_per_trial)),
-            env=tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("JETSEARCH_"))),
-            objective_wrapper=objective_wrapper,
+            spec, url, study_name, latency_service_name(spec), threads, env, objective_wrapper
         )
         trainable = tune.with_resources(
             tune.with_parameters(run_ray_trial, settings=settings),
@@ -691,18 +576,24 @@ def run_study_ray(
         if resume:
             tuner = tune.Tuner.restore(str(exp_dir), trainable, resume_unfinished=True)
         else:
+            # ASHA's max_t is one past the last epoch: the final report (after the result is
+            # told) must not be the one that stops the trial. FIFO runs every trial to the end.
+            max_t = spec.train.epochs + 1
+            asha = ASHAScheduler(metric="val_miou", mode="max", max_t=max_t, reduction_factor=2)
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
                     search_alg=StudySearcher(control),
-                    scheduler=new_scheduler(use_asha, spec.train.epochs),
+                    scheduler=asha if use_asha else FIFOScheduler(),
                     num_samples=-1,  # the searcher says when the study is done
                     max_concurrent_trials=max_concurrent,
                     # A worker process runs trial after trial: torch, the data and the space
                     # load once per process (a stopped trial's process is replaced).
                     reuse_actors=True,
-                    trial_name_creator=_trial_name,
-                    trial_dirname_creator=_trial_dirname,
+                    trial_name_creator=lambda t: f"optuna-{t.config.get(TRIAL_NUMBER_KEY, '?')}",
+                    trial_dirname_creator=lambda t: (
+                        f"optuna-{t.config.get(TRIAL_NUMBER_KEY, 'x')}-{t.trial_id}"
+                    ),
                 ),
                 run_config=tune.RunConfig(
                     name=exp_dir.name,
@@ -723,31 +614,9 @@ def run_study_ray(
             ray.shutdown()
         # Tune has stopped every trial by now: any still RUNNING was cut off (Ctrl-C).
         cut_off = requeue_interrupted(open_storage(url), study_name, run_key)
+    after = finished_count(create_or_load_study(spec, url, study_name))
+    interrupted, requeued = interrupted or bool(cut_off), requeued + cut_off
+    wall_s = time.time() - start
     return RayStudyRun(
-        study_name=study_name,
-        storage=url,
-        finished_before=before,
-        finished_after=finished_count(create_or_load_study(spec, url, study_name)),
-        wall_s=time.time() - start,
-        interrupted=interrupted or bool(cut_off),
-        latency_sources=sources,
-        experiment_path=str(exp_dir),
-        resumed=resume,
-        requeued=requeued + cut_off,
-    )
-
-
-def new_scheduler(use_asha: bool, epochs: int) -> Any:
-    """ASHA on the per-epoch val mIoU, or FIFO (every trial to the end)."""
-    if not use_asha:
-        return FIFOScheduler()
-    # max_t one past the last epoch: the final report (after the result is told) must not be
-    # the one that stops the trial.
-    return ASHAScheduler(
-        metric="val_miou",
-        mode="max",
-        time_attr="training_iteration",
-        max_t=epochs + 1,
-        grace_period=1,
-        reduction_factor=2,
+        study_name, url, before, after, wall_s, interrupted, sources, str(exp_dir), resume, requeued
     )
