@@ -444,28 +444,9 @@ class Trainer:
         if epoch % cfg.eval_every == 0 or last:
             self._call_hooks("on_validate", epoch)
             started = time.perf_counter()
-            metrics, val_loss = evaluate(
-                self.model,
-                self.val_loader,
-                device=self.device,
-                num_classes=self.num_classes,
-                ignore_index=self.ignore_index,
-                class_names=self.class_names,
-                autocast_dtype=self.autocast_dtype,
-                channels_last=self.channels_last,
-                loss_fn=self.loss_fn,
-            )
+            metrics, val_loss = self._evaluate_loader(self.val_loader, loss_fn=self.loss_fn)
             if self.heldout_loader is not None:
-                heldout, _ = evaluate(
-                    self.model,
-                    self.heldout_loader,
-                    device=self.device,
-                    num_classes=self.num_classes,
-                    ignore_index=self.ignore_index,
-                    class_names=self.class_names,
-                    autocast_dtype=self.autocast_dtype,
-                    channels_last=self.channels_last,
-                )
+                heldout, _ = self._evaluate_loader(self.heldout_loader)
             eval_time = time.perf_counter() - started
             miou = metrics.miou if math.isfinite(metrics.miou) else -math.inf
             improved = self.best_epoch == 0 or miou > self.best_miou
@@ -571,7 +552,10 @@ class Trainer:
         """Per-class IoU, mIoU and pixel accuracy of the current model on a whole split
         (``None``: the validation split), from one confusion matrix."""
         loader = self.val_loader if dataset is None else self._eval_loader(dataset)
-        metrics, _ = evaluate(
+        return self._evaluate_loader(loader)[0]
+
+    def _evaluate_loader(self, loader, loss_fn=None) -> tuple[SegMetrics, float | None]:
+        return evaluate(
             self.model,
             loader,
             device=self.device,
@@ -580,8 +564,8 @@ class Trainer:
             class_names=self.class_names,
             autocast_dtype=self.autocast_dtype,
             channels_last=self.channels_last,
+            loss_fn=loss_fn,
         )
-        return metrics
 
     def _budget_used(self) -> bool:
         return self.cfg.time_budget_s is not None and self.train_time_s >= self.cfg.time_budget_s

@@ -22,29 +22,22 @@ def _jetsearch(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+def _finalize(storage: Path, out: Path, *options: str) -> subprocess.CompletedProcess:
+    return _jetsearch(
+        "finalize", "--study", "small", "--storage", str(storage), "--out", str(out), *options
+    )
+
+
+RECIPE = ("--epochs", "1", "--size", "32x48")
+
+
 def test_finalize_writes_a_report_naming_every_network_it_trained(tmp_path):
     spec = write_study(tmp_path)
     storage = tmp_path / "s.log"
     out = _jetsearch("study", "--target", str(spec), "--trials", "3", "--storage", str(storage))
     assert out.returncode == 0, out.stdout + out.stderr
     final = tmp_path / "final"
-    done = _jetsearch(
-        "finalize",
-        "--study",
-        "small",
-        "--storage",
-        str(storage),
-        "--top",
-        "2",
-        "--with-presets",
-        "nano",
-        "--epochs",
-        "1",
-        "--size",
-        "32x48",
-        "--out",
-        str(final),
-    )
+    done = _finalize(storage, final, "--top", "2", "--with-presets", "nano", *RECIPE)
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads((final / "report.json").read_text())
     names = [n["name"] for n in report["networks"]]
@@ -58,24 +51,10 @@ def test_finalize_writes_a_report_naming_every_network_it_trained(tmp_path):
     assert "1 epochs at 32x48" in report["recipe"] and "flip" in report["recipe"]
     assert (final / "front_final.png").read_bytes()[:4] == b"\x89PNG"
     # Running it again resumes: nothing is trained twice, the report is the same networks.
-    again = _jetsearch(
-        "finalize",
-        "--study",
-        "small",
-        "--storage",
-        str(storage),
-        "--top",
-        "2",
-        "--with-presets",
-        "nano",
-        "--epochs",
-        "1",
-        "--size",
-        "32x48",
-        "--out",
-        str(final),
-    )
+    trained = {n: (final / n / "best.pt").stat().st_mtime_ns for n in names}
+    again = _finalize(storage, final, "--top", "2", "--with-presets", "nano", *RECIPE)
     assert again.returncode == 0, again.stderr
+    assert {n: (final / n / "best.pt").stat().st_mtime_ns for n in names} == trained
     assert [n["name"] for n in json.loads((final / "report.json").read_text())["networks"]] == names
 
 
@@ -88,32 +67,8 @@ def test_finalize_refuses_bad_input_before_training(tmp_path):
         ).returncode
         == 0
     )
-    bad = _jetsearch(
-        "finalize",
-        "--study",
-        "small",
-        "--storage",
-        str(storage),
-        "--top",
-        "0",
-        "--epochs",
-        "1",
-        "--out",
-        str(tmp_path / "f"),
-    )
+    bad = _finalize(storage, tmp_path / "f", "--top", "0", *RECIPE)
     assert bad.returncode == 2 and "--top" in bad.stderr
-    unknown = _jetsearch(
-        "finalize",
-        "--study",
-        "small",
-        "--storage",
-        str(storage),
-        "--with-presets",
-        "tx2",
-        "--epochs",
-        "1",
-        "--out",
-        str(tmp_path / "f"),
-    )
+    unknown = _finalize(storage, tmp_path / "f", "--with-presets", "tx2", *RECIPE)
     assert unknown.returncode == 2 and "not a preset" in unknown.stderr
     assert not (tmp_path / "f").exists()
