@@ -656,6 +656,12 @@ class FailureGuard:
 
 
 def _spawn_entry(args) -> None:  # runs in a child process
+    import signal
+
+    def stop(signum, frame):  # SIGTERM from the parent: stop as on Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     with contextlib.suppress(KeyboardInterrupt):
         run_worker_process(*args)
 
@@ -733,12 +739,17 @@ def run_study(
             p.join()
     except KeyboardInterrupt:
         interrupted = True
+        # Ctrl-C reached the whole process group; a SIGTERM only this process: pass it on.
+        for p in children:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.terminate()  # SIGTERM: the child marks its trial interrupted and stops
         for p in children:
             p.join(timeout=30)
     finally:
         for p in children:
             if p.is_alive():
-                p.terminate()
+                p.kill()
     after = finished_count(create_or_load_study(spec, url, study_name))
     return StudyRun(
         study_name, url, before, after, time.time() - start, interrupted, latency.describe()

@@ -18,7 +18,8 @@ Examples::
     jetsearch export --study agx --pick knee -o agx-knee.yaml
     jetsearch worker --target agx --port 8765 --token-file token.txt
 
-Exit codes: 0 success, 1 the work failed, 2 bad arguments or bad input files, 130 interrupted.
+Exit codes: 0 success, 1 the work failed, 2 bad arguments or bad input files, 130 interrupted
+(Ctrl-C), 143 stopped by SIGTERM (``jetsearch study`` stops as on Ctrl-C).
 Set JETSEARCH_DEBUG=1 to see tracebacks for input errors. The storage of study, show, export
 and dashboard is --storage, else $JETSEARCH_STORAGE, else $OPTUNA_STORAGE (the variable
 Optuna's own command line reads).
@@ -28,11 +29,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 class UsageError(Exception):
@@ -214,6 +218,34 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_parsers(sub)
     latency.add_parsers(sub)
     return parser
+
+
+class TerminateAsInterrupt:
+    """SIGTERM (``kill PID``, a service manager or a batch scheduler stopping the job) raises
+    KeyboardInterrupt while the block runs, so it stops exactly as Ctrl-C does: the trial in
+    flight is marked interrupted and queued again, and nothing is counted as a crash.
+    ``signalled`` says whether it was SIGTERM (exit 143) rather than Ctrl-C (130)."""
+
+    def __init__(self) -> None:
+        self.signalled = False
+        self.previous = None
+
+    def _handler(self, signum, frame) -> None:
+        self.signalled = True
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> TerminateAsInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_TERMINATED if self.signalled else EXIT_INTERRUPTED
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from jetsearch.cli import (
-    EXIT_INTERRUPTED,
     EXIT_OK,
     STORAGE_HELP,
+    TerminateAsInterrupt,
     UsageError,
     non_negative_float,
     non_negative_int,
@@ -382,8 +382,10 @@ def cmd_study(args: argparse.Namespace) -> int:
         )
     callbacks = [view] if view else []
     run = None
+    stop = TerminateAsInterrupt()
     try:
-        with view if isinstance(view, LiveView) else contextlib.nullcontext(), _optuna_logs():
+        live = view if isinstance(view, LiveView) else contextlib.nullcontext()
+        with stop, live, _optuna_logs():
             run = _run_backend(args, spec, url, name, callbacks, progress, view is None)
     except StudyError as err:
         raise UsageError(str(err)) from None
@@ -392,11 +394,12 @@ def cmd_study(args: argparse.Namespace) -> int:
     if run is None or run.interrupted:
         finished = run.finished_after if run is not None else _finished_so_far(url, name)
         again = " plus --resume" if args.backend == "ray" else ""
+        how = "stopped by SIGTERM" if stop.signalled else "interrupted"
         console.print(
-            f"interrupted: {finished} trials finished, resume with the same command{again}",
+            f"{how}: {finished} trials finished, resume with the same command{again}",
             soft_wrap=True,
         )
-        return EXIT_INTERRUPTED
+        return stop.exit_code
     study = load_study(name, url)
     rows = trial_rows(study, url)
     if not isinstance(view, LiveView):  # the live panel already shows the final front

@@ -462,3 +462,48 @@ def test_ctrl_c_on_a_terminal_says_one_line_and_exits_130(tmp_path):
     # The live view ran on the terminal, its clock moving between trial ends.
     clocks = set(re.findall(r"elapsed (\d+:\d\d:\d\d)", text))
     assert len(clocks) >= len(finished) + 2, clocks
+
+
+def test_sigterm_stops_a_study_as_ctrl_c_does_and_exits_143(tmp_path):
+    # kill PID, a service manager or a batch scheduler: the trial in flight is marked
+    # interrupted and queued again (not left RUNNING to be counted as a crash), exit 143.
+    spec = tiny_study(tmp_path, train={"epochs": 60})  # trials long enough to land in training
+    storage = tmp_path / "s.log"
+    command = [sys.executable, "-m", "jetsearch.cli", "study", "--target", str(spec)]
+    process = subprocess.Popen(
+        [*command, "--trials", "3", "--storage", str(storage)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            assert process.poll() is None, process.stdout.read()
+            try:
+                running = _load(storage).get_trials(states=(optuna.trial.TrialState.RUNNING,))
+            except (KeyError, FileNotFoundError):  # the study is not created yet
+                running = []
+            if running and "latency_ms" in running[0].user_attrs:
+                break  # measured, now training
+            time.sleep(0.2)
+        else:
+            raise AssertionError("no trial reached its training in time")
+        time.sleep(1.0)
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 143, out
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
+    assert re.search(r"^stopped by SIGTERM: 0 trials finished, resume with", out, re.M), out
+    trials = _load(storage).get_trials()
+    [stopped] = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert stopped.user_attrs["failure_reason"] == "interrupted"
+    [waiting] = [t for t in trials if t.state == optuna.trial.TrialState.WAITING]
+    assert waiting.user_attrs["retry_of"] == stopped.number
+    assert waiting.system_attrs["fixed_params"] == stopped.params  # enqueue_trial's record
