@@ -299,9 +299,9 @@ def main(argv: list[str] | None = None) -> int:
         "--delay",
         type=float,
         nargs=2,
-        default=(3.0, 15.0),
+        default=(8.0, 30.0),
         metavar=("MIN", "MAX"),
-        help="a kill comes uniformly MIN-MAX s after a start (default 3 15)",
+        help="a kill comes uniformly MIN-MAX s after a start (default 8 30)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/soak")
