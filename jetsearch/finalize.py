@@ -77,12 +77,18 @@ def spec_of(study) -> Any:
 
 
 def choose(rows: Sequence[Any], top: int) -> list[Any]:
-    """The ``top`` networks of the front, best first (ends of the front, then spread)."""
+    """The ``top`` found networks of the front, best first (ends of the front, then spread).
+
+    Found means not a preset: the presets a study enqueued are trained with ``--with-presets``
+    (as presets, once), so the front here is that of the other networks.
+    """
     from jetsearch.report import pareto_front
 
-    front = pareto_front(list(rows))
+    front = pareto_front([r for r in rows if not r.preset])
     if not front:
-        raise FinalizeError("the study has no feasible finished network to finalize")
+        raise FinalizeError(
+            "the study has no feasible finished network other than the presets to finalize"
+        )
     by_key = {r.point().key: r for r in front}
     return [by_key[p.key] for p in ranked([r.point() for r in front])][:top]
 

@@ -94,7 +94,9 @@ def add_parsers(subparsers) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--top", type=int, default=3, help="networks of the front (default 3)")
+    p.add_argument(
+        "--top", type=int, default=3, help="found networks of the front, presets aside (default 3)"
+    )
     p.add_argument(
         "--with-presets",
         nargs="*",

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from study_cases import write_study
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,3 +73,33 @@ def test_finalize_refuses_bad_input_before_training(tmp_path):
     unknown = _finalize(storage, tmp_path / "f", "--with-presets", "tx2", *RECIPE)
     assert unknown.returncode == 2 and "not a preset" in unknown.stderr
     assert not (tmp_path / "f").exists()
+
+
+def test_the_found_networks_are_the_front_without_the_presets():
+    from jetsearch.finalize import FinalizeError, choose
+    from jetsearch.report import TrialRow
+
+    def row(number, miou, latency, preset=None):
+        return TrialRow(
+            number=number,
+            state="COMPLETE",
+            miou=miou,
+            latency_ms=latency,
+            provenance="measured-local",
+            params=1000,
+            macs=10**6,
+            feasible=True,
+            preset=preset,
+            arch_hash=f"h{number}",
+            duplicate_of=None,
+            reason=None,
+            synthetic=False,
+        )
+
+    # The preset (trial 0) dominates trial 2; the found front is trials 1 and 2 all the same,
+    # since the preset is trained as a preset (--with-presets), never as a found network.
+    rows = [row(0, 0.40, 10.0, preset="nano"), row(1, 0.30, 5.0), row(2, 0.35, 12.0)]
+    assert sorted(r.number for r in choose(rows, 3)) == [1, 2]
+    assert [r.number for r in choose(rows, 1)][0] in (1, 2)
+    with pytest.raises(FinalizeError, match="other than the presets"):
+        choose([row(0, 0.4, 10.0, preset="nano")], 3)
