@@ -27,6 +27,7 @@ import contextlib
 import copy
 import dataclasses
 import functools
+import logging
 import os
 import time
 import typing
@@ -47,6 +48,7 @@ from jetseg.config import (
 from jetseg.train_config import TrainConfig
 from jetseg.validation import Problem, field_types, known, parse, validate
 
+_logger = logging.getLogger(__name__)
 STUDIES_DIR_ENV = "JETSEARCH_STUDIES_DIR"
 DEFAULT_STORAGE = "jetsearch-studies.log"
 ProviderKind = Literal["workers", "local", "estimate"]
@@ -589,19 +591,67 @@ def run_worker_process(
                 rung = ladder.waiting_rung() or 0
             if rung == 0 and finished_count(study) >= total_trials:
                 break
-            studies[rung].optimize(
-                objective(rung),
-                n_trials=1,
-                callbacks=hooks,
-                catch=(Exception,),
-                gc_after_trial=True,
-            )
+            optimize_one(studies[rung], objective(rung), hooks)
         if ladder is not None:
             ladder.promote()  # what the last trial made due is enqueued, not lost
+    except KeyboardInterrupt:
+        interrupt_own_trials(studies, storage_obj)
+        raise
     finally:
         latency.close()
     if guard.stopped_reason:
         raise StudyError(f"study stopped: {guard.stopped_reason}")
+
+
+def optimize_one(study, objective: Callable, callbacks: list) -> None:
+    """One trial of ``study.optimize``; a Ctrl-C always comes out as KeyboardInterrupt.
+
+    Optuna 5.0's ``_run_trial`` loses a Ctrl-C that lands inside its own ``tell``: its
+    ``finally`` block then raises ``UnboundLocalError`` (and a journal lock interrupted in its
+    release raises ``FileNotFoundError``). An error raised while a Ctrl-C was being handled is
+    that Ctrl-C.
+    """
+    try:
+        study.optimize(
+            objective, n_trials=1, callbacks=callbacks, catch=(Exception,), gc_after_trial=True
+        )
+    except Exception as err:
+        if isinstance(err.__context__, KeyboardInterrupt):
+            raise KeyboardInterrupt from err
+        raise
+
+
+def interrupt_own_trials(studies: Sequence, storage: Any) -> list[int]:
+    """After a Ctrl-C: mark this process's trials still RUNNING interrupted, queued again.
+
+    The trial's own heartbeat does this when the interrupt lands in the objective; this
+    covers one that lands in Optuna's code around it (sampling, ``tell``, the callbacks), so
+    the trial is not left RUNNING for the next start to count as a death. Returns their numbers.
+    """
+    import optuna
+
+    from jetsearch.recovery import mark_interrupted, owner_of, this_process
+
+    me, marked = this_process(), []
+    for rung_study in studies:
+        try:
+            running = rung_study.get_trials(
+                deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)
+            )
+            for trial in running:
+                owner = owner_of(trial)
+                mine = owner is not None and (owner.host, owner.pid, owner.start) == (
+                    me.host,
+                    me.pid,
+                    me.start,
+                )
+                if not mine:
+                    continue
+                if mark_interrupted(rung_study, trial.number, storage=storage) is not None:
+                    marked.append(trial.number)
+        except Exception as err:  # the interrupt, not this, is what the caller must see
+            _logger.warning("could not mark the interrupted trials: %r", err)
+    return marked
 
 
 def study_artifact_store(storage: str, spec: StudySpec) -> Any:

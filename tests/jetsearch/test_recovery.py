@@ -506,3 +506,46 @@ def test_a_storage_without_the_study_is_refused(tmp_path):
         recover_stale_trials(other, storage=storage, grace_s=1)
     with pytest.raises(ValueError, match="grace_s > 0"):
         recover_stale_trials(other, storage=storage, grace_s=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# a Ctrl-C landing in Optuna's code around the objective
+
+
+def test_an_error_raised_while_a_ctrl_c_is_handled_is_that_ctrl_c():
+    from jetsearch.study import optimize_one
+
+    def lost_interrupt(study, trial):  # as Optuna 5.0's _run_trial when a Ctrl-C hits its tell
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise UnboundLocalError("updated_state") from None
+
+    def plain_error(study, trial):
+        raise RuntimeError("a bug, not an interrupt")
+
+    study = optuna.create_study(direction="maximize")
+    with pytest.raises(KeyboardInterrupt):
+        optimize_one(study, lambda t: t.suggest_float("x", 0, 1), [lost_interrupt])
+    with pytest.raises(RuntimeError, match="a bug"):
+        optimize_one(study, lambda t: t.suggest_float("x", 0, 1), [plain_error])
+
+
+def test_an_interrupt_outside_the_objective_marks_only_this_processes_trials(storage_and_study):
+    from jetsearch.recovery import record_owner
+    from jetsearch.study import interrupt_own_trials
+
+    storage, study = storage_and_study
+    mine = study.ask()
+    mine.suggest_float("x", 0.0, 1.0)
+    record_owner(mine)
+    theirs = _remote_trial(study, heartbeat_age_s=0)  # alive elsewhere: not ours to mark
+
+    assert interrupt_own_trials([study], storage) == [mine.number]
+    trials = {t.number: t for t in study.get_trials()}
+    assert trials[mine.number].state == TrialState.FAIL
+    assert trials[mine.number].user_attrs["failure_reason"] == INTERRUPTED
+    assert trials[theirs.number].state == TrialState.RUNNING
+    [retry] = by_state(trials, TrialState.WAITING)
+    assert retry.user_attrs["retry_of"] == mine.number
+    assert interrupt_own_trials([study], storage) == []  # nothing twice
