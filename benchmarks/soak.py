@@ -18,10 +18,10 @@ are remembered. At the end it prints, over all rungs:
 
 * **completed**: COMPLETE (and PRUNED) trials per rung;
 * **lost** (must be 0): a COMPLETE trial seen after some kill that later is missing or has other
-  values; a network whose trial died (``owner died`` / ``interrupted``) and that no later trial
-  of its rung finished, unless its retry died too and it was given up (the recovery's rule: a
-  network whose process died twice is not tried a third time); a promotion that is due but was
-  never made;
+  values; a network whose trial died (``owner died`` / ``interrupted``) and whose chain of
+  retries (``retry_of``) ends in no finished trial, unless its retry died too and it was given
+  up (the recovery's rule: a network whose process died twice is not tried a third time); a
+  promotion that is due but was never made;
 * **stuck RUNNING** (must be 0) and WAITING trials left behind;
 * **retried**: dead trials whose network was queued again (``retry_of``) and **given up**
   (``owner died twice``), **duplicated promotions** (must be 0);
@@ -38,6 +38,7 @@ import argparse
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -141,22 +142,20 @@ def phase_of(attrs: dict) -> str:
     return "sampling"
 
 
-def hit_trial(storage: str, interrupted: bool) -> str:
-    """The trial a kill hit: the one RUNNING, or (after Ctrl-C) the last one interrupted."""
-    last = None
+def hit_trial(storage: str, interrupted: bool, known: set) -> str:
+    """The trial a kill hit: the one RUNNING, or (after Ctrl-C) one newly interrupted, i.e. not
+    in ``known``; every interrupted trial is added to ``known``."""
+    hit = None
     for name, study in open_studies(storage).items():
         for t in study.get_trials(deepcopy=False):
+            label = f"{name} trial {t.number} ({phase_of(t.user_attrs)})"
             if not interrupted and t.state.name == "RUNNING":
-                return f"{name} trial {t.number} ({phase_of(t.user_attrs)})"
-            if (
-                interrupted
-                and t.user_attrs.get("failure_reason") == "interrupted"
-                and (last is None or t.datetime_complete > last[2].datetime_complete)
-            ):
-                last = (name, t.number, t)
-    if last is not None:
-        return f"{last[0]} trial {last[1]} ({phase_of(last[2].user_attrs)})"
-    return "no trial running (starting up, promoting or between trials)"
+                hit = hit or label
+            if t.user_attrs.get("failure_reason") == "interrupted":
+                if interrupted and (name, t.number) not in known:
+                    hit = hit or label
+                known.add((name, t.number))
+    return hit or "no trial running (starting up, promoting or between trials)"
 
 
 def _default_sigint() -> None:
@@ -184,6 +183,7 @@ def disturbed(args, cmd: list[str], storage: str, log: Path, env: dict) -> tuple
     rng.shuffle(signals)
     kills: list[str] = []
     seen: dict[tuple[str, int], tuple] = {}
+    known: set = set()  # interrupted trials already reported
     start = time.monotonic()
     with log.open("a") as fh:
         while len(kills) < len(signals):
@@ -216,7 +216,7 @@ def disturbed(args, cmd: list[str], storage: str, log: Path, env: dict) -> tuple
                     proc.send_signal(signal.SIGKILL)
                     proc.wait()
                     note = f", Ctrl-C IGNORED for {args.interrupt_wait:g} s (then kill -9)"
-            hit = hit_trial(storage, interrupted=how == "Ctrl-C" and "IGNORED" not in note)
+            hit = hit_trial(storage, how == "Ctrl-C" and "IGNORED" not in note, known)
             kills.append(f"{how} at {delay:.1f} s: {hit}{note}")
             now = snapshot(storage)
             seen.update(now)
@@ -251,7 +251,7 @@ def audit(storage: str, seen: dict, eta: int, budget_ms: float) -> dict:
         report["waiting"] += states["WAITING"]
         finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
         report["retried"] += sum(1 for t in trials if "retry_of" in t.user_attrs)
-        given_up = [t.params for t in trials if t.user_attrs.get("failure_reason") == DEATHS[2]]
+        retry = {t.user_attrs["retry_of"]: t for t in trials if "retry_of" in t.user_attrs}
         for t in trials:
             reason = t.user_attrs.get("failure_reason")
             if t.state.name != "FAIL" or reason not in DEATHS:
@@ -262,10 +262,17 @@ def audit(storage: str, seen: dict, eta: int, budget_ms: float) -> dict:
                 continue
             if not t.params:
                 continue  # died before sampling: no network existed yet
-            if t.params in given_up:
+            last = t  # follow its retries (``retry_of``) to the last one
+            while last.number in retry:
+                last = retry[last.number]
+            if last.state.name in ("COMPLETE", "PRUNED"):
+                continue
+            if last.user_attrs.get("failure_reason") == DEATHS[2]:
                 continue  # its retry died too: given up, by the rule, and said so
-            if not any(f.params == t.params and f.number > t.number for f in finished):
-                report["lost"].append(f"{name} trial {t.number}: died, never trained again")
+            report["lost"].append(
+                f"{name} trial {t.number}: died; its last retry, trial {last.number}, "
+                f"ended {last.state.name}"
+            )
         if name != NAME:  # a network finished twice at a promoted rung: a promotion done twice
             per_net = Counter(
                 t.user_attrs.get("arch_hash")
@@ -361,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
         f"wall: disturbed {wall_s:.1f} s ({len(kills)} kills, restarts included) against "
         f"undisturbed {undisturbed_s:.1f} s: x{wall_s / undisturbed_s:.2f}"
     )
-    slow = [k for k in kills if k.startswith("Ctrl-C") and ", exit 130 " not in k]
+    # -2: killed by the SIGINT itself (a Ctrl-C landing while Python exits), 130 to a shell.
+    slow = [k for k in kills if k.startswith("Ctrl-C") and not re.search(r", exit (130|-2) ", k)]
     if slow:
         print(f"Ctrl-C not answered by exit 130 in time: {len(slow)}")
     ok = not report["lost"] and report["running"] == 0 and not report["duplicated"] and not slow

@@ -69,7 +69,7 @@ def test_lost_stuck_and_changed_are_all_caught(soak, tmp_path):
     assert report["running"] == 1 and report["given_up"] == 1 and report["died"] == 3
     assert len(report["lost"]) == 2
     assert "soak trial 0: COMPLETE (0.9, 1.0)" in report["lost"][0]
-    assert report["lost"][1] == "soak trial 1: died, never trained again"
+    assert report["lost"][1] == "soak trial 1: died; its last retry, trial 1, ended FAIL"
 
 
 def test_a_promotion_trained_twice_is_duplicated(soak, tmp_path):
