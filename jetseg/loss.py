@@ -61,14 +61,7 @@ def cui_class_weights(pixel_counts: Sequence[int] | Tensor, beta: float = 0.999)
     """
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 <= beta < 1.0:
         raise ValueError(f"beta must be a number in [0, 1), got {beta!r}")
-    counts = torch.as_tensor(pixel_counts, dtype=torch.float64).detach().cpu()
-    if counts.dim() != 1 or counts.numel() == 0:
-        raise ValueError(
-            f"pixel_counts must be a non-empty 1-D sequence (one count per class), "
-            f"got shape {tuple(counts.shape)}"
-        )
-    if not bool(torch.isfinite(counts).all()) or bool((counts < 0).any()):
-        raise ValueError(f"pixel_counts must be finite and >= 0, got {counts.tolist()}")
+    counts = _per_class_vector(pixel_counts, "pixel_counts", "a non-empty 1-D sequence")
     present = counts > 0
     if not bool(present.any()):
         raise ValueError("pixel_counts are all 0: no class has a pixel, weights are undefined")
@@ -91,6 +84,18 @@ def cui_class_weights(pixel_counts: Sequence[int] | Tensor, beta: float = 0.999)
     return (raw / raw.sum()).to(torch.float32)
 
 
+def _per_class_vector(values: Tensor | Sequence[float], what: str, shape: str) -> Tensor:
+    """``values`` as a float64 CPU vector, one finite value >= 0 per class, or a ValueError."""
+    vector = torch.as_tensor(values, dtype=torch.float64).detach().cpu()
+    if vector.dim() != 1 or vector.numel() == 0:
+        raise ValueError(
+            f"{what} must be {shape} with one value per class, got shape {tuple(vector.shape)}"
+        )
+    if not bool(torch.isfinite(vector).all()) or bool((vector < 0).any()):
+        raise ValueError(f"{what} must be finite and >= 0, got {vector.tolist()}")
+    return vector
+
+
 def _class_weight_tensor(
     class_weights: Tensor | Sequence[float] | None, num_classes: int | None, owner: str
 ) -> tuple[Tensor | None, int]:
@@ -100,14 +105,7 @@ def _class_weight_tensor(
         if num_classes is None:
             raise ValueError(f"{owner}: give class_weights or num_classes (both are None)")
     else:
-        weights = torch.as_tensor(class_weights, dtype=torch.float64).detach().cpu()
-        if weights.dim() != 1 or weights.numel() == 0:
-            raise ValueError(
-                f"{owner}: class_weights must be 1-D with one weight per class, "
-                f"got shape {tuple(weights.shape)}"
-            )
-        if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
-            raise ValueError(f"{owner}: class_weights must be finite and >= 0, got {weights}")
+        weights = _per_class_vector(class_weights, f"{owner}: class_weights", "1-D")
         if float(weights.sum()) <= 0:
             raise ValueError(f"{owner}: class_weights must not all be 0")
         if num_classes is not None and num_classes != weights.numel():
