@@ -29,7 +29,8 @@ are remembered. At the end it prints, over all rungs:
 
 The study is ``studies/local.yaml`` shrunk to trials of a few seconds (tiny space, synthetic
 scenes, two rungs, eta 3), so the whole soak takes minutes on two cores. Exit status 1 when
-anything was lost, left RUNNING or promoted twice, or a Ctrl-C was not answered.
+anything was lost, left RUNNING or promoted twice, a Ctrl-C was not answered, or the study
+ended before every kill landed.
 """
 
 from __future__ import annotations
@@ -306,9 +307,9 @@ def main(argv: list[str] | None = None) -> int:
         "--delay",
         type=float,
         nargs=2,
-        default=(8.0, 30.0),
+        default=(6.0, 18.0),
         metavar=("MIN", "MAX"),
-        help="a kill comes uniformly MIN-MAX s after a start (default 8 30)",
+        help="a kill comes uniformly MIN-MAX s after a start (default 6 18)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/soak")
@@ -369,10 +370,17 @@ def main(argv: list[str] | None = None) -> int:
         f"undisturbed {undisturbed_s:.1f} s: x{wall_s / undisturbed_s:.2f}"
     )
     # -2: killed by the SIGINT itself (a Ctrl-C landing while Python exits), 130 to a shell.
+    planned = args.kills + args.interrupts
+    if len(kills) < planned:
+        print(
+            f"only {len(kills)} of {planned} kills landed before the study ended: "
+            "use a shorter --delay"
+        )
     slow = [k for k in kills if k.startswith("Ctrl-C") and not re.search(r", exit (130|-2) ", k)]
     if slow:
         print(f"Ctrl-C not answered by exit 130 in time: {len(slow)}")
     ok = not report["lost"] and report["running"] == 0 and not report["duplicated"] and not slow
+    ok = ok and len(kills) == planned
     print("PASS: nothing lost, nothing stuck" if ok else "FAIL")
     if args.json:
         Path(args.json).write_text(
