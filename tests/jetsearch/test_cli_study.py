@@ -424,6 +424,9 @@ def test_ctrl_c_on_a_terminal_says_one_line_and_exits_130(tmp_path):
         cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "120", "LINES": "40"},
         start_new_session=True,  # its own process group, as a shell gives a foreground job
+        # and SIGINT as a foreground job has it, even when this test runs in a background job
+        # (which a non-interactive shell starts with SIGINT ignored, and Python keeps ignored)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     os.close(slave)
     reader = _PtyReader(master)
