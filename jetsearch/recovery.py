@@ -101,6 +101,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -537,6 +538,33 @@ def mark_interrupted(study: optuna.Study, trial_number: int, *, storage: Any) ->
         return None
     queued = _requeue(handle, trial, retries=retries)
     return Recovered(trial_number, INTERRUPTED, "KeyboardInterrupt", queued, dict(trial.params))
+
+
+def interrupt_own_trials(studies: Sequence, storage: Any) -> list[int]:
+    """After a Ctrl-C: mark this process's trials still RUNNING interrupted, queued again.
+
+    The trial's own heartbeat does this when the interrupt lands in the objective; this
+    covers one that lands in Optuna's code around it (sampling, ``tell``, the callbacks), so
+    the trial is not left RUNNING for the next start to count as a death. Returns their numbers.
+    """
+    me, marked = this_process(), []
+    for rung_study in studies:
+        try:
+            running = rung_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            for trial in running:
+                owner = owner_of(trial)
+                mine = owner is not None and (owner.host, owner.pid, owner.start) == (
+                    me.host,
+                    me.pid,
+                    me.start,
+                )
+                if not mine:
+                    continue
+                if mark_interrupted(rung_study, trial.number, storage=storage) is not None:
+                    marked.append(trial.number)
+        except Exception as err:  # the interrupt, not this, is what the caller must see
+            _logger.warning("could not mark the interrupted trials: %r", err)
+    return marked
 
 
 class StaleTrialRecovery:

@@ -27,7 +27,6 @@ import contextlib
 import copy
 import dataclasses
 import functools
-import logging
 import os
 import time
 import typing
@@ -48,7 +47,6 @@ from jetseg.config import (
 from jetseg.train_config import TrainConfig
 from jetseg.validation import Problem, field_types, known, parse, validate
 
-_logger = logging.getLogger(__name__)
 STUDIES_DIR_ENV = "JETSEARCH_STUDIES_DIR"
 DEFAULT_STORAGE = "jetsearch-studies.log"
 ProviderKind = Literal["workers", "local", "estimate"]
@@ -595,6 +593,8 @@ def run_worker_process(
         if ladder is not None:
             ladder.promote()  # what the last trial made due is enqueued, not lost
     except KeyboardInterrupt:
+        from jetsearch.recovery import interrupt_own_trials
+
         interrupt_own_trials(studies, storage_obj)
         raise
     finally:
@@ -619,39 +619,6 @@ def optimize_one(study, objective: Callable, callbacks: list) -> None:
         if isinstance(err.__context__, KeyboardInterrupt):
             raise KeyboardInterrupt from err
         raise
-
-
-def interrupt_own_trials(studies: Sequence, storage: Any) -> list[int]:
-    """After a Ctrl-C: mark this process's trials still RUNNING interrupted, queued again.
-
-    The trial's own heartbeat does this when the interrupt lands in the objective; this
-    covers one that lands in Optuna's code around it (sampling, ``tell``, the callbacks), so
-    the trial is not left RUNNING for the next start to count as a death. Returns their numbers.
-    """
-    import optuna
-
-    from jetsearch.recovery import mark_interrupted, owner_of, this_process
-
-    me, marked = this_process(), []
-    for rung_study in studies:
-        try:
-            running = rung_study.get_trials(
-                deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)
-            )
-            for trial in running:
-                owner = owner_of(trial)
-                mine = owner is not None and (owner.host, owner.pid, owner.start) == (
-                    me.host,
-                    me.pid,
-                    me.start,
-                )
-                if not mine:
-                    continue
-                if mark_interrupted(rung_study, trial.number, storage=storage) is not None:
-                    marked.append(trial.number)
-        except Exception as err:  # the interrupt, not this, is what the caller must see
-            _logger.warning("could not mark the interrupted trials: %r", err)
-    return marked
 
 
 def study_artifact_store(storage: str, spec: StudySpec) -> Any:

@@ -532,8 +532,7 @@ def test_an_error_raised_while_a_ctrl_c_is_handled_is_that_ctrl_c():
 
 
 def test_an_interrupt_outside_the_objective_marks_only_this_processes_trials(storage_and_study):
-    from jetsearch.recovery import record_owner
-    from jetsearch.study import interrupt_own_trials
+    from jetsearch.recovery import interrupt_own_trials, record_owner
 
     storage, study = storage_and_study
     mine = study.ask()
