@@ -173,6 +173,13 @@ class Objective:
             raise optuna.TrialPruned("no promoted network was waiting")
         config = self.space.sample(trial)
         digest = arch_hash(config)
+        queued_as = trial.user_attrs.get("arch_hash")
+        if queued_as is not None and queued_as != digest:
+            # A promotion or retry must train the network it names, never a neighbour of it.
+            raise RuntimeError(
+                f"trial {trial.number} was queued as network {queued_as} but its parameters "
+                f"build network {digest} (was the space file changed since it was queued?)"
+            )
         trial.set_user_attr("rung", self.rung)
         trial.set_user_attr("arch_hash", digest)
         trial.set_user_attr("config_yaml", dump_config(config))

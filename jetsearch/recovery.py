@@ -18,8 +18,10 @@ trained again. This module closes that gap for every storage, on Optuna's public
 * **Heartbeat** (:class:`TrialHeartbeat`): a daemon thread writes the user attribute
   ``heartbeat`` (epoch seconds) every ``interval_s`` while the trial runs.
 * **Recovery** (:func:`recover_stale_trials`): a RUNNING trial whose owner is *provably dead* is
-  failed with ``failure_reason = "owner died"`` and its parameters are enqueued again once
-  (user attributes ``retry_of`` and ``retries``); a network that died twice is failed with
+  failed with ``failure_reason = "owner died"`` and its network is enqueued again once
+  (user attributes ``retry_of`` and ``retries``; :func:`network_params`: the whole network a
+  queued trial was given, or what a sampled trial sampled once its ``arch_hash`` is written; a
+  trial that died half-way through sampling had no network yet and is not enqueued); a network that died twice is failed with
   ``"owner died twice: given up"`` and not enqueued again, so a network that crashes its own
   process cannot loop. A trial whose owner is alive is never touched.
 * **Interrupted** (:func:`mark_interrupted`, and :class:`TrialHeartbeat` itself on
@@ -394,12 +396,30 @@ def _trial_by_number(study: optuna.Study, number: int) -> FrozenTrial | None:
     return None
 
 
+def network_params(trial: FrozenTrial) -> dict[str, Any] | None:
+    """The parameters of the network ``trial`` was to train, or None when it had none yet.
+
+    A trial can die half-way through sampling its architecture (``trial.params`` then holds
+    the first few parameters only): queueing those would train another network under the dead
+    one's name. A queued trial (a preset, a promotion, a retry) was given its whole network when
+    it was enqueued (Optuna's ``fixed_params``); a sampled trial has one once the objective has
+    written its ``arch_hash``, which it does right after sampling.
+    """
+    fixed = trial.system_attrs.get("fixed_params")
+    if fixed:
+        return dict(fixed)
+    if trial.params and "arch_hash" in trial.user_attrs:
+        return dict(trial.params)
+    return None
+
+
 def _same_network(a: FrozenTrial, b: FrozenTrial) -> bool:
     """By ``arch_hash`` when both have one, else by identical (non-empty) parameters."""
     ha, hb = a.user_attrs.get("arch_hash"), b.user_attrs.get("arch_hash")
     if ha is not None and hb is not None:
         return ha == hb
-    return bool(a.params) and a.params == b.params
+    pa, pb = network_params(a), network_params(b)
+    return pa is not None and pa == pb
 
 
 def _deaths_before(study: optuna.Study, trial: FrozenTrial) -> int:
@@ -417,15 +437,14 @@ def _deaths_before(study: optuna.Study, trial: FrozenTrial) -> int:
 
 def _requeue(study: optuna.Study, trial: FrozenTrial, *, retries: int) -> bool:
     """Enqueue ``trial``'s network once (never twice for one dead trial); True if enqueued."""
-    if not trial.params:
-        return False  # died before its parameters were sampled: no network to train again
+    params = network_params(trial)
+    if params is None:
+        return False  # died before its network was sampled: no network to train again
     for t in study.get_trials(deepcopy=False):
         if t.user_attrs.get("retry_of") == trial.number:
             return False
     attrs = {k: trial.user_attrs[k] for k in CARRIED_ATTRS if k in trial.user_attrs}
-    study.enqueue_trial(
-        dict(trial.params), user_attrs={**attrs, "retry_of": trial.number, "retries": retries}
-    )
+    study.enqueue_trial(params, user_attrs={**attrs, "retry_of": trial.number, "retries": retries})
     return True
 
 

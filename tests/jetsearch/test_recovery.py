@@ -142,6 +142,13 @@ def stat_fields(pid: int | str) -> list[str]:
     return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
 
 
+def sample(trial: optuna.Trial) -> float:
+    """Sample the trial's one-parameter "network" and name it, as the study objective does."""
+    x = trial.suggest_float("x", 0.0, 1.0)
+    trial.set_user_attr("arch_hash", f"x={x}")
+    return x
+
+
 def by_state(trials: dict[int, FrozenTrial], state: TrialState) -> list[FrozenTrial]:
     return [t for t in trials.values() if t.state == state]
 
@@ -282,7 +289,11 @@ def test_ctrl_c_fails_the_trial_as_interrupted_and_queues_it_once(tmp_path):
     # re-raised, found it failed and queued already.
     assert lines["MARKED"]["number"] == stopped.number and not lines["MARKED"]["requeued"]
     [waiting] = by_state(trials, TrialState.WAITING)
-    assert waiting.user_attrs == {"retry_of": stopped.number, "retries": 1}
+    assert waiting.user_attrs == {
+        "arch_hash": stopped.user_attrs["arch_hash"],
+        "retry_of": stopped.number,
+        "retries": 1,
+    }
 
     assert run(url, "--trials", "3", "--sleep", "0.05") == []
     after = read(url)
@@ -345,9 +356,13 @@ def storage_and_study(tmp_path, request):
 
 
 def _remote_trial(study: optuna.Study, heartbeat_age_s: float) -> optuna.Trial:
-    """A trial whose owner record names a process on another host."""
+    """A sampled trial whose owner record names a process on another host."""
     trial = study.ask()
-    trial.suggest_float("x", 0.0, 1.0)
+    sample(trial)
+    return _owned_elsewhere(trial, heartbeat_age_s)
+
+
+def _owned_elsewhere(trial: optuna.Trial, heartbeat_age_s: float) -> optuna.Trial:
     trial.set_user_attr("heartbeat", time.time() - heartbeat_age_s)
     trial.set_user_attr("owner_host", f"not-{socket.gethostname()}")
     trial.set_user_attr("owner_pid", os.getpid())
@@ -372,7 +387,11 @@ def test_an_owner_on_another_host_is_judged_by_its_heartbeat(storage_and_study):
     assert trials[silent.number].state == TrialState.FAIL
     assert trials[silent.number].user_attrs["failure_reason"] == OWNER_DIED
     [waiting] = by_state({t.number: t for t in trials}, TrialState.WAITING)
-    assert waiting.user_attrs == {"retry_of": silent.number, "retries": 1}
+    assert waiting.user_attrs == {
+        "arch_hash": trials[silent.number].user_attrs["arch_hash"],
+        "retry_of": silent.number,
+        "retries": 1,
+    }
     assert waiting.system_attrs["fixed_params"] == trials[silent.number].params
     # Recovering again finds nothing new and queues nothing twice.
     assert recover_stale_trials(study, storage=storage, grace_s=1.0) == []
@@ -415,7 +434,7 @@ def test_same_host_owners_are_judged_by_their_process(storage_and_study):
 
     def owned(pid: int, start: str) -> optuna.Trial:
         trial = study.ask()
-        trial.suggest_float("x", 0.0, 1.0)
+        sample(trial)
         trial.set_user_attr("heartbeat", time.time() - 3600)  # old: the pid rule decides
         trial.set_user_attr("owner_host", socket.gethostname())
         trial.set_user_attr("owner_pid", pid)
@@ -475,7 +494,7 @@ def test_the_heartbeat_records_the_owner_and_beats_until_the_trial_ends(storage_
 def test_mark_interrupted_fails_a_running_trial_and_queues_it_once(storage_and_study):
     storage, study = storage_and_study
     trial = study.ask()
-    trial.suggest_float("x", 0.0, 1.0)
+    sample(trial)
 
     marked = mark_interrupted(study, trial.number, storage=storage)
     again = mark_interrupted(study, trial.number, storage=storage)
@@ -485,7 +504,11 @@ def test_mark_interrupted_fails_a_running_trial_and_queues_it_once(storage_and_s
     frozen = study.get_trials()[trial.number]
     assert frozen.state == TrialState.FAIL and frozen.user_attrs["failure_reason"] == INTERRUPTED
     [waiting] = study.get_trials(states=(TrialState.WAITING,))
-    assert waiting.user_attrs == {"retry_of": trial.number, "retries": 1}
+    assert waiting.user_attrs == {
+        "arch_hash": frozen.user_attrs["arch_hash"],
+        "retry_of": trial.number,
+        "retries": 1,
+    }
     done = study.ask()
     study.tell(done, 2.0)
     assert mark_interrupted(study, done.number, storage=storage) is None  # finished: left alone
@@ -536,7 +559,7 @@ def test_an_interrupt_outside_the_objective_marks_only_this_processes_trials(sto
 
     storage, study = storage_and_study
     mine = study.ask()
-    mine.suggest_float("x", 0.0, 1.0)
+    sample(mine)
     record_owner(mine)
     theirs = _remote_trial(study, heartbeat_age_s=0)  # alive elsewhere: not ours to mark
 
@@ -548,3 +571,26 @@ def test_an_interrupt_outside_the_objective_marks_only_this_processes_trials(sto
     [retry] = by_state(trials, TrialState.WAITING)
     assert retry.user_attrs["retry_of"] == mine.number
     assert interrupt_own_trials([study], storage) == []  # nothing twice
+
+
+def test_a_trial_killed_half_way_through_sampling_queues_no_other_network(storage_and_study):
+    """Its first parameters are not a network: queueing them would train a different one."""
+    storage, study = storage_and_study
+    half = study.ask()
+    half.suggest_float("x", 0.0, 1.0)  # sampling had begun; no arch_hash was written yet
+    _owned_elsewhere(half, heartbeat_age_s=5.0)
+    study.enqueue_trial({"x": 0.25, "width": 16, "depth": 3}, user_attrs={"arch_hash": "n1"})
+    queued = study.ask()  # a queued network (a promotion, a preset) killed after one parameter
+    queued.suggest_float("x", 0.0, 1.0)
+    _owned_elsewhere(queued, heartbeat_age_s=5.0)
+
+    recovered = {r.number: r for r in recover_stale_trials(study, storage=storage, grace_s=1.0)}
+
+    assert sorted(recovered) == [half.number, queued.number]
+    assert not recovered[half.number].requeued
+    assert recovered[queued.number].requeued
+    [waiting] = study.get_trials(states=(TrialState.WAITING,))
+    assert waiting.user_attrs["retry_of"] == queued.number
+    # The retry is the whole network that was queued, under the name it was queued as.
+    assert waiting.system_attrs["fixed_params"] == {"x": 0.25, "width": 16, "depth": 3}
+    assert waiting.user_attrs["arch_hash"] == "n1"

@@ -361,14 +361,23 @@ def test_a_killed_study_keeps_its_completed_trials_and_continues(tmp_path, kind)
     after = optuna.load_study(study_name="small", storage=open_storage(url)).trials
     assert sum(t.state in (COMPLETE, PRUNED) for t in after) == finished + 1
     # Nothing stays RUNNING: the killed process's trial is failed with the reason, and the
-    # network it was training is trained again (a retry trial with the same parameters).
+    # network it was training is trained again (a retry trial with the same parameters). A
+    # trial killed while it was still sampling (no arch_hash yet, not a queued one) had no
+    # network: nothing is retried for it.
     assert not [t for t in after if t.state == optuna.trial.TrialState.RUNNING]
     for d in dead:
         assert after[d.number].state == optuna.trial.TrialState.FAIL
         assert after[d.number].user_attrs["failure_reason"] == "owner died"
-        if d.params:
-            [retry] = [t for t in after if t.user_attrs.get("retry_of") == d.number]
-            assert retry.params == d.params and retry.state == COMPLETE
+        retries = [t for t in after if t.user_attrs.get("retry_of") == d.number]
+        queued = d.system_attrs.get("fixed_params")
+        if queued or "arch_hash" in d.user_attrs:
+            [retry] = retries
+            assert retry.params == (queued or d.params) and retry.state == COMPLETE
+            assert retry.user_attrs["arch_hash"] == (
+                d.user_attrs.get("arch_hash") or retry.user_attrs["arch_hash"]
+            )
+        else:
+            assert retries == []
     for old in complete:
         assert after[old.number].values == old.values
         assert after[old.number].user_attrs == old.user_attrs
@@ -412,3 +421,25 @@ def test_a_worker_provider_without_a_usable_token_is_skipped_with_its_reason(tmp
             assert chain.skipped[0].startswith("workers: ") and reason in chain.skipped[0]
         finally:
             chain.close()
+
+
+def test_a_queued_trial_whose_parameters_build_another_network_fails_naming_both(tmp_path):
+    from jetsearch.space import load_space
+    from jetsearch.study import run_study
+
+    # A promotion or a retry names the network it must train; if its parameters build another
+    # one (the space file was edited since), training a neighbour under that name is refused.
+    spec = load_study_spec(write_study(tmp_path))
+    storage = tmp_path / "s.log"
+    run_study(spec, trials=1, storage=str(storage))
+    space = load_space("tiny")
+    config = space.random_configs(1, seed=5)[0]
+    _study("small", storage).enqueue_trial(
+        space.params_for(config), user_attrs={"arch_hash": "0123456789abcdef", "retry_of": 0}
+    )
+    run_study(spec, trials=2, storage=str(storage))
+    queued = _study("small", storage).trials[1]
+    assert queued.state == optuna.trial.TrialState.FAIL
+    reason = queued.user_attrs["failure_reason"]
+    assert "queued as network 0123456789abcdef" in reason and arch_hash(config) in reason
+    assert "train_time_s" not in queued.user_attrs and "config_yaml" not in queued.user_attrs
