@@ -21,9 +21,10 @@ trained again. This module closes that gap for every storage, on Optuna's public
   failed with ``failure_reason = "owner died"`` and its network is enqueued again once
   (user attributes ``retry_of`` and ``retries``; :func:`network_params`: the whole network a
   queued trial was given, or what a sampled trial sampled once its ``arch_hash`` is written; a
-  trial that died half-way through sampling had no network yet and is not enqueued); a network that died twice is failed with
-  ``"owner died twice: given up"`` and not enqueued again, so a network that crashes its own
-  process cannot loop. A trial whose owner is alive is never touched.
+  trial that died half-way through sampling had no network yet and is not enqueued); a
+  network that died twice is failed with ``"owner died twice: given up"`` and not enqueued
+  again, so a network that crashes its own process cannot loop. A trial whose owner is alive
+  is never touched.
 * **Interrupted** (:func:`mark_interrupted`, and :class:`TrialHeartbeat` itself on
   ``KeyboardInterrupt``): failed with ``failure_reason = "interrupted"`` and enqueued again,
   which counts as a retry of the network.
