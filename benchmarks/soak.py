@@ -21,7 +21,8 @@ are remembered. At the end it prints, over all rungs:
   values; a network whose trial died (``owner died`` / ``interrupted``) and whose chain of
   retries (``retry_of``) ends in no finished trial, unless its retry died too and it was given
   up (the recovery's rule: a network whose process died twice is not tried a third time); a
-  promotion that is due but was never made;
+  promotion that is due but was never made. A trial killed while it was still sampling had no
+  network yet (``jetsearch.recovery.network_params``) and loses none;
 * **stuck RUNNING** (must be 0) and WAITING trials left behind;
 * **retried**: dead trials whose network was queued again (``retry_of``) and **given up**
   (``owner died twice``), **duplicated promotions** (must be 0);
@@ -231,6 +232,7 @@ def disturbed(args, cmd: list[str], storage: str, log: Path, env: dict) -> tuple
 
 
 def audit(storage: str, seen: dict, eta: int, budget_ms: float) -> dict:
+    from jetsearch.recovery import network_params
     from jetsearch.rungs import RungLadder, promotions_due
 
     studies = open_studies(storage)
@@ -261,8 +263,8 @@ def audit(storage: str, seen: dict, eta: int, budget_ms: float) -> dict:
             if reason == DEATHS[2]:
                 report["given_up"] += 1
                 continue
-            if not t.params:
-                continue  # died before sampling: no network existed yet
+            if network_params(t) is None:
+                continue  # died before (or while) sampling: no network existed yet
             last = t  # follow its retries (``retry_of``) to the last one
             while last.number in retry:
                 last = retry[last.number]

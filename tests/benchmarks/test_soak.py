@@ -72,6 +72,20 @@ def test_lost_stuck_and_changed_are_all_caught(soak, tmp_path):
     assert report["lost"][1] == "soak trial 1: died; its last retry, trial 1, ended FAIL"
 
 
+def test_a_trial_killed_while_sampling_had_no_network_to_lose(soak, tmp_path):
+    storage, study = _study(tmp_path)
+    for named in (False, True):  # sampled, not queued; the second finished sampling
+        trial = study.ask()
+        trial.suggest_int("x", 0, 100)
+        if named:
+            trial.set_user_attr("arch_hash", "b")
+        trial.set_user_attr("failure_reason", "owner died")
+        study.tell(trial, state=TrialState.FAIL)
+    report = soak.audit(storage, {}, eta=3, budget_ms=1000)
+    assert report["died"] == 2
+    assert report["lost"] == ["soak trial 1: died; its last retry, trial 1, ended FAIL"]
+
+
 def test_a_promotion_trained_twice_is_duplicated(soak, tmp_path):
     storage, study = _study(tmp_path)
     _trial(study, 1, TrialState.COMPLETE, arch_hash="a", latency_ms=5.0)
