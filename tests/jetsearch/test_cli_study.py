@@ -410,8 +410,8 @@ class _PtyReader(threading.Thread):
         return b"".join(self.chunks).decode("utf-8", "replace")
 
 
-def test_ctrl_c_on_a_terminal_says_one_line_and_exits_130(tmp_path):
-    spec = tiny_study(tmp_path)
+def test_ctrl_c_on_a_terminal_says_one_line_exits_130_and_the_network_is_retried(tmp_path):
+    spec = tiny_study(tmp_path, train={"epochs": 30})  # long enough to land in a training
     storage = tmp_path / "s.log"
     master, slave = pty.openpty()
     command = [sys.executable, "-m", "jetsearch.cli", "study", "--target", str(spec)]
@@ -444,7 +444,15 @@ def test_ctrl_c_on_a_terminal_says_one_line_and_exits_130(tmp_path):
             time.sleep(0.2)
         else:
             raise AssertionError(f"no trial completed in time:\n{reader.text()}")
-        time.sleep(2.0)  # into the next trial
+        while time.monotonic() < deadline:  # into the next trial's training
+            assert process.poll() is None, reader.text()
+            running = _load(storage).get_trials(states=(optuna.trial.TrialState.RUNNING,))
+            if running and "latency_ms" in running[0].user_attrs:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"no second trial reached its training:\n{reader.text()}")
+        time.sleep(0.5)  # its training takes seconds
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C sends to the foreground job
         process.wait(timeout=120)
     finally:
@@ -465,6 +473,22 @@ def test_ctrl_c_on_a_terminal_says_one_line_and_exits_130(tmp_path):
     # The live view ran on the terminal, its clock moving between trial ends.
     clocks = set(re.findall(r"elapsed (\d+:\d\d:\d\d)", text))
     assert len(clocks) >= len(finished) + 2, clocks
+    # The network it was training is failed as interrupted, queued, and trained on resume.
+    trials = _load(storage).get_trials()
+    [stopped] = [t for t in trials if t.user_attrs.get("failure_reason") == "interrupted"]
+    assert stopped.state == optuna.trial.TrialState.FAIL
+    [waiting] = [t for t in trials if t.state == optuna.trial.TrialState.WAITING]
+    assert waiting.user_attrs["retry_of"] == stopped.number
+    resumed = _jetsearch(
+        "study", "--target", str(spec), "--trials", str(len(finished) + 1),
+        "--storage", str(storage), "--quiet", cwd=tmp_path,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    [retry] = [
+        t for t in _load(storage).get_trials() if t.user_attrs.get("retry_of") == stopped.number
+    ]
+    assert retry.state == COMPLETE and retry.params == stopped.params
+    assert retry.user_attrs["arch_hash"] == stopped.user_attrs["arch_hash"]
 
 
 def test_sigterm_stops_a_study_as_ctrl_c_does_and_exits_143(tmp_path):
