@@ -33,31 +33,14 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import describe  # noqa: E402
-
-from jetsearch.study import merge_mappings  # noqa: E402
+from _tiny_study import tiny_study  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def write_study(directory: Path, args: argparse.Namespace) -> Path:
-    base = yaml.safe_load((REPO / "studies" / "local.yaml").read_text())
-    study = merge_mappings(
-        base,
-        {
-            "space": "tiny",
-            "data": None,
-            "synthetic": {"train_images": args.train_images, "val_images": args.val_images},
-            "train": {"epochs": args.epochs, "size": [48, 64], "batch_size": 8, "threads": 1},
-            "latency": {
-                "input_size": [64, 64],
-                "budget_ms": 1000,
-                "runs": 5,
-                "warmup_s": 0.05,
-                "threads": 1,
-                "cache": str(directory / "latency.sqlite"),
-            },
-            "enqueue_presets": [],
-        },
+    study = tiny_study(
+        directory, train_images=args.train_images, val_images=args.val_images, epochs=args.epochs
     )
     path = directory / "scale.yaml"
     path.write_text(yaml.safe_dump(study, sort_keys=False))

@@ -49,13 +49,18 @@ DEFAULT_RUNGS = "6@128x160,10@128x160"
 
 
 def parse_rungs(text: str) -> list[dict]:
+    from jetsearch.cli import parse_size
+
     rungs = []
     for part in text.split(","):
         epochs, _, size = part.strip().partition("@")
-        height, _, width = size.partition("x")
-        if not (epochs.isdigit() and height.isdigit() and width.isdigit()):
-            raise SystemExit(f"--rungs: {part!r} is not EPOCHS@HxW (e.g. 6@128x160)")
-        rungs.append({"epochs": int(epochs), "size": [int(height), int(width)]})
+        try:
+            if not epochs.isdigit():
+                raise ValueError
+            height, width = parse_size(size)
+        except (ValueError, argparse.ArgumentTypeError):
+            raise SystemExit(f"--rungs: {part!r} is not EPOCHS@HxW (e.g. 6@128x160)") from None
+        rungs.append({"epochs": int(epochs), "size": [height, width]})
     return rungs
 
 
@@ -122,26 +127,25 @@ def seed_repeats(out: Path, names: list[str], seeds: int) -> dict[str, list[floa
     """Train ``names`` again with seeds 1..``seeds`` under finalize's exact recipe (its
     ``train_config.yaml``), each in ``out/seed<K>/<name>`` (resumable): {name: [held-out mIoU
     of seed 0 (finalize's run), seed 1, ...]}, each at the epoch val picked."""
-    import yaml as _yaml
-
     from jetseg.config import load_config
     from jetseg.run import run_training
     from jetseg.train_config import TrainConfig
 
     heldout = {}
+    data = recipe_data(out)
     for name in names:
         final = out / "final" / name
         first = json.loads((final / "run.json").read_text())["result"]
         heldout[name] = [first["heldout_miou"]]
+        config = load_config(str(final / "config.yaml"))
+        recipe = yaml.safe_load((final / "train_config.yaml").read_text())
         for seed in range(1, seeds + 1):
-            recipe = _yaml.safe_load((final / "train_config.yaml").read_text())
-            recipe["seed"] = seed
             print(f"  seed {seed}: training {name} again", flush=True)
             result = run_training(
-                load_config(str(final / "config.yaml")),
-                recipe_data(out),
+                config,
+                data,
                 out / f"seed{seed}" / name,
-                TrainConfig.from_dict(recipe),
+                TrainConfig.from_dict({**recipe, "seed": seed}),
             )
             heldout[name].append(result.heldout_miou)
     return heldout
@@ -181,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         metavar="N",
         help="train nano and each found network within its latency again with seeds 1..N "
-        "under the same recipe; the held-out verdict then uses the mean over seeds",
+        "under the same recipe; the held-out verdict then needs a win in every seed",
     )
     parser.add_argument(
         "--rounds",
@@ -259,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     report = json.loads((out / "final" / "report.json").read_text())
     names = [n["name"] for n in report["networks"]]
-    nano_name = next(n["name"] for n in report["networks"] if n["kind"] == "preset")
+    nano = next(n for n in report["networks"] if n["kind"] == "preset")
+    nano_name = nano["name"]
     rounds: dict[str, list[float]] = {}
     if args.rounds > 0:
         print(f"re-measuring {len(names)} networks in {args.rounds} interleaved rounds", flush=True)
@@ -295,7 +300,6 @@ def main(argv: list[str] | None = None) -> int:
             f"{100 * n['val_miou']:>5.1f}% {100 * n['heldout_miou']:>7.1f}% "
             f"{n['train_time_s'] / 60:>9.1f}  {proxy}"
         )
-    nano = next(n for n in report["networks"] if n["kind"] == "preset")
 
     def at_most_nano(n: dict) -> bool:
         if not rounds:  # one measurement each: the medians decide

@@ -52,6 +52,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import describe  # noqa: E402
+from _tiny_study import tiny_study  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "soak"
@@ -59,27 +60,16 @@ DEATHS = ("owner died", "interrupted", "owner died twice: given up")
 
 
 def study_yaml(out: Path, storage: str) -> Path:
-    base = yaml.safe_load((REPO / "studies" / "local.yaml").read_text())
-    study = {
-        **base,
-        "description": "soak benchmark: killed at random moments",
-        "space": "tiny",
-        "data": None,
-        "synthetic": {"train_images": 16, "val_images": 8},
-        "train": {**base["train"], "epochs": 1, "size": [48, 64], "batch_size": 8, "threads": 1},
-        "latency": {
-            **base["latency"],
-            "input_size": [64, 64],
-            "budget_ms": 1000,
-            "runs": 5,
-            "warmup_s": 0.05,
-            "threads": 1,
-            "cache": str(out / "latency.sqlite"),
-        },
-        "rungs": [{"epochs": 1, "size": [48, 64]}, {"epochs": 2, "size": [64, 96]}],
-        "eta": 3,
-        "storage": storage,
-    }
+    study = tiny_study(
+        out,
+        train_images=16,
+        val_images=8,
+        epochs=1,
+        description="soak benchmark: killed at random moments",
+        rungs=[{"epochs": 1, "size": [48, 64]}, {"epochs": 2, "size": [64, 96]}],
+        eta=3,
+        storage=storage,
+    )
     path = out / f"{NAME}.yaml"
     path.write_text(yaml.safe_dump(study, sort_keys=False))
     return path

@@ -147,6 +147,10 @@ class ProcessIdentity:
     start: str | None  # "<start ticks>@<boot id>", None without /proc
     pidns: str | None
 
+    def is_process(self, other: ProcessIdentity) -> bool:
+        """Whether both name the same process (host, pid and start time)."""
+        return (self.host, self.pid, self.start) == (other.host, other.pid, other.start)
+
 
 def _read(path: str) -> str | None:
     try:
@@ -542,7 +546,7 @@ def mark_interrupted(study: optuna.Study, trial_number: int, *, storage: Any) ->
         owner, me = owner_of(trial), this_process()
         if (
             owner is not None
-            and (owner.host, owner.pid, owner.start) != (me.host, me.pid, me.start)
+            and not owner.is_process(me)
             and death_cause(trial, grace_s=DEFAULT_GRACE_S, me=me) is None
         ):
             raise ValueError(
@@ -573,12 +577,7 @@ def interrupt_own_trials(studies: Sequence, storage: Any) -> list[int]:
             running = rung_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             for trial in running:
                 owner = owner_of(trial)
-                mine = owner is not None and (owner.host, owner.pid, owner.start) == (
-                    me.host,
-                    me.pid,
-                    me.start,
-                )
-                if not mine:
+                if owner is None or not owner.is_process(me):
                     continue
                 if mark_interrupted(rung_study, trial.number, storage=storage) is not None:
                     marked.append(trial.number)
