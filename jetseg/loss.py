@@ -201,18 +201,22 @@ class JetLoss(nn.Module):
             )
 
         probs = torch.softmax(_at_least_float32(logits), dim=1)  # (B, C, H, W)
-        mask = labelled.unsqueeze(1)  # (B, H, W) -> (B, 1, H, W)
-        # where() rather than multiplying by the mask: void pixels contribute an exact 0 to the
-        # value and pass back an exact 0 gradient, whatever their logits are.
-        probs = torch.where(mask, probs, 0.0)
-        safe_target = torch.where(labelled, target, 0).unsqueeze(1)  # (B, 1, H, W)
-        one_hot = torch.zeros_like(probs).scatter_(1, safe_target, 1.0)
-        one_hot = torch.where(mask, one_hot, 0.0)
-
-        pixel_axes = (0, 2, 3)
-        true_positive = (probs * one_hot).sum(pixel_axes)
-        false_positive = (probs * (1.0 - one_hot)).sum(pixel_axes)
-        false_negative = ((1.0 - probs) * one_hot).sum(pixel_axes)
+        # Written without a one-hot tensor: TP_c sums the probability of the true class over the
+        # pixels labelled c, FP_c = (sum of p_c over labelled pixels) - TP_c and FN_c = (pixels
+        # labelled c) - TP_c. Same sums as p*t, p*(1-t), (1-p)*t, at a fraction of the
+        # full-resolution temporaries (and of their backward).
+        # (B, C, H, W) -> (C, B*H*W), labelled pixels only: void pixels take no part at all.
+        flat = probs.transpose(0, 1).reshape(self.num_classes, -1)
+        keep = labelled.reshape(-1).nonzero().squeeze(1)
+        flat = flat.index_select(1, keep)
+        classes = target.reshape(-1).index_select(0, keep)
+        p_true = flat.gather(0, classes.unsqueeze(0)).squeeze(0)  # (N,)
+        true_positive = torch.zeros(
+            self.num_classes, dtype=probs.dtype, device=probs.device
+        ).index_add(0, classes, p_true)
+        pixels = torch.bincount(classes, minlength=self.num_classes).to(probs.dtype)
+        false_positive = flat.sum(1) - true_positive
+        false_negative = pixels - true_positive
         return true_positive, false_positive, false_negative
 
     def _one_minus_scores(self, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:

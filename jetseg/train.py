@@ -440,13 +440,15 @@ class Trainer:
         stats = self.train_one_epoch(epoch)
         self.epoch = epoch
         last = epoch >= cfg.epochs or stats["partial"] or self._budget_used()
-        metrics, val_loss, eval_time, heldout = None, None, 0.0, None
+        metrics, val_loss, eval_time, heldout, heldout_loss = None, None, 0.0, None, None
         if epoch % cfg.eval_every == 0 or last:
             self._call_hooks("on_validate", epoch)
             started = time.perf_counter()
             metrics, val_loss = self._evaluate_loader(self.val_loader, loss_fn=self.loss_fn)
             if self.heldout_loader is not None:
-                heldout, _ = self._evaluate_loader(self.heldout_loader)
+                heldout, heldout_loss = self._evaluate_loader(
+                    self.heldout_loader, loss_fn=self.loss_fn
+                )
             eval_time = time.perf_counter() - started
             miou = metrics.miou if math.isfinite(metrics.miou) else -math.inf
             improved = self.best_epoch == 0 or miou > self.best_miou
@@ -455,7 +457,9 @@ class Trainer:
                 self.best_heldout = heldout
         else:
             improved = False
-        record = self._history_record(epoch, stats, metrics, val_loss, eval_time, heldout)
+        record = self._history_record(
+            epoch, stats, metrics, val_loss, eval_time, heldout, heldout_loss
+        )
         self.history.append(record)
         if stats["partial"]:
             self.stopped_reason = "time budget"
@@ -616,11 +620,13 @@ class Trainer:
         val_loss: float | None,
         eval_time: float,
         heldout: SegMetrics | None = None,
+        heldout_loss: float | None = None,
     ) -> dict[str, Any]:
         held = {}
         if self.heldout_set is not None:
             held = {
                 "heldout_miou": None if heldout is None else json_number(heldout.miou),
+                "heldout_loss": json_number(heldout_loss),
                 "heldout_per_class_iou": None if heldout is None else iou_dict(heldout),
             }
         return {

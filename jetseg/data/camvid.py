@@ -183,6 +183,10 @@ class SegmentationDataset(Dataset):
         self.transform = transform
         self._to_tensors = Normalize()
         self._pixel_counts: np.ndarray | None = None
+        # The output of the transform's leading fixed-size Resize, per index: it is the same
+        # every epoch, so an epoch resizes each frame once (for its random scale) instead of
+        # twice. uint8 at the training size, a few MB for CamVid.
+        self._resized: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -202,9 +206,19 @@ class SegmentationDataset(Dataset):
         return index % length
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, label = self.raw(index)
-        if self.transform is not None:
-            image, label = self.transform(image, label)
+        from jetseg.data.transforms import Compose, Resize
+
+        transform = self.transform
+        steps = transform.transforms if isinstance(transform, Compose) else None
+        if steps and isinstance(steps[0], Resize):
+            key = self._check_index(index)
+            if key not in self._resized:
+                self._resized[key] = steps[0](*self.raw(key))
+            image, label = Compose(steps[1:])(*self._resized[key])
+        else:
+            image, label = self.raw(index)
+            if transform is not None:
+                image, label = transform(image, label)
         if isinstance(image, np.ndarray):
             image, label = self._to_tensors(image, label)
         return image, label
