@@ -1,287 +1,311 @@
-"""Does the search's proxy rank networks the way longer training does?
+"""The proxy scoreboard: how well each cheap score ranks the reference set's networks.
 
-20 networks sampled from ``space/nano.yaml`` (seed 0) plus the nano preset are each trained at
-every rung of the ``local`` study (``studies/local.yaml``: epochs, input size, frames per rung)
-and once more under the final recipe (``--final-minutes`` of training with random scale 0.5-2.0,
-crop and flip), all on real CamVid with the sequence 0001TP held out of training. Every run
-reports val mIoU (the val split: sequence 0016E5, which training also sees) and held-out mIoU
-(0001TP, never trained on), from the epoch that val picked. Then Kendall tau and Spearman rho
-between consecutive rungs and between every rung and the final training, on both.
+Every proxy is scored against the reference set (``benchmarks/reference/camvid-v1.jsonl``, built
+by ``benchmarks/reference.py``) without training the reference again: Kendall tau and Spearman
+rho between the proxy's score of each network and the network's reference figure (the mean over
+its seeds of the last-epoch mIoU), on val and on the held-out sequence, each with a 90% bootstrap
+interval over the networks, and the CPU seconds the proxy costs per network. Beside every score
+stands the ceiling the reference's own noise puts on any proxy: the tau between the ranking by
+one seed and by another seed of the reference recipe.
 
-Results are appended to ``OUT/results.jsonl`` as each run ends; a restarted run skips what is
-there. Nothing here is asserted by the test suite.
+Proxies:
 
-Example::
+* **training recipes** (``--recipe NAME=epochs:E,size:HxW[,frames:N][,augment]``; the defaults
+  are today's rungs of ``studies/local.yaml`` and variants of epochs 2-20, sizes 64x96 to
+  180x240 and frame counts): every reference network trained once (seed 0) under the recipe, on
+  the reference's split, every epoch evaluated; each run is scored under the scoring rules
+  ``last``, ``best`` (the epoch val picks), ``last3`` and ``val_loss``. Runs are appended to
+  ``benchmarks/reference/proxies/NAME.jsonl`` as they end (data, kept) and skipped when there.
+* **zero-cost scores** of the untrained network (``jetsearch.zerocost``: params, MACs, synflow,
+  NASWOT, grad-norm), computed in seconds, kept in ``proxies/zerocost.jsonl``;
+* **combinations**: the mean rank of two proxies, for every pair.
 
-    python benchmarks/proxy_fidelity.py --jobs 2 --threads 1 --out runs/proxy_fidelity
+Prints one table (``--markdown`` for docs/). Nothing here is asserted by the test suite.
+
+Examples::
+
+    python benchmarks/proxy_fidelity.py --zero-cost                 # seconds per network
+    python benchmarks/proxy_fidelity.py --train r0 r1 e8-120x160    # train these recipes
+    python benchmarks/proxy_fidelity.py --markdown                  # the table of what is there
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
+import random
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import describe  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / ".." / "shared" / "camvid"
-FINAL = "final"
+DEFAULT_REFERENCE = REPO / "benchmarks" / "reference" / "camvid-v1.jsonl"
+RULES = ("last", "best", "last3", "val_loss")
+# name -> recipe; r0 and r1 are the rungs studies/local.yaml shipped with before the scoreboard.
+RECIPES: dict[str, dict[str, Any]] = {
+    "r0": {"epochs": 2, "size": [96, 128], "frames": 128},
+    "r1": {"epochs": 4, "size": [128, 160]},
+    "e2-64x96": {"epochs": 2, "size": [64, 96]},
+    "e4-64x96": {"epochs": 4, "size": [64, 96]},
+    "e8-64x96": {"epochs": 8, "size": [64, 96]},
+    "e4-96x128": {"epochs": 4, "size": [96, 128]},
+    "e8-96x128": {"epochs": 8, "size": [96, 128]},
+    "e8-120x160": {"epochs": 8, "size": [120, 160], "augment": True},
+    "e12-96x128": {"epochs": 12, "size": [96, 128], "augment": True},
+    "e20-64x96": {"epochs": 20, "size": [64, 96], "augment": True},
+    "e4-180x240": {"epochs": 4, "size": [180, 240]},
+}
 
 
-def rungs_of(study: str | Path) -> list[dict[str, Any]]:
-    """The ``rungs`` of a study file (each a mapping of TrainConfig fields)."""
-    path = Path(study)
-    if not path.is_file():
-        path = REPO / "studies" / f"{study}.yaml"
-    data = yaml.safe_load(path.read_text())
-    rungs = data.get("rungs")
-    if not rungs:
-        raise SystemExit(f"{path} defines no rungs")
-    return [dict(r) for r in rungs]
+def parse_recipe(text: str) -> tuple[str, dict[str, Any]]:
+    """``NAME=epochs:E,size:HxW[,frames:N][,augment]`` or a name of :data:`RECIPES`."""
+    if "=" not in text:
+        if text not in RECIPES:
+            raise argparse.ArgumentTypeError(
+                f"unknown recipe {text!r}; known: {', '.join(RECIPES)}, or NAME=epochs:E,size:HxW"
+            )
+        return text, RECIPES[text]
+    name, body = text.split("=", 1)
+    recipe: dict[str, Any] = {}
+    for part in body.split(","):
+        key, _, value = part.partition(":")
+        if key == "epochs" or key == "frames":
+            recipe[key] = int(value)
+        elif key == "size":
+            recipe["size"] = [int(v) for v in value.lower().split("x")]
+        elif key == "augment" and not value:
+            recipe["augment"] = True
+        else:
+            raise argparse.ArgumentTypeError(f"recipe {text!r}: unknown part {part!r}")
+    if "epochs" not in recipe or "size" not in recipe:
+        raise argparse.ArgumentTypeError(f"recipe {text!r}: needs epochs:E and size:HxW")
+    return name, recipe
 
 
-def networks(n: int, seed: int) -> list[tuple[str, Any]]:
-    from jetsearch.space import load_space
-    from jetseg.config import load_config
-
-    sampled = load_space("nano").random_configs(n, seed)
-    return [("nano-preset", load_config("nano"))] + [
-        (f"nano-s{seed}-{i:02d}", cfg) for i, cfg in enumerate(sampled)
-    ]
+# ---------------------------------------------------------------------------------------------
+# computing proxies
 
 
-def train_one(job: dict[str, Any]) -> dict[str, Any]:
-    """Train one network under one recipe; val and held-out mIoU at val's best epoch."""
-    import torch
+def train_proxy(job: dict[str, Any]) -> dict[str, Any]:
+    """One reference network trained under one proxy recipe; every epoch's figures."""
+    from reference import train_one
 
-    from jetseg.complexity import profile
-    from jetseg.config import arch_hash, load_config
-    from jetseg.data import build_datasets, build_holdout
-    from jetseg.loss import cui_class_weights
-    from jetseg.model import build_model
-    from jetseg.train import Trainer
-    from jetseg.train_config import TrainConfig
-
-    torch.set_num_threads(job["threads"])
-    config = load_config(job["config"])
-    recipe = dict(job["recipe"])
-    size = tuple(recipe.pop("size"))
-    frames = recipe.pop("train_images", None)
-    aug = {}
-    if job["stage"] == FINAL:
-        aug = {"random_scale": (0.5, 2.0), "crop": size, "flip": True}
-    train, val, info = build_datasets(job["data"], size, holdout=tuple(job["holdout"]), **aug)
-    heldout = build_holdout(job["data"], tuple(job["holdout"]), size)
-    cfg = TrainConfig(
-        size=size,
-        seed=job["seed"],
-        device="cpu",
-        progress=False,
-        export_onnx=False,
-        overlays=0,
-        max_train_images=frames,
-        **aug,
-        **recipe,
-    )
-    torch.manual_seed(job["seed"])
-    model = build_model(config)
-    params = profile(model, (360, 480))
-    per_epoch: list[tuple[float, float]] = []
-    trainer_ref: list[Any] = []
-
-    def on_epoch(report) -> None:
-        per_epoch.append((report.val.miou, trainer_ref[0].evaluate(heldout).miou))
-
-    weights = cui_class_weights(train.class_pixel_counts())
-    trainer = Trainer(
-        model,
-        train,
-        val,
-        cfg,
-        out_dir=None,
-        class_weights=weights,
-        callbacks=[on_epoch],
-        data_info=info,
-    )
-    trainer_ref.append(trainer)
-    start = time.time()
-    result = trainer.fit(resume=False)
-    best = max(range(len(per_epoch)), key=lambda i: per_epoch[i][0])
-    return {
-        "network": job["network"],
-        "stage": job["stage"],
-        "arch_hash": arch_hash(config),
-        "params": params.params,
-        "macs_360x480": params.macs,
-        "val_miou": per_epoch[best][0],
-        "heldout_miou": per_epoch[best][1],
-        "best_epoch": best + 1,
-        "epochs": result.epochs_done,
-        "train_time_s": round(result.train_time_s, 1),
-        "wall_s": round(time.time() - start, 1),
-        "recipe": job["recipe"] | ({"augment": "scale 0.5-2.0, crop, flip"} if aug else {}),
+    recipe = job["proxy"]
+    full = {
+        "epochs": recipe["epochs"],
+        "size": recipe["size"],
+        "batch_size": 8,
+        "optimizer": "adamw",
+        "lr": 2e-3,
+        "schedule": "poly",
+        "warmup_epochs": min(1.0, recipe["epochs"] / 4),
+        "loss": "jetloss",
+        "holdout": job["holdout"],
+        "max_train_images": recipe.get("frames"),
     }
+    row = train_one(
+        job | {"recipe": full, "augment": bool(recipe.get("augment")), "per_frame": False}
+    )
+    keep = ("network", "seed", "arch_hash", "epochs", "train_time_s", "wall_s", "machine")
+    return {k: row[k] for k in keep} | {"recipe_name": job["recipe_name"], "proxy": recipe}
 
 
-def load_results(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
-    done = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                done[(row["network"], row["stage"])] = row
-    return done
+def zero_cost_rows(reference: list[dict[str, Any]], data: str, size: Sequence[int]):
+    """Zero-cost scores of every reference network on one fixed minibatch of training frames."""
+    import torch
+    import yaml
+
+    from jetsearch.zerocost import zero_cost_scores
+    from jetseg.config import load_config
+    from jetseg.data import build_datasets
+
+    holdout = tuple(reference[0]["split"]["heldout"])
+    train, _, _ = build_datasets(data, tuple(size), holdout=holdout)
+    pick = random.Random(0).sample(range(len(train)), 8)
+    images = torch.stack([train[i][0] for i in pick])
+    labels = torch.stack([train[i][1] for i in pick])
+    seen = set()
+    for row in reference:
+        if row["network"] in seen:
+            continue
+        seen.add(row["network"])
+        config = load_config(yaml.safe_load(row["config_yaml"]))
+        result = zero_cost_scores(config, images, labels, ignore_index=train.ignore_index)
+        yield {"network": row["network"], "arch_hash": row["arch_hash"], **result}
 
 
-def correlations(done, names, stages, metric) -> list[str]:
-    from jetsearch.fidelity import kendall_tau, spearman_rho
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
-    lines = []
-    pairs = [(a, b) for a, b in zip(stages, stages[1:], strict=False)]
-    pairs += [(s, FINAL) for s in stages[:-2]] if stages[-1] == FINAL else []
-    for a, b in pairs:
-        both = [n for n in names if (n, a) in done and (n, b) in done]
-        x = [done[(n, a)][metric] for n in both]
-        y = [done[(n, b)][metric] for n in both]
-        tau, rho = kendall_tau(x, y), spearman_rho(x, y)
-        lines.append(
-            f"  {metric:<13} {a:>6} -> {b:<6} n={len(both):>2}  Kendall tau {tau:+.3f}  "
-            f"Spearman rho {rho:+.3f}"
+
+def append_jsonl(path: Path, row: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(row, separators=(",", ":")) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# scoring
+
+
+def proxy_columns(
+    names: list[str], zero_cost: list[dict[str, Any]], trained: dict[str, list[dict[str, Any]]]
+) -> dict[str, tuple[list[float], float]]:
+    """Every proxy as (score per network in ``names`` order, CPU seconds per network); only
+    proxies with a score for every network."""
+    from jetsearch.reference import figure
+
+    columns: dict[str, tuple[list[float], float]] = {}
+    by_net = {row["network"]: row for row in zero_cost}
+    if all(name in by_net for name in names):
+        for score in by_net[names[0]]["scores"]:
+            values = [float(by_net[n]["scores"][score]) for n in names]
+            cost = sum(by_net[n]["seconds"][score] for n in names) / len(names)
+            columns[f"zero-cost {score}"] = (values, cost)
+    for recipe, rows in trained.items():
+        runs = {row["network"]: row for row in rows}
+        if not all(name in runs for name in names):
+            continue
+        cost = sum(runs[n]["wall_s"] for n in names) / len(names)
+        for rule in RULES:
+            values = [figure(runs[n], "val", rule) for n in names]
+            columns[f"{recipe} {rule}"] = (values, cost)
+    return columns
+
+
+def scoreboard(args: argparse.Namespace) -> int:
+    from jetsearch.fidelity import mean_rank, rank_agreement
+    from jetsearch.reference import by_network, read_reference, seed_ceiling
+
+    reference = read_reference(args.reference)
+    nets = by_network(reference)
+    if len(nets) < 3:
+        print(f"{args.reference}: {len(nets)} networks; the scoreboard needs at least 3")
+        return 1
+    names = [n.network for n in nets]
+    proxies_dir = Path(args.reference).parent / "proxies"
+    zero_cost = read_jsonl(proxies_dir / "zerocost.jsonl")
+    trained = {
+        path.stem: read_jsonl(path)
+        for path in sorted(proxies_dir.glob("*.jsonl"))
+        if path.stem != "zerocost"
+    }
+    columns = proxy_columns(names, zero_cost, trained)
+    best_single = sorted(columns)
+    for i, a in enumerate(best_single):
+        for b in best_single[i + 1 :]:
+            if a.split()[0] == b.split()[0] and not a.startswith("zero-cost"):
+                continue  # two rules of one recipe are one training
+            combined = mean_rank(columns[a][0], columns[b][0])
+            columns[f"mean rank of ({a}) and ({b})"] = (combined, columns[a][1] + columns[b][1])
+    reference_cost = sum(r["wall_s"] for r in reference) / len(reference)
+    ceilings = {split: seed_ceiling(reference, split) for split in ("val", "heldout")}
+    rows = []
+    for name, (values, cost) in columns.items():
+        row = {"proxy": name, "cost_s": cost}
+        for split in ("val", "heldout"):
+            row[split] = rank_agreement(values, [n.mean(split) for n in nets])
+        rows.append(row)
+    rows.sort(
+        key=lambda r: -r["heldout"]["tau"] if r["heldout"]["tau"] == r["heldout"]["tau"] else 9
+    )
+    shown = [r for r in rows if not r["proxy"].startswith("mean rank")]
+    shown += [r for r in rows if r["proxy"].startswith("mean rank")][: args.combinations]
+
+    print(f"machine: {describe()}")
+    print(
+        f"reference: {args.reference} ({len(nets)} networks, {len(reference)} trainings, "
+        f"{reference_cost:.0f} s of one training process per training)"
+    )
+    for split, (tau, count) in ceilings.items():
+        print(f"ceiling ({split}): seed-vs-seed Kendall tau {tau:+.2f} over {count} networks")
+    bar = "|" if args.markdown else " "
+    header = (
+        f"{bar} proxy {bar} s/network {bar} share of reference {bar} tau val [90%] {bar} rho val "
+        f"{bar} tau held-out [90%] {bar} rho held-out {bar} ceiling val / held-out {bar}"
+    )
+    print(header.strip())
+    if args.markdown:
+        print("|---|---:|---:|---|---:|---|---:|---|")
+    for row in shown:
+        v, h = row["val"], row["heldout"]
+        print(
+            (
+                f"{bar} {row['proxy']} {bar} {row['cost_s']:.1f} {bar} "
+                f"{row['cost_s'] / reference_cost:.3f} {bar} "
+                f"{v['tau']:+.2f} [{v['tau_low']:+.2f}, {v['tau_high']:+.2f}] {bar} "
+                f"{v['rho']:+.2f} {bar} {h['tau']:+.2f} [{h['tau_low']:+.2f}, "
+                f"{h['tau_high']:+.2f}] {bar} {h['rho']:+.2f} {bar} "
+                f"{ceilings['val'][0]:+.2f} / {ceilings['heldout'][0]:+.2f} {bar}"
+            ).strip()
         )
-    return lines
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(DEFAULT_DATA))
-    parser.add_argument("--study", default="local", help="study whose rungs are used")
-    parser.add_argument("--networks", type=int, default=20, help="sampled networks (+ nano)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--holdout", nargs="+", default=["0001TP"])
-    parser.add_argument("--final-minutes", type=float, default=3.0)
-    parser.add_argument("--final-size", default="192x256")
-    parser.add_argument("--no-final", action="store_true")
+    parser.add_argument("--reference", default=str(DEFAULT_REFERENCE))
+    parser.add_argument("--zero-cost", action="store_true", help="compute the zero-cost scores")
     parser.add_argument(
-        "--final-networks",
-        type=int,
-        help="train only the first N networks (the preset first) under the final recipe",
+        "--train", nargs="+", type=parse_recipe, default=[], help="train these proxy recipes"
     )
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
-    parser.add_argument("--out", default="runs/proxy_fidelity")
+    parser.add_argument("--parallel", type=int, default=2, help="trainings at a time")
+    parser.add_argument("--runs", default="runs/proxies", help="checkpoints (not kept)")
+    parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    parser.add_argument("--combinations", type=int, default=5, help="best pairs to show")
     args = parser.parse_args(argv)
 
-    from jetseg.config import dump_config
-    from jetseg.data import DataError, known_sequences
+    from jetsearch.reference import read_reference
 
-    try:
-        sequences = known_sequences(args.data)
-    except DataError as err:
-        parser.error(f"--data {args.data}: {err}")
-    unknown = [s for s in args.holdout if s not in sequences]
-    if unknown:
-        parser.error(
-            f"--holdout {' '.join(unknown)}: not a sequence of {args.data} ({', '.join(sequences)})"
-        )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results = out / "results.jsonl"
-    rungs = rungs_of(args.study)
-    stages = [f"r{i}" for i in range(len(rungs))] + ([] if args.no_final else [FINAL])
-    recipes = {f"r{i}": r for i, r in enumerate(rungs)}
-    fh, fw = (int(v) for v in args.final_size.split("x"))
-    recipes[FINAL] = {"epochs": 10000, "time_budget_s": 60 * args.final_minutes, "size": [fh, fw]}
-    nets = networks(args.networks, args.seed)
-    names = [n for n, _ in nets]
-    done = load_results(results)
-    jobs = [
-        {
-            "network": name,
-            "stage": stage,
-            "config": yaml.safe_load(dump_config(cfg)),
-            "recipe": recipes[stage],
-            "data": args.data,
-            "holdout": args.holdout,
-            "seed": args.seed,
-            "threads": args.threads,
-        }
-        for stage in stages
-        for k, (name, cfg) in enumerate(nets)
-        if (name, stage) not in done
-        and not (stage == FINAL and args.final_networks is not None and k >= args.final_networks)
-    ]
-    print(f"machine: {describe(args.threads)}; {args.jobs} runs at a time", flush=True)
-    print(
-        f"rungs of study {args.study!r}: {json.dumps(rungs)}; final: {recipes[FINAL]} "
-        "with random scale 0.5-2.0, crop, flip",
-        flush=True,
-    )
-    print(
-        f"{len(nets)} networks x {len(stages)} recipes: {len(done)} runs done before, "
-        f"{len(jobs)} to go",
-        flush=True,
-    )
-    start = time.time()
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(args.jobs, maxtasksperchild=1) as pool:
-        for k, row in enumerate(pool.imap_unordered(train_one, jobs), start=1):
-            with results.open("a") as fh_out:
-                fh_out.write(json.dumps(row) + "\n")
-            done[(row["network"], row["stage"])] = row
-            elapsed = time.time() - start
-            eta = elapsed / k * (len(jobs) - k)
-            print(
-                f"[{k}/{len(jobs)}] {row['network']} {row['stage']}: val "
-                f"{100 * row['val_miou']:.1f}% held-out {100 * row['heldout_miou']:.1f}% "
-                f"({row['wall_s']:.0f} s; elapsed {elapsed / 60:.1f} min, "
-                f"ETA {eta / 60:.1f} min)",
-                flush=True,
-            )
-    print()
-    header = f"{'network':<14} {'params':>7}" + "".join(
-        f" {s + ' val':>9} {s + ' h-o':>9}" for s in stages
-    )
-    print(
-        "mIoU in %, val = val split (0016E5, also in training), h-o = held-out "
-        f"{'+'.join(args.holdout)} (never trained on)"
-    )
-    print(header)
-    for name in names:
-        cells = []
-        for s in stages:
-            row = done.get((name, s))
-            cells.append(
-                f" {100 * row['val_miou']:>9.1f} {100 * row['heldout_miou']:>9.1f}"
-                if row
-                else f" {'-':>9} {'-':>9}"
-            )
-        params = next((done[(name, s)]["params"] for s in stages if (name, s) in done), 0)
-        print(f"{name:<14} {params:>7,}" + "".join(cells))
-    walls = {s: sum(r["wall_s"] for (n, st), r in done.items() if st == s) for s in stages}
-    print(
-        "wall s per recipe (sum over networks): "
-        + ", ".join(f"{s} {w:.0f}" for s, w in walls.items())
-    )
-    print("rank agreement:")
-    for metric in ("val_miou", "heldout_miou"):
-        for line in correlations(done, names, stages, metric):
-            print(line)
-    gaps = [r["val_miou"] - r["heldout_miou"] for r in done.values()]
-    if gaps:
-        mean = sum(gaps) / len(gaps)
-        print(
-            f"val minus held-out mIoU over {len(gaps)} runs: mean {100 * mean:+.1f} points "
-            f"(min {100 * min(gaps):+.1f}, max {100 * max(gaps):+.1f})"
-        )
-    return 0
+    reference = read_reference(args.reference)
+    if not reference:
+        parser.error(f"--reference {args.reference}: no reference runs (benchmarks/reference.py)")
+    proxies_dir = Path(args.reference).parent / "proxies"
+    if args.zero_cost:
+        import torch
+
+        torch.set_num_threads(1)
+        path = proxies_dir / "zerocost.jsonl"
+        done = {row["network"] for row in read_jsonl(path)}
+        todo = [r for r in reference if r["network"] not in done]
+        size = reference[0]["recipe"]["size"]
+        for row in zero_cost_rows(todo, args.data, size):
+            append_jsonl(path, row)
+            seconds = sum(row["seconds"].values()) - row["seconds"]["macs"]
+            print(f"zero-cost {row['network']}: {seconds:.1f} s", flush=True)
+    from reference import base_job, run_jobs
+
+    for name, recipe in args.train:
+        path = proxies_dir / f"{name}.jsonl"
+        done = {row["network"] for row in read_jsonl(path)}
+        nets: dict[str, dict[str, Any]] = {}
+        for row in reference:
+            nets.setdefault(row["network"], row)
+        jobs = [
+            base_job(net, 0, argparse.Namespace(data=args.data, threads=1, device="auto", runs=""))
+            | {
+                "proxy": recipe,
+                "recipe_name": name,
+                "holdout": net["split"]["heldout"],
+                "runs": str(Path(args.runs) / name),
+            }
+            for net_name, net in nets.items()
+            if net_name not in done
+        ]
+        print(f"recipe {name} {recipe}: {len(jobs)} networks to train", flush=True)
+        started = time.time()
+        run_jobs(jobs, args.parallel, lambda row, p=path: append_jsonl(p, row), train_proxy)
+        print(f"recipe {name}: {time.time() - started:.0f} s", flush=True)
+    return scoreboard(args)
 
 
 if __name__ == "__main__":

@@ -169,7 +169,9 @@ def train_one(job: dict[str, Any]) -> dict[str, Any]:
     size = tuple(recipe["size"])
     holdout = tuple(recipe["holdout"])
     config = load_config(yaml.safe_load(job["config_yaml"]))
-    aug = {"random_scale": tuple(AUGMENTATION["random_scale"]), "crop": size, "flip": True}
+    aug = {}
+    if job.get("augment", True):
+        aug = {"random_scale": tuple(AUGMENTATION["random_scale"]), "crop": size, "flip": True}
     train, val, info = build_datasets(job["data"], size, holdout=holdout, **aug)
     heldout = build_holdout(job["data"], holdout, size)
     cfg = TrainConfig(
@@ -248,7 +250,7 @@ def train_one(job: dict[str, Any]) -> dict[str, Any]:
         "params": counts.params,
         "macs_360x480": counts.macs,
         "latency": job["latency"],
-        "recipe": recipe | {"augmentation": "random scale 0.5-2.0, crop, flip"},
+        "recipe": recipe | {"augmentation": "random scale 0.5-2.0, crop, flip" if aug else None},
         "split": {
             "train": f"train split without {'+'.join(holdout)} ({len(train)} frames)",
             "val": f"val split ({len(val)} frames of 0016E5, not trained on)",
@@ -258,7 +260,11 @@ def train_one(job: dict[str, Any]) -> dict[str, Any]:
         "epochs": epochs,
         "best": {k: best[k] for k in ("epoch", "val_miou", "heldout_miou")},
         "last": {k: last[k] for k in ("epoch", "val_miou", "heldout_miou")},
-        "frames": {"val": per_frame(val), "heldout": per_frame(heldout)},
+        "frames": (
+            {"val": per_frame(val), "heldout": per_frame(heldout)}
+            if job.get("per_frame", True)
+            else None
+        ),
         "train_time_s": round(result.train_time_s, 1),
         "wall_s": round(wall, 1),
         "machine": job["machine"],
@@ -266,8 +272,9 @@ def train_one(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_jobs(jobs: list[dict[str, Any]], parallel: int, on_row) -> None:
-    """Two (``parallel``) trainings at a time in fresh processes; ``on_row`` as each ends.
+def run_jobs(jobs: list[dict[str, Any]], parallel: int, on_row, worker=None) -> None:
+    """Two (``parallel``) trainings at a time in fresh processes (``worker``, default
+    :func:`train_one`, trains one job); ``on_row`` as each ends.
 
     SIGTERM stops the run as Ctrl-C does: the pool's trainings are terminated with it (their
     checkpoints stay, and the next run resumes them), never left running on their own.
@@ -278,14 +285,15 @@ def run_jobs(jobs: list[dict[str, Any]], parallel: int, on_row) -> None:
     start = time.time()
     ctx = mp.get_context("spawn")
     with ctx.Pool(parallel, maxtasksperchild=1) as pool:
-        for k, row in enumerate(pool.imap_unordered(train_one, jobs), start=1):
+        for k, row in enumerate(pool.imap_unordered(worker or train_one, jobs), start=1):
             on_row(row)
             elapsed = time.time() - start
             eta = elapsed / k * (len(jobs) - k)
+            last = row["epochs"][-1]
             print(
                 f"[{k}/{len(jobs)}] {row['network']} seed {row['seed']}: last epoch val "
-                f"{100 * row['last']['val_miou']:.1f}% held-out "
-                f"{100 * row['last']['heldout_miou']:.1f}% ({row['wall_s'] / 60:.1f} min; "
+                f"{100 * last['val_miou']:.1f}% held-out "
+                f"{100 * last['heldout_miou']:.1f}% ({row['wall_s'] / 60:.1f} min; "
                 f"elapsed {elapsed / 60:.0f} min, ETA {eta / 60:.0f} min)",
                 flush=True,
             )

@@ -13,6 +13,7 @@ the figures do not depend on an optional package::
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
 
 
@@ -69,3 +70,34 @@ def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float:
     cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
     var = math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
     return math.nan if var == 0 else cov / var
+
+
+def rank_agreement(
+    proxy: Sequence[float], target: Sequence[float], samples: int = 1000, seed: int = 0
+) -> dict[str, float]:
+    """Kendall tau and Spearman rho, each with a 90% bootstrap interval over the networks."""
+    n = len(proxy)
+    out = {"n": n, "tau": kendall_tau(proxy, target), "rho": spearman_rho(proxy, target)}
+    rng = random.Random(seed)
+    taus, rhos = [], []
+    for _ in range(samples):
+        pick = [rng.randrange(n) for _ in range(n)]
+        x, y = [proxy[i] for i in pick], [target[i] for i in pick]
+        tau, rho = kendall_tau(x, y), spearman_rho(x, y)
+        if tau == tau and rho == rho:  # not NaN (a resample of one repeated network)
+            taus.append(tau)
+            rhos.append(rho)
+    for name, values in (("tau", taus), ("rho", rhos)):
+        values.sort()
+        if values:
+            out[f"{name}_low"] = values[int(0.05 * len(values))]
+            out[f"{name}_high"] = values[int(0.95 * len(values)) - 1]
+        else:
+            out[f"{name}_low"] = out[f"{name}_high"] = float("nan")
+    return out
+
+
+def mean_rank(*columns: Sequence[float]) -> list[float]:
+    """The mean over columns of each network's rank (ties averaged): a combined proxy."""
+    ranked = [_ranks(column) for column in columns]
+    return [sum(values) / len(values) for values in zip(*ranked, strict=True)]

@@ -108,3 +108,43 @@ def test_seed_ceiling_is_the_tau_between_two_seeds_rankings():
     assert nets[1].heldout == (0.2, 0.3)
     assert nets[1].heldout_mean == pytest.approx(0.25)
     assert nets[1].heldout_seed_std == pytest.approx(math.sqrt(0.005))
+
+
+def test_the_scoreboard_agreement_on_a_hand_made_table():
+    from jetsearch.fidelity import mean_rank, rank_agreement
+
+    perfect = rank_agreement([1, 2, 3, 4, 5], [0.1, 0.2, 0.3, 0.4, 0.5], samples=200)
+    assert perfect["tau"] == 1.0 and perfect["rho"] == 1.0
+    assert perfect["tau_low"] == perfect["tau_high"] == 1.0
+    reversed_ = rank_agreement([5, 4, 3, 2, 1], [0.1, 0.2, 0.3, 0.4, 0.5], samples=200)
+    assert reversed_["tau"] == -1.0 and reversed_["tau_high"] == -1.0
+    swapped = rank_agreement([1, 2, 3, 4], [0.1, 0.3, 0.2, 0.4], samples=200)
+    assert swapped["tau"] == pytest.approx(4 / 6)
+    assert swapped["rho"] == pytest.approx(0.8)
+    assert swapped["tau_low"] <= swapped["tau"] <= swapped["tau_high"]
+    # Two proxies combined by their mean rank: (1+2)/2, (2+1)/2, (3+3)/2.
+    assert mean_rank([10, 20, 30], [0.2, 0.1, 0.3]) == [1.5, 1.5, 3.0]
+
+
+def test_zero_cost_scores_need_no_training_and_take_seconds():
+    import torch
+
+    from jetsearch.zerocost import ZERO_COST_NAMES, zero_cost_scores
+    from jetseg.config import load_config
+
+    torch.manual_seed(0)
+    images = torch.randn(4, 3, 48, 64)
+    labels = torch.randint(0, 12, (4, 48, 64))
+    result = zero_cost_scores(
+        load_config("nano"), images, labels, ignore_index=11, count_size=(48, 64)
+    )
+    assert set(result["scores"]) == set(ZERO_COST_NAMES)
+    assert result["scores"]["params"] == 31678
+    assert all(math.isfinite(v) and v > 0 for v in result["scores"].values())
+    # Seconds, not the minutes a training takes (a loose bound for a loaded machine).
+    assert sum(result["seconds"].values()) < 60
+    # The same seed scores the same untrained network the same way.
+    again = zero_cost_scores(
+        load_config("nano"), images, labels, ignore_index=11, count_size=(48, 64)
+    )
+    assert again["scores"] == pytest.approx(result["scores"])
