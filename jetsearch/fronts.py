@@ -1,4 +1,4 @@
-"""Pareto fronts of (mIoU up, latency down) that know latency is a distribution.
+"""Pareto fronts of (mIoU up, latency down) that know both figures are uncertain.
 
 A latency is a set of timed samples, not a number. Two networks whose samples cannot be told
 apart (a two-sided Mann-Whitney U test at ``alpha``) have **one** latency: neither is faster, so
@@ -13,6 +13,18 @@ machine whose timer steps by 4 ms, medians of 24.01, 24.03 and 24.08 ms are one 
     ['b']
 
 Points without samples (estimates, trials of older versions) compare by their numbers.
+
+An mIoU is uncertain too: the frames it was measured on are a sample (a bootstrap over them gives
+a standard deviation), and a second training would differ. A point carries that uncertainty as
+``miou_sd``; two mIoU whose 90% intervals (``miou +- 1.645 * miou_sd``) overlap are **one**
+accuracy, so neither is more accurate:
+
+    >>> c = Point("c", miou=0.50, latency_ms=10.0, miou_sd=0.01)
+    >>> d = Point("d", miou=0.52, latency_ms=30.0, miou_sd=0.01)
+    >>> miou_tied(c, d)
+    True
+    >>> [p.key for p in pareto_front([c, d])]      # c is as accurate and faster
+    ['c']
 """
 
 from __future__ import annotations
@@ -23,6 +35,7 @@ from dataclasses import dataclass, field
 
 DEFAULT_ALPHA = 0.05
 MIN_SAMPLES = 5  # fewer than this per side: no test, the numbers are compared as they are
+MIOU_Z = 1.645  # half-width of a 90% interval in standard deviations
 
 
 @dataclass(frozen=True)
@@ -35,6 +48,7 @@ class Point:
     samples: Sequence[float] = field(default=(), compare=False, repr=False)
     feasible: bool = True
     violation: float = 0.0  # how far over the budget (ms) an infeasible point is
+    miou_sd: float = 0.0  # the mIoU's standard deviation (bootstrap over frames, seeds)
 
 
 def mann_whitney_p(x: Sequence[float], y: Sequence[float]) -> float:
@@ -79,14 +93,35 @@ def latency_tied(a: Point, b: Point, alpha: float = DEFAULT_ALPHA) -> bool:
     return mann_whitney_p(a.samples, b.samples) >= alpha
 
 
+def miou_interval(p: Point) -> tuple[float, float]:
+    """The 90% interval of ``p``'s mIoU (a point without an uncertainty: its number)."""
+    half = MIOU_Z * max(p.miou_sd, 0.0)
+    return p.miou - half, p.miou + half
+
+
+def miou_tied(a: Point, b: Point) -> bool:
+    """True when the 90% intervals of the two mIoU overlap (equal numbers always tie)."""
+    if a.miou == b.miou:
+        return True
+    low_a, high_a = miou_interval(a)
+    low_b, high_b = miou_interval(b)
+    return low_a <= high_b and low_b <= high_a
+
+
 def dominates(a: Point, b: Point, alpha: float = DEFAULT_ALPHA) -> bool:
     """``a`` is at least as accurate and at least as fast as ``b`` and better in one of them.
 
-    "As fast" includes a latency tie; "faster" needs a difference the samples show.
+    "As fast" includes a latency tie and "as accurate" an mIoU tie; "faster" and "more
+    accurate" need a difference the samples and the intervals show.
     """
-    if latency_tied(a, b, alpha):
+    fast_tie, accuracy_tie = latency_tied(a, b, alpha), miou_tied(a, b)
+    if fast_tie and accuracy_tie:
+        return False
+    if fast_tie:
         return a.miou > b.miou
-    return a.miou >= b.miou and a.latency_ms < b.latency_ms
+    if accuracy_tie:
+        return a.latency_ms < b.latency_ms
+    return a.miou > b.miou and a.latency_ms < b.latency_ms
 
 
 def nondominated_sort(points: Sequence[Point], alpha: float = DEFAULT_ALPHA) -> list[list[Point]]:

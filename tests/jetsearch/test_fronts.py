@@ -133,3 +133,30 @@ def test_the_front_plot_marks_the_pick(tmp_path):
     plain = plot_front(Study(), rows, tmp_path / "plain.png")
     marked = plot_front(Study(), rows, tmp_path / "marked.png", picked=pick(rows, "knee"))
     assert plain.read_bytes() != marked.read_bytes()
+
+
+def test_two_miou_with_overlapping_intervals_are_one_accuracy():
+    from jetsearch.fronts import miou_interval, miou_tied
+
+    # 90% intervals: 0.50 +- 0.0164 and 0.52 +- 0.0164 overlap; 0.50 and 0.56 do not.
+    slow_close = Point("slow", miou=0.52, latency_ms=30.0, miou_sd=0.01)
+    fast = Point("fast", miou=0.50, latency_ms=10.0, miou_sd=0.01)
+    slow_far = Point("far", miou=0.56, latency_ms=30.0, miou_sd=0.01)
+    assert miou_interval(fast) == pytest.approx((0.50 - 0.01645, 0.50 + 0.01645))
+    assert miou_tied(fast, slow_close) and not miou_tied(fast, slow_far)
+    # Inside the interval the faster network is as accurate, so it dominates the slower one.
+    assert dominates(fast, slow_close) and not dominates(slow_close, fast)
+    assert [p.key for p in pareto_front([fast, slow_close])] == ["fast"]
+    # Beyond it the slower network is more accurate: both stay on the front.
+    assert {p.key for p in pareto_front([fast, slow_far])} == {"fast", "far"}
+    # Without an uncertainty the numbers compare as they are (the old rule).
+    bare = Point("bare", miou=0.52, latency_ms=30.0)
+    assert not miou_tied(Point("x", miou=0.50, latency_ms=10.0), bare)
+
+
+def test_tied_latency_and_tied_miou_dominate_neither_way():
+
+    a = Point("a", miou=0.50, latency_ms=10.0, miou_sd=0.02)
+    b = Point("b", miou=0.51, latency_ms=10.0, miou_sd=0.02)
+    assert not dominates(a, b) and not dominates(b, a)
+    assert {p.key for p in pareto_front([a, b])} == {"a", "b"}
