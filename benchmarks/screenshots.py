@@ -1,24 +1,32 @@
-"""Screenshots of optuna-dashboard showing a jetsearch study: the study page and one trial.
+"""Screenshots of optuna-dashboard showing a real jetsearch study: the study page and one trial.
 
-    python benchmarks/screenshots.py                       # a small demo study, made here
-    python benchmarks/screenshots.py --storage jetsearch-studies.log --study agx [--trial 17]
-        [--artifact-store DIR] [--out docs/img] [--chromium chromium] [--window-size 1400,1000]
+    jetsearch study --target local --data CAMVID --trials 6 --storage /tmp/shots/study.log
+    python benchmarks/screenshots.py --storage /tmp/shots/study.log --study local [--trial N]
+        [--artifact-store DIR] [--out docs/img] [--chromium chromium]
+        [--window-size 1400,1000] [--trial-window-size 1400,1100]
 
-Starts optuna-dashboard on a free loopback port with the command line that
-``jetsearch.artifacts.dashboard_command`` gives (the study storage, and the artifact folder
-beside it or ``--artifact-store``), waits for it to answer, and has headless Chromium save
+The README's two images are made this way, from a study that ``jetsearch study`` ran (see the
+README for which one). The script starts optuna-dashboard on a free loopback port with the
+command line that ``jetsearch.artifacts.dashboard_command`` gives (the study storage, and the
+artifact folder beside it or ``--artifact-store``), waits for it to answer, and has headless
+Chromium save
 
 * ``OUT/dashboard-study.png``: ``/dashboard/studies/<id>``, the study page (history, Pareto
   front of val_miou against latency_ms);
 * ``OUT/dashboard-trial.png``: ``/dashboard/studies/<id>/trials?numbers=<n>``, one trial in the
-  trial list with its user attributes (``feasible``, ``latency_over_budget_ms``) and
-  artifacts (the ``overlay.png`` preview, ``config.yaml``, ``model.onnx``, ``latency.json``).
+  trial list: its parameters, its user attributes (what a user reads first: ``outcome``,
+  ``rung``, ``arch_hash``, ``params``, ``macs``, ``latency_ms``, ``latency_source``,
+  ``feasible``, ``val_miou``; then the details) and its artifacts (the ``overlay.png``
+  preview, ``config.yaml``, ``model.onnx``, ``latency.json``). The dashboard lists parameters
+  and user attributes in boxes that scroll after about five lines: the first five user
+  attributes are the ones the picture shows.
 
-Without ``--storage`` a demo study is built in a temporary folder: synthetic street scenes for
-the overlays and made-up metrics (the study's ``demo`` user attribute says so); no network is
-trained. ``--trial`` defaults to the first completed trial on the Pareto front that has an
-``overlay.png``. A page that renders blank (Chromium without a display server, a dashboard that
-failed to load) is reported as an error rather than saved silently.
+``--study`` may be left out when the storage holds one study (a multi-fidelity study holds one
+per rung: ``local``, ``local:rung1``, ...). ``--trial`` defaults to the first completed trial on
+the Pareto front that has an ``overlay.png``. What the chosen trial's page will show (its data,
+its first user attributes) is printed before the screenshots. A page that renders blank
+(Chromium without a display server, a dashboard that failed to load) is reported as an error
+rather than saved silently.
 
 Needs optuna-dashboard (``pip install optuna-dashboard``) and Chromium (Debian:
 ``apt-get install chromium``).
@@ -28,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import signal
@@ -39,147 +46,15 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import optuna
 from PIL import Image
 
-from jetsearch.artifacts import (
-    artifact_store_for,
-    dashboard_command,
-    feasibility_attrs,
-    overlay_panel_png,
-    study_feasibility_note,
-    upload_trial_artifacts,
-)
-from jetsearch.study import open_storage
-from jetseg.data import CAMVID_CLASSES, render_street_scene
+from jetsearch.artifacts import dashboard_command
 
-DEMO_STUDY = "demo-agx"
-DEMO_BUDGET_MS = 24.0
 REPO = Path(__file__).resolve().parents[1]
-
-
-# ---------------------------------------------------------------------------------------------
-# the demo study
-
-
-def _tiny_onnx(num_classes: int) -> bytes:
-    """A runnable stand-in network (one 1x1 convolution) for the demo's model.onnx."""
-    from onnx import TensorProto, helper
-
-    rng = np.random.default_rng(0)
-    weight = helper.make_tensor(
-        "weight",
-        TensorProto.FLOAT,
-        (num_classes, 3, 1, 1),
-        rng.standard_normal(num_classes * 3).astype(np.float32).tolist(),
-    )
-    graph = helper.make_graph(
-        [helper.make_node("Conv", ["image", "weight"], ["logits"])],
-        "demo",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, "h", "w"])],
-        [
-            helper.make_tensor_value_info(
-                "logits", TensorProto.FLOAT, ["batch", num_classes, "h", "w"]
-            )
-        ],
-        [weight],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model.SerializeToString()
-
-
-def _noisy_prediction(label: np.ndarray, rng: np.random.Generator, error: float) -> np.ndarray:
-    """A plausible prediction: the truth with blocks of wrong classes and no void."""
-    num_classes = len(CAMVID_CLASSES)
-    prediction = label.astype(np.int64).copy()
-    void = prediction == num_classes
-    if void.any() and not void.all():  # a network never predicts void: the frame's commonest class
-        prediction[void] = np.bincount(prediction[~void], minlength=num_classes).argmax()
-    height, width = label.shape
-    block = 6
-    for top in range(0, height, block):
-        for left in range(0, width, block):
-            if rng.random() < error:
-                prediction[top : top + block, left : left + block] = rng.integers(0, num_classes)
-    return prediction
-
-
-def build_demo_study(folder: Path, trials: int = 14, seed: int = 0) -> tuple[str, str]:
-    """A journal study shaped like a jetsearch one; returns (storage path, study name)."""
-    journal = folder / "jetsearch-studies.log"
-    storage = open_storage(str(journal))
-    store = artifact_store_for(str(journal), None)
-    study = optuna.create_study(
-        study_name=DEMO_STUDY, storage=storage, directions=["maximize", "minimize"]
-    )
-    study.set_metric_names(["val_miou", "latency_ms"])
-    study.set_user_attr("target", "agx")
-    study.set_user_attr("demo", "screenshot demo: synthetic scenes, made-up metrics, no training")
-    study_feasibility_note(study, DEMO_BUDGET_MS)
-    rng = np.random.default_rng(seed)
-    onnx_bytes = _tiny_onnx(len(CAMVID_CLASSES))
-    scenes = [render_street_scene(72, 96, np.random.default_rng(seed + i)) for i in range(3)]
-    for _ in range(trials):
-        trial = study.ask()
-        width = trial.suggest_categorical("stem_width", [8, 12, 16, 24, 32])
-        depth = trial.suggest_int("blocks_per_stage", 1, 4)
-        kernel = trial.suggest_categorical("kernel", [3, 5, 7])
-        attention = trial.suggest_categorical("attention", ["none", "sam", "eca", "cbam"])
-        size = width * depth * (kernel / 3.0) ** 0.5
-        latency_ms = round(4.0 + 0.22 * size + float(rng.normal(0, 1.2)), 2)
-        miou = round(min(0.72, 0.30 + 0.09 * math.log1p(size / 4) + float(rng.normal(0, 0.02))), 4)
-        attrs = feasibility_attrs(latency_ms, DEMO_BUDGET_MS)
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
-        trial.set_user_attr("latency_ms", latency_ms)
-        trial.set_user_attr("latency_provenance", "estimated")
-        trial.set_constraint("latency_ms", latency_ms - DEMO_BUDGET_MS)
-        config_yaml = (
-            f"# demo trial {trial.number}\nstem_width: {width}\nblocks_per_stage: {depth}\n"
-            f"kernel: {kernel}\nattention: {attention}\n"
-        )
-        record = {
-            "median_ms": latency_ms,
-            "p90_ms": round(latency_ms * 1.04, 2),
-            "provider": "estimated",
-            "device": {"board": "agx-orin", "precision": "fp16"},
-        }
-        feasible = attrs["feasible"]
-        overlay = None
-        if feasible:
-            error = max(0.02, 0.75 - miou)
-            overlay = overlay_panel_png(
-                [image for image, _ in scenes],
-                [label for _, label in scenes],
-                [_noisy_prediction(label, rng, error) for _, label in scenes],
-                captions=[f"val frame {i}" for i in range(len(scenes))],
-                scale=2,
-            )
-        upload_trial_artifacts(
-            trial,
-            study,
-            store,
-            config_yaml=config_yaml,
-            onnx_bytes=onnx_bytes,
-            overlay_png=overlay,
-            latency_record=record,
-        )
-        if feasible:
-            trial.set_user_attr("val_miou", miou)
-            study.tell(trial, [miou, latency_ms])
-        else:
-            trial.set_user_attr(
-                "pruned_reason",
-                f"latency {latency_ms:g} ms over the {DEMO_BUDGET_MS:g} ms budget: not trained",
-            )
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-    return str(journal), DEMO_STUDY
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,47 +163,61 @@ def screenshot(chromium: str, url: str, path: Path, window_size: str, profile: P
     print(f"{path}: {pixels.shape[1]}x{pixels.shape[0]}, {colours} colours, from {url}")
 
 
+def describe_trial(detail: dict[str, Any], number: int, first: int = 9) -> str:
+    """What the trial page will show: the trial, its state, its data, its first user attributes."""
+    [trial] = [t for t in detail["trials"] if t["number"] == number]
+    attrs = {a["key"]: a["value"] for a in trial["user_attrs"]}
+    head = ", ".join(f"{a['key']}={a['value'][:24]}" for a in trial["user_attrs"][:first])
+    data = attrs.get("data", "data not recorded")
+    synthetic = " (SYNTHETIC scenes, not CamVid)" if attrs.get("synthetic_data") == "True" else ""
+    return (
+        f"trial {number} ({trial['state']}) on {data}{synthetic}\n  first user attributes: {head}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--storage", help="study storage (journal file, sqlite:///, postgresql://)")
+    parser.add_argument(
+        "--storage",
+        required=True,
+        help="the study's storage (journal file, sqlite:///, postgresql://), as jetsearch study "
+        "wrote it",
+    )
     parser.add_argument("--study", help="study name (default: the storage's only study)")
     parser.add_argument("--trial", type=int, help="trial number for the trial page")
     parser.add_argument("--artifact-store", help="artifact folder (default: beside the storage)")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "img")
     parser.add_argument("--chromium", default=shutil.which("chromium") or "chromium")
-    parser.add_argument("--window-size", default="1400,1000", help="W,H in pixels")
+    parser.add_argument("--window-size", default="1400,1000", help="study page, W,H in pixels")
+    parser.add_argument(
+        "--trial-window-size", default="1400,1100", help="trial page, W,H in pixels"
+    )
     args = parser.parse_args(argv)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # set_metric_names is marked experimental; the dashboard reads the names it stores.
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
     with tempfile.TemporaryDirectory(prefix="jetsearch-screenshots-") as scratch:
         scratch = Path(scratch)
-        if args.storage is None:
-            storage, study_name = build_demo_study(scratch)
-            print(f"demo study {study_name!r} in {storage}")
-        else:
-            storage, study_name = args.storage, args.study
         command = dashboard_command(
-            storage, args.artifact_store, host="127.0.0.1", port=_free_port()
+            args.storage, args.artifact_store, host="127.0.0.1", port=_free_port()
         )
         server, base = start_dashboard(command, scratch / "dashboard.log")
         try:
             summaries = _get_json(f"{base}/api/studies")["study_summaries"]
+            names = [s["study_name"] for s in summaries]
+            study_name = args.study
             if study_name is None:
-                if len(summaries) != 1:
-                    names = [s["study_name"] for s in summaries]
+                if len(names) != 1:
                     raise SystemExit(
                         f"the storage holds {len(names)} studies {names}: pass --study"
                     )
-                study_name = summaries[0]["study_name"]
+                study_name = names[0]
             matches = [s for s in summaries if s["study_name"] == study_name]
             if not matches:
-                names = [s["study_name"] for s in summaries]
-                raise SystemExit(f"no study {study_name!r} in {storage}; it holds {names}")
+                raise SystemExit(f"no study {study_name!r} in {args.storage}; it holds {names}")
             study_id = matches[0]["study_id"]
             detail = _get_json(f"{base}/api/studies/{study_id}")
             number = args.trial if args.trial is not None else pick_trial(detail)
+            print(f"study {study_name!r} in {args.storage}: {len(detail['trials'])} trials")
+            print(describe_trial(detail, number))
             screenshot(
                 args.chromium,
                 f"{base}/dashboard/studies/{study_id}",
@@ -340,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.chromium,
                 f"{base}/dashboard/studies/{study_id}/trials?numbers={number}",
                 args.out / "dashboard-trial.png",
-                args.window_size,
+                args.trial_window_size,
                 scratch / "chromium-trial",
             )
         finally:

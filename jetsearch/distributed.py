@@ -32,7 +32,7 @@ from optuna.trial import TrialState
 
 from jetsearch.latency.chain import LatencyChain
 from jetsearch.objective import Objective, load_data
-from jetsearch.recovery import record_owner
+from jetsearch.recovery import failure_attrs, record_owner
 from jetsearch.space import load_space
 from jetsearch.study import (
     StudyError,
@@ -268,8 +268,10 @@ def run_ray_trial(config: dict[str, Any], settings: RaySettings) -> None:
             except optuna.TrialPruned:
                 state = TrialState.PRUNED
             except Exception as err:
-                if "failure_reason" not in trial.user_attrs:
-                    trial.set_user_attr("failure_reason", f"{type(err).__name__}: {err}")
+                if "failure_reason" not in trial.user_attrs:  # raised outside the Objective
+                    reason = f"{type(err).__name__}: {err}"
+                    for key, value in failure_attrs(reason).items():
+                        trial.set_user_attr(key, value)
                 warnings.warn(
                     f"trial {trial.number} failed: {traceback.format_exc()}", stacklevel=1
                 )
@@ -386,8 +388,14 @@ class StudyRecorder(TuneCallback):
             return
         trial_id = trial_id_of(storage, self.control.study_name, int(number))
         if storage.get_trial(trial_id).state == TrialState.RUNNING:
+            attrs = (
+                failure_attrs(reason)
+                if state == TrialState.FAIL
+                else {key: reason, "outcome": f"pruned: {reason}"}
+            )
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-                storage.set_trial_user_attr(trial_id, key, reason)
+                for name, value in attrs.items():
+                    storage.set_trial_user_attr(trial_id, name, value)
                 study.tell(int(number), state=state, skip_if_finished=True)
         for callback in self.control.live().callbacks:
             callback(study, storage.get_trial(trial_id))
@@ -448,7 +456,8 @@ def requeue_interrupted(storage: Any, study_name: str, run_key: str) -> list[int
             continue
         trial_id = trial_id_of(storage, study_name, trial.number)
         try:
-            storage.set_trial_user_attr(trial_id, "failure_reason", reason)
+            for key, value in failure_attrs(reason).items():
+                storage.set_trial_user_attr(trial_id, key, value)
             storage.set_trial_state_values(trial_id, TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # it finished (or another process failed it) meanwhile

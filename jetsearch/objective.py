@@ -5,7 +5,10 @@ latency on the target (cache, then the providers the spec lists, in order; the p
 always stored), sets the latency constraint, prunes an over-budget network **before** any
 training, and otherwise trains it for the short budget and returns val mIoU (and latency in
 pareto mode). Everything a person needs to judge the trial is stored as user attributes, which
-optuna-dashboard shows.
+optuna-dashboard lists in the order they were first written: :data:`HEADLINE_KEYS` first, each
+written as soon as it is known, then the details (config, per-class IoU, latency samples and
+device, data), written when the trial ends. The bookkeeping of crash recovery stays out of that
+list (:mod:`jetsearch.recovery` keeps it in the trial's system attributes).
 
 :class:`Objective` is that trial; :func:`load_data` builds the datasets it trains on, once per
 rung and process. The study around it (its spec, storage and run loop) is :mod:`jetsearch.study`.
@@ -125,40 +128,43 @@ class Objective:
     def __call__(self, trial):
         import optuna
 
-        from jetsearch.recovery import TrialHeartbeat
+        from jetsearch.recovery import INTERRUPTED, TrialHeartbeat, failure_attrs
 
-        # The outcome comes first among the attributes, so the dashboard shows it on top.
+        # The outcome comes first among the attributes, so the dashboard shows it on top; it
+        # reads "running" until the trial ends (recovery rewrites it for a trial whose process
+        # died).
         trial.set_user_attr("outcome", "running")
+        details: dict[str, Any] = {}  # written after the headline, when the trial ends
         if self.progress is not None:
             self.progress.start_trial(trial.number, self.rung)
         try:
             if self.heartbeat_s is None:
-                value = self._run(trial)
+                value = self._run(trial, details)
             else:
                 # Owner record and heartbeat: a process killed mid-trial leaves a trial that the
                 # next process can prove dead, fail and run again (jetsearch.recovery).
                 with TrialHeartbeat(trial, interval_s=self.heartbeat_s):
-                    value = self._run(trial)
+                    value = self._run(trial, details)
         except optuna.TrialPruned as pruned:
             reason = trial.user_attrs.get("pruned_reason") or str(pruned) or "pruned"
-            trial.set_user_attr("outcome", f"pruned: {reason}")
+            _write(trial, {"outcome": f"pruned: {reason}", **details})
             raise
         except KeyboardInterrupt:
-            trial.set_user_attr("outcome", "failed: interrupted")
-            trial.set_user_attr("failure_reason", "interrupted")
+            _write(trial, {**failure_attrs(INTERRUPTED), **details})
             raise
         except Exception as err:
             reason = trial.user_attrs.get("failure_reason") or f"{type(err).__name__}: {err}"
-            trial.set_user_attr("failure_reason", reason)
-            trial.set_user_attr("outcome", f"failed: {reason}")
+            _write(trial, {**failure_attrs(reason), **details})
             raise
         finally:
             if self.progress is not None:
                 self.progress.end_trial()
-        trial.set_user_attr("outcome", "completed")
+        _write(trial, {"outcome": "completed", **details})
         return value
 
-    def _run(self, trial):
+    def _run(self, trial, details: dict[str, Any]):
+        """The trial's work; the headline attributes are written on ``trial`` as they become
+        known, the details are collected in ``details``."""
         import optuna
         import torch
 
@@ -180,21 +186,24 @@ class Objective:
                 f"trial {trial.number} was queued as network {queued_as} but its parameters "
                 f"build network {digest} (was the space file changed since it was queued?)"
             )
-        trial.set_user_attr("rung", self.rung)
-        trial.set_user_attr("arch_hash", digest)
-        trial.set_user_attr("config_yaml", dump_config(config))
-        trial.set_user_attr("data", self.data.info.description)
-        trial.set_user_attr("synthetic_data", bool(self.data.info.synthetic))
+        # arch_hash right after sampling: recovery queues a dead trial's network again only
+        # once it is whole (jetsearch.recovery.network_params).
+        _write(trial, {"rung": self.rung, "arch_hash": digest})
+        details.update(
+            config_yaml=dump_config(config),
+            data=self.data.info.description,
+            synthetic_data=bool(self.data.info.synthetic),
+        )
 
         duplicate = _find_completed(trial.study, digest, exclude=trial.number)
         if duplicate is not None:
-            for key in (*DUPLICATE_KEYS, *LEGACY_KEYS):
-                if key in duplicate.user_attrs:
-                    trial.set_user_attr(key, duplicate.user_attrs[key])
+            wanted = {*DUPLICATE_KEYS, *LEGACY_KEYS}
+            copied = {k: v for k, v in duplicate.user_attrs.items() if k in wanted}
+            _write(trial, {k: copied.pop(k) for k in HEADLINE_KEYS if k in copied})
             trial.set_user_attr("duplicate_of", duplicate.number)
+            details.update(copied, train_time_s=0.0)
             for key, value in (duplicate.constraints or {}).items():
                 trial.set_constraint(key, value)
-            trial.set_user_attr("train_time_s", 0.0)
             return duplicate.values if len(duplicate.values) > 1 else duplicate.values[0]
 
         # The initial weights depend on the trial's training seed only (as in run_training), not
@@ -204,23 +213,28 @@ class Objective:
         model = build_model(config)
         h, w = spec.latency.input_size
         report = profile(model, (h, w))
-        trial.set_user_attr("params", report.params)
-        trial.set_user_attr("macs", report.macs)
-        trial.set_user_attr("paper_flops", report.flops)
+        _write(trial, {"params": report.params, "macs": report.macs})
+        details["paper_flops"] = report.flops
         onnx_bytes = export_onnx(model, input_size=(h, w))
 
         self._phase("measuring latency")
         result, errors = self.latency.measure(onnx_bytes, config)
-        if errors:
-            trial.set_user_attr("latency_fallbacks", errors)
         latency_ms = result.median_ms
-        for key, value in latency_attrs(result).items():
-            trial.set_user_attr(key, value)
         budget = spec.latency.budget_ms
-        trial.set_user_attr("feasible", budget is None or latency_ms <= budget)
-        trial.set_user_attr(
-            "latency_over_budget_ms",
-            0.0 if budget is None else round(max(0.0, latency_ms - budget), 4),
+        measured = latency_attrs(result)
+        _write(
+            trial,
+            {
+                "latency_ms": measured.pop("latency_ms"),
+                "latency_source": measured.pop("latency_source"),
+                "feasible": budget is None or latency_ms <= budget,
+            },
+        )
+        details.update(measured)
+        if errors:
+            details["latency_fallbacks"] = errors
+        details["latency_over_budget_ms"] = (
+            0.0 if budget is None else round(max(0.0, latency_ms - budget), 4)
         )
         if budget is not None:
             trial.set_constraint("latency_ms", latency_ms - budget)
@@ -234,17 +248,14 @@ class Objective:
 
         outcome, trainer = self._train(trial, model)
         trial.set_user_attr("val_miou", outcome.best_miou)
-        trial.set_user_attr(
-            "per_class_iou", _iou_mapping(outcome.class_names, outcome.per_class_iou)
-        )
         if outcome.heldout_miou is not None:
             trial.set_user_attr("heldout_miou", outcome.heldout_miou)
-            trial.set_user_attr(
-                "heldout_per_class_iou",
-                _iou_mapping(outcome.class_names, outcome.heldout_per_class_iou),
+        details["per_class_iou"] = _iou_mapping(outcome.class_names, outcome.per_class_iou)
+        if outcome.heldout_miou is not None:
+            details["heldout_per_class_iou"] = _iou_mapping(
+                outcome.class_names, outcome.heldout_per_class_iou
             )
-        trial.set_user_attr("train_time_s", round(outcome.train_time_s, 2))
-        trial.set_user_attr("epochs", outcome.epochs_done)
+        details.update(train_time_s=round(outcome.train_time_s, 2), epochs=outcome.epochs_done)
         self._upload(trial, config, onnx_bytes, result, trainer)
         score = outcome.best_miou if spec.objective == "val" else outcome.heldout_miou
         if spec.mode == "pareto":
@@ -309,6 +320,23 @@ class Objective:
             raise
 
 
+# What a person reads first on a trial's page in optuna-dashboard, which lists user attributes in
+# the order they were first written: the objective writes these, in this order, as each becomes
+# known (the outcome first, as "running" until the trial ends; a queued trial's preset or
+# promotion comes before it), then the reason a trial was pruned or failed, and the details last.
+HEADLINE_KEYS = (
+    "outcome",
+    "rung",
+    "arch_hash",
+    "params",
+    "macs",
+    "latency_ms",
+    "latency_source",
+    "feasible",
+    "val_miou",
+    "heldout_miou",
+)
+
 # Attributes a duplicate trial copies from the trial of the same network (flat keys, and the
 # keys earlier versions wrote, so duplicates of old trials stay complete).
 DUPLICATE_KEYS = (
@@ -360,6 +388,12 @@ def latency_attrs(result) -> dict[str, Any]:
         "power_mode": fp.get("power_mode"),
         "latency_samples_ms": list(result.samples_ms[:MAX_STORED_SAMPLES]),
     }
+
+
+def _write(trial, attrs: dict[str, Any]) -> None:
+    """Set ``attrs`` as user attributes of ``trial``, in their order."""
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
 
 
 def _iou_mapping(names: Sequence[str], values: Sequence[float]) -> dict[str, float | None]:

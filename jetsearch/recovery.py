@@ -5,20 +5,28 @@ its trial RUNNING in the storage. Optuna's own heartbeat fails such trials on RD
 the journal file (our default) and SQLite never do, so the network of a dead trial is never
 trained again. This module closes that gap for every storage, on Optuna's public API:
 
-* **Owner record** (:func:`record_owner`): when a trial starts, its user attributes name the
+* **Owner record** (:func:`record_owner`): when a trial starts, its system attributes name the
   process that runs it: ``owner_host`` (``socket.gethostname()``), ``owner_pid``,
   ``owner_start`` (``"<start ticks>@<boot id>"``: the process start time, field 22 of
   ``/proc/<pid>/stat`` in clock ticks since boot, and ``/proc/sys/kernel/random/boot_id``, so a
   pid reused by another process or after a reboot is recognised), ``owner_pidns`` (the pid
   namespace: two containers can share a host name but not their pids) and ``owner_trial`` (the
   trial number, written last: a record is valid only on the trial it was written for, because
-  Optuna's ``RetryHeartbeatStaleTrialCallback`` copies a dead trial's user attributes onto its
+  Optuna's ``RetryHeartbeatStaleTrialCallback`` copies a dead trial's attributes onto its
   retry). Where ``/proc`` is missing (macOS, Windows) ``owner_start`` is not written and only
   the heartbeat rule below applies.
-* **Heartbeat** (:class:`TrialHeartbeat`): a daemon thread writes the user attribute
+* **Heartbeat** (:class:`TrialHeartbeat`): a daemon thread writes the system attribute
   ``heartbeat`` (epoch seconds) every ``interval_s`` while the trial runs.
+* **Where they live**: this bookkeeping is no result, so it stays out of the user attributes
+  that optuna-dashboard lists on a trial's page (those start with what a person reads: the
+  outcome, the network, its latency and mIoU). The storage's ``set_trial_system_attr`` writes
+  each key as ``jetsearch:<key>`` (:func:`system_key`); :func:`recovery_attrs` reads them back,
+  and reads the user attributes of a trial written by an older version, which kept the same
+  keys there.
 * **Recovery** (:func:`recover_stale_trials`): a RUNNING trial whose owner is *provably dead* is
-  failed with ``failure_reason = "owner died"`` and its network is enqueued again once
+  failed with ``failure_reason = "owner died"`` (and ``outcome = "failed: owner died"``, the
+  first of its user attributes, which said ``running`` until then) and its network is
+  enqueued again once
   (user attributes ``retry_of`` and ``retries``; :func:`network_params`: the whole network a
   queued trial was given, or what a sampled trial sampled once its ``arch_hash`` is written; a
   trial that died half-way through sampling had no network yet and is not enqueued); a
@@ -26,8 +34,8 @@ trained again. This module closes that gap for every storage, on Optuna's public
   again, so a network that crashes its own process cannot loop. A trial whose owner is alive
   is never touched.
 * **Interrupted** (:func:`mark_interrupted`, and :class:`TrialHeartbeat` itself on
-  ``KeyboardInterrupt``): failed with ``failure_reason = "interrupted"`` and enqueued again,
-  which counts as a retry of the network.
+  ``KeyboardInterrupt``): failed with ``failure_reason = "interrupted"`` (``outcome =
+  "failed: interrupted"``) and enqueued again, which counts as a retry of the network.
 
 When an owner is provably dead:
 
@@ -53,15 +61,15 @@ backend's searcher) must call :func:`record_owner` right after ``ask``: a trial 
 a record is, after ``grace_s``, indistinguishable from one of a dead older-version process. The
 process that finally runs it writes its own record over the driver's.
 
-Thread safety of the heartbeat (read in Optuna 5.0's code). The thread writes through the live
-trial's public ``trial.set_user_attr``. Every ``JournalStorage`` method holds the storage's
-thread lock and its writer id includes the thread id, so a write from the heartbeat thread is
-an ordinary journal record; ``RDBStorage`` opens one SQLAlchemy session per thread
-(``scoped_session``), which is how Optuna's own heartbeat thread writes too; ``_CachedStorage``
-passes user-attribute writes straight to its backend. ``Trial.set_user_attr`` also updates the
-trial's cached attribute dict: the ``heartbeat`` key is inserted from the trial's own thread in
-``__enter__``, so the thread only ever replaces the value of an existing key, which never
-disturbs a reader iterating that dict in the trial's thread. A write that lands after the trial
+Thread safety of the heartbeat (read in Optuna 5.1's code). ``optuna.Trial`` has no
+system-attribute setter, so the owner record and the beats go through the live trial's public
+``trial.storage`` (``set_trial_system_attr``, on the trial id the storage gives for the study
+name and trial number). Every ``JournalStorage`` method holds the storage's thread lock and its
+writer id includes the thread id, so a write from the heartbeat thread is an ordinary journal
+record; ``RDBStorage`` opens one SQLAlchemy session per thread (``scoped_session``), which is
+how Optuna's own heartbeat thread writes too; ``_CachedStorage`` passes system-attribute writes
+straight to its backend. Such a write leaves the live trial's cached attributes alone, so the
+thread never touches a dict the trial's own thread reads. A write that lands after the trial
 finished raises ``UpdateFinishedTrialError`` in the thread, which then stops; any other write
 error is logged and retried at the next beat (a heartbeat must never fail its trial).
 
@@ -82,7 +90,8 @@ of after Optuna's grace period (and at all when the process died before Optuna's
 Optuna skips a trial with no heartbeat row); whichever of the two moves a trial from RUNNING
 to FAIL first is the only one that queues a retry (the storage lets only one FAIL through), so
 a death is never retried twice. A retry queued by Optuna's callback carries the dead trial's
-``retries`` count (it copies the user attributes), so the give-up rule still holds.
+``retries`` count (it copies the user and system attributes, the owner record too, which
+``owner_trial`` then shows is not the retry's own), so the give-up rule still holds.
 
 Example::
 
@@ -129,9 +138,14 @@ DEFAULT_HEARTBEAT_S = 20.0
 DEFAULT_GRACE_S = 60.0
 
 OWNER_KEYS = ("owner_host", "owner_pid", "owner_start", "owner_pidns", "owner_trial")
+HEARTBEAT_KEY = "heartbeat"
+# The owner record and the heartbeat are system attributes under this prefix; older versions
+# wrote the bare keys as user attributes (recovery_attrs reads both).
+SYSTEM_ATTR_PREFIX = "jetsearch:"
 # Attributes a queued trial was given when it was enqueued (a preset, a promotion to a higher
-# rung) and that its retry must keep, so the retry is the same network in the same place.
-CARRIED_ATTRS = ("arch_hash", "rung", "preset", "promoted_from_rung", "promoted_from_trial")
+# rung) and that its retry must keep, so the retry is the same network in the same place; in
+# the order a person reads them (they are the first of the retry's user attributes).
+CARRIED_ATTRS = ("rung", "preset", "arch_hash", "promoted_from_rung", "promoted_from_trial")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,9 +206,34 @@ def this_process() -> ProcessIdentity:
     return ProcessIdentity(socket.gethostname(), pid, start, _pid_namespace())
 
 
+def system_key(key: str) -> str:
+    """The system attribute that holds recovery's ``key`` (``jetsearch:heartbeat``, ...)."""
+    return SYSTEM_ATTR_PREFIX + key
+
+
+def recovery_attrs(trial: FrozenTrial) -> dict[str, Any]:
+    """The trial's owner record and heartbeat by their bare keys (``owner_pid``, ``heartbeat``).
+
+    Read from its system attributes; a trial with none of them there was written by an older
+    version, which kept the same keys among the user attributes, and those are read instead.
+    Everything comes from one place, so a half-written record is never completed by another's.
+    """
+    keys = (*OWNER_KEYS, HEARTBEAT_KEY)
+    system = trial.system_attrs
+    if any(system_key(k) in system for k in keys):
+        return {k: system[system_key(k)] for k in keys if system_key(k) in system}
+    return {k: trial.user_attrs[k] for k in keys if k in trial.user_attrs}
+
+
+def failure_attrs(reason: str) -> dict[str, str]:
+    """The user attributes that say why a trial failed: ``failure_reason`` and the ``outcome``
+    (which reads ``running`` while the trial runs), in the order they are written."""
+    return {"failure_reason": reason, "outcome": f"failed: {reason}"}
+
+
 def owner_of(trial: FrozenTrial) -> ProcessIdentity | None:
     """The owner record written for this very trial; None if it has none (or only a copy)."""
-    attrs = trial.user_attrs
+    attrs = recovery_attrs(trial)
     if attrs.get("owner_trial") != trial.number:
         return None
     try:
@@ -208,21 +247,33 @@ def owner_of(trial: FrozenTrial) -> ProcessIdentity | None:
         return None
 
 
+def live_trial_id(trial: optuna.Trial) -> tuple[Any, int]:
+    """The storage of a live trial and the trial's id in it."""
+    storage = trial.storage
+    study_id = storage.get_study_id_from_name(trial.study.study_name)
+    return storage, storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+
+
 def record_owner(trial: optuna.Trial) -> ProcessIdentity:
     """Write this process's owner record and a first heartbeat into a trial that just started.
 
-    ``owner_trial`` goes last: a process killed half-way leaves no valid record, and the trial
-    is then judged by its age like one without any record.
+    Every key is written (None where this platform has no value), over the record of whoever
+    held the trial before (the Ray driver that asked it). ``owner_trial`` goes last: a process
+    killed half-way leaves no valid record, and the trial is then judged by its age like one
+    without any record.
     """
     me = this_process()
-    trial.set_user_attr("heartbeat", round(time.time(), 3))
-    trial.set_user_attr("owner_host", me.host)
-    trial.set_user_attr("owner_pid", me.pid)
-    if me.start is not None:
-        trial.set_user_attr("owner_start", me.start)
-    if me.pidns is not None:
-        trial.set_user_attr("owner_pidns", me.pidns)
-    trial.set_user_attr("owner_trial", trial.number)
+    storage, trial_id = live_trial_id(trial)
+    record = {
+        HEARTBEAT_KEY: round(time.time(), 3),
+        "owner_host": me.host,
+        "owner_pid": me.pid,
+        "owner_start": me.start,
+        "owner_pidns": me.pidns,
+        "owner_trial": trial.number,
+    }
+    for key, value in record.items():
+        storage.set_trial_system_attr(trial_id, system_key(key), value)
     return me
 
 
@@ -267,7 +318,7 @@ def death_cause(
         if current != ticks:
             return f"pid {owner.pid} on {owner.host} now belongs to another process"
         return None
-    beat = trial.user_attrs.get("heartbeat")
+    beat = recovery_attrs(trial).get(HEARTBEAT_KEY)
     if not isinstance(beat, (int, float)):
         beat = trial.datetime_start.timestamp() if trial.datetime_start else now
     if now - beat > grace_s:
@@ -283,11 +334,11 @@ class TrialHeartbeat:
     """Owner record and heartbeat of a running trial, as a context manager around its work.
 
     ``__enter__`` writes the owner record (:func:`record_owner`) and starts a daemon thread that
-    writes ``heartbeat`` every ``interval_s`` through ``trial.set_user_attr``; ``__exit__`` stops
-    it and waits for it, so no beat lands after the trial is told. On ``KeyboardInterrupt`` it
-    also writes ``failure_reason = "interrupted"`` while the trial is still RUNNING and queues
-    the network again (:func:`mark_interrupted`'s rule); Optuna's ``optimize`` then fails the
-    trial and re-raises. Thread safety: see the module docstring.
+    writes the ``heartbeat`` system attribute every ``interval_s``; ``__exit__`` stops it and
+    waits for it, so no beat lands after the trial is told. On ``KeyboardInterrupt`` it also
+    writes ``failure_reason = "interrupted"`` (and the outcome) while the trial is still RUNNING
+    and queues the network again (:func:`mark_interrupted`'s rule); Optuna's ``optimize`` then
+    fails the trial and re-raises. Thread safety: see the module docstring.
 
     Args:
         trial: the live trial (``study.ask()`` or the objective's argument).
@@ -303,9 +354,11 @@ class TrialHeartbeat:
         self.last_error: BaseException | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._target: tuple[Any, int] | None = None  # (storage, trial id), set on entry
 
     def __enter__(self) -> TrialHeartbeat:
-        record_owner(self.trial)  # inserts the "heartbeat" key from this thread
+        record_owner(self.trial)
+        self._target = live_trial_id(self.trial)
         self._stop.clear()
         self._thread = threading.Thread(
             target=self._beat, name=f"jetsearch-heartbeat-{self.trial.number}", daemon=True
@@ -339,9 +392,12 @@ class TrialHeartbeat:
         return self._thread is not None and self._thread.is_alive()
 
     def _beat(self) -> None:
+        storage, trial_id = self._target
         while not self._stop.wait(self.interval_s):
             try:
-                self.trial.set_user_attr("heartbeat", round(time.time(), 3))
+                storage.set_trial_system_attr(
+                    trial_id, system_key(HEARTBEAT_KEY), round(time.time(), 3)
+                )
                 self.beats += 1
             except UpdateFinishedTrialError:
                 return  # told meanwhile: nothing left to keep alive
@@ -354,7 +410,8 @@ class TrialHeartbeat:
 def _interrupt_live_trial(trial: optuna.Trial) -> None:
     """Ctrl-C inside a trial: reason first (still RUNNING), then the retry; Optuna tells FAIL."""
     try:
-        trial.set_user_attr("failure_reason", INTERRUPTED)
+        for key, value in failure_attrs(INTERRUPTED).items():
+            trial.set_user_attr(key, value)
     except UpdateFinishedTrialError:
         return
     # A fresh read: the live trial's cached params are complete, its other attrs may not be.
@@ -456,11 +513,12 @@ def _requeue(study: optuna.Study, trial: FrozenTrial, *, retries: int) -> bool:
 def _fail(
     handle: optuna.Study, storage: Any, study_id: int, trial: FrozenTrial, reason: str, cause: str
 ) -> bool:
-    """Reason first, then FAIL; False when the trial finished meanwhile or another process won."""
+    """Reason (and outcome) first, then FAIL; False when the trial finished meanwhile or another
+    process won."""
     trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
     try:
-        storage.set_trial_user_attr(trial_id, "failure_reason", reason)
-        storage.set_trial_user_attr(trial_id, "failure_detail", cause)
+        for key, value in {**failure_attrs(reason), "failure_detail": cause}.items():
+            storage.set_trial_user_attr(trial_id, key, value)
         handle.tell(trial.number, state=TrialState.FAIL)
     except (UpdateFinishedTrialError, ValueError):
         return False

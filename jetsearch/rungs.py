@@ -134,16 +134,16 @@ class RungLadder:
                 source = trials[key]
                 self.studies[rung + 1].enqueue_trial(
                     dict(source.params),
-                    user_attrs={
-                        "arch_hash": key,
+                    user_attrs={  # in the order the dashboard lists them
                         "rung": rung + 1,
-                        "promoted_from_rung": rung,
-                        "promoted_from_trial": source.number,
                         **(
                             {"preset": source.user_attrs["preset"]}
                             if "preset" in source.user_attrs
                             else {}
                         ),
+                        "arch_hash": key,
+                        "promoted_from_rung": rung,
+                        "promoted_from_trial": source.number,
                     },
                 )
                 done.append(Promotion(key, rung, source.number, rung + 1))

@@ -1,13 +1,18 @@
-"""A study as optuna-dashboard serves it: objective names, feasibility, reasons, artifacts.
+"""A study as optuna-dashboard serves it: objective names, feasibility, reasons, artifacts, and
+a trial's user attributes in the order a user reads them.
 
 A tiny real study on a journal file (three asked-and-told trials, nothing trained) gets its
-artifacts through ``jetsearch.artifacts``; then the real ``optuna-dashboard`` server runs in a
-subprocess on a free loopback port, started with the command line ``dashboard_command`` gives,
-and the test reads the dashboard's own JSON API and artifact routes.
+artifacts through ``jetsearch.artifacts``; a short real ``jetsearch study`` (the shrunk tiny
+study) is run, killed with ``kill -9`` and interrupted with Ctrl-C mid-training, and run to its
+end. The real ``optuna-dashboard`` server runs in a subprocess on a free loopback port, started
+with the command line ``dashboard_command`` gives, and the tests read the dashboard's own JSON
+API (``/api/studies/<id>``: each trial's ``user_attrs`` as a list of ``{key, value}`` in the
+order the storage gives them, which is the order they were first written) and artifact routes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -29,6 +34,8 @@ import onnxruntime
 import optuna
 import pytest
 from onnx import TensorProto, helper
+from optuna.trial import TrialState
+from study_cases import REPO, write_study
 
 from jetsearch.artifacts import (
     artifact_store_for,
@@ -38,6 +45,8 @@ from jetsearch.artifacts import (
     study_feasibility_note,
     upload_trial_artifacts,
 )
+from jetsearch.objective import HEADLINE_KEYS
+from jetsearch.recovery import HEARTBEAT_KEY, OWNER_KEYS, system_key
 from jetsearch.study import open_storage
 from jetseg.data import CAMVID_CLASSES, CAMVID_PALETTE
 
@@ -161,18 +170,15 @@ def _get_json(url: str) -> dict[str, Any]:
     return json.loads(body)
 
 
-@pytest.fixture
-def dashboard(tmp_path) -> Iterator[tuple[str, list[Uploaded]]]:
-    """The real optuna-dashboard on a free loopback port, serving the tiny study."""
-    journal = tmp_path / "studies.log"
-    _, uploaded = build_study(journal)
+@contextlib.contextmanager
+def serve(journal: Path, log: Path) -> Iterator[str]:
+    """The real optuna-dashboard on a free loopback port, serving ``journal``; its base URL."""
     command = dashboard_command(str(journal), None, host="127.0.0.1", port=_free_port())
     executable = shutil.which(command[0]) or shutil.which(
         command[0], path=str(Path(sys.executable).parent)
     )
     if executable is None:
         pytest.skip("the optuna-dashboard command is not on PATH (pip install optuna-dashboard)")
-    log = tmp_path / "dashboard.log"
     with log.open("wb") as sink:
         # Its own session, so the finally below stops every process it forks (gunicorn).
         server = subprocess.Popen(
@@ -196,7 +202,7 @@ def dashboard(tmp_path) -> Iterator[tuple[str, list[Uploaded]]]:
                         f"optuna-dashboard did not answer in {STARTUP_S:g} s: {log.read_text()}"
                     )
                 time.sleep(0.2)
-        yield base, uploaded
+        yield base
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)
@@ -205,6 +211,15 @@ def dashboard(tmp_path) -> Iterator[tuple[str, list[Uploaded]]]:
             except subprocess.TimeoutExpired:
                 os.killpg(server.pid, signal.SIGKILL)
                 server.wait()
+
+
+@pytest.fixture
+def dashboard(tmp_path) -> Iterator[tuple[str, list[Uploaded]]]:
+    """The real optuna-dashboard on a free loopback port, serving the tiny study."""
+    journal = tmp_path / "studies.log"
+    _, uploaded = build_study(journal)
+    with serve(journal, tmp_path / "dashboard.log") as base:
+        yield base, uploaded
 
 
 def test_dashboard_serves_names_feasibility_reasons_and_artifacts(dashboard):
@@ -272,3 +287,109 @@ def test_dashboard_serves_names_feasibility_reasons_and_artifacts(dashboard):
     with pytest.raises(urllib.error.HTTPError) as err:
         _get(f"{base}/artifacts/{study_id}/{other['trial_id']}/{foreign}")
     assert err.value.code == 404
+
+
+# ---------------------------------------------------------------------------------------------
+# a real study, killed and interrupted mid-training, as the dashboard shows it
+
+# What a user reads first on a trained trial's page, in this order (no held-out sequences here).
+HEADLINE = [k for k in HEADLINE_KEYS if k != "heldout_miou"]
+BOOKKEEPING = {*OWNER_KEYS, HEARTBEAT_KEY}
+REAL_STUDY = "small"
+
+
+def _start_study(spec: Path, storage: Path, log: Path) -> subprocess.Popen:
+    """``jetsearch study`` until 2 trials finished, SIGINT at its default as in a terminal."""
+    command = [sys.executable, "-m", "jetsearch.cli", "study", "--target", str(spec)]
+    command += ["--trials", "2", "--storage", str(storage)]
+    with log.open("a") as sink:
+        return subprocess.Popen(
+            command,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            cwd=spec.parent,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+
+
+def _training(storage: Path, process: subprocess.Popen, log: Path, number: int) -> None:
+    """Wait until trial ``number`` is training (its latency measured, not finished)."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()
+        try:
+            study = optuna.load_study(study_name=REAL_STUDY, storage=open_storage(str(storage)))
+            trials = {t.number: t for t in study.get_trials(states=(TrialState.RUNNING,))}
+        except (KeyError, FileNotFoundError):  # the study is not created yet
+            trials = {}
+        if number in trials and "latency_ms" in trials[number].user_attrs:
+            time.sleep(0.5)  # into its training, which takes seconds
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"trial {number} did not reach its training in time:\n{log.read_text()}")
+
+
+def test_a_real_study_shows_what_a_user_reads_first_and_why_a_dead_trial_failed(tmp_path):
+    spec = write_study(tmp_path, name=REAL_STUDY, train={"epochs": 30})  # trials of seconds
+    storage, log = tmp_path / "s.log", tmp_path / "study.txt"
+    # kill -9 during trial 1's training; the next start fails it ("owner died") and runs its
+    # network again as trial 2, which a Ctrl-C stops mid-training; the third start finishes.
+    killed = _start_study(spec, storage, log)
+    _training(storage, killed, log, number=1)
+    killed.kill()
+    killed.wait()
+    interrupted = _start_study(spec, storage, log)
+    _training(storage, interrupted, log, number=2)
+    interrupted.send_signal(signal.SIGINT)
+    assert interrupted.wait(timeout=120) == 130, log.read_text()
+    finishing = _start_study(spec, storage, log)
+    assert finishing.wait(timeout=300) == 0, log.read_text()
+    owners = {0: killed.pid, 1: killed.pid, 2: interrupted.pid, 3: finishing.pid}
+
+    with serve(storage, tmp_path / "dashboard.log") as base:
+        summaries = _get_json(f"{base}/api/studies")["study_summaries"]
+        [study_id] = [s["study_id"] for s in summaries if s["study_name"] == REAL_STUDY]
+        detail = _get_json(f"{base}/api/studies/{study_id}")
+
+    trials = {t["number"]: t for t in detail["trials"]}
+    keys = {n: [a["key"] for a in t["user_attrs"]] for n, t in trials.items()}
+    attrs = {n: {a["key"]: a["value"] for a in t["user_attrs"]} for n, t in trials.items()}
+    assert {n: t["state"] for n, t in trials.items()} == {
+        0: "Complete",
+        1: "Fail",
+        2: "Fail",
+        3: "Complete",
+    }, log.read_text()
+    # A sampled trial starts with what a user reads; the details (config, per-class IoU,
+    # latency samples) follow.
+    assert keys[0][: len(HEADLINE)] == HEADLINE
+    assert attrs[0]["outcome"] == "completed"
+    assert float(attrs[0]["val_miou"]) == trials[0]["values"][0]
+    assert float(attrs[0]["latency_ms"]) == trials[0]["values"][1]
+    assert attrs[0]["latency_source"] == "measured-local" and attrs[0]["rung"] == "0"
+    for detail_key in ("config_yaml", "per_class_iou", "latency_samples_ms", "device"):
+        assert keys[0].index(detail_key) > keys[0].index("val_miou"), detail_key
+    # The killed trial says why it failed, not "running"; so does the interrupted one.
+    assert keys[1][: len(HEADLINE) - 1] == HEADLINE[:-1]  # it never got an mIoU
+    assert attrs[1]["outcome"] == "failed: owner died"
+    assert attrs[1]["failure_reason"] == "owner died"
+    assert "is gone" in attrs[1]["failure_detail"]
+    assert attrs[2]["outcome"] == "failed: interrupted"
+    assert attrs[2]["retry_of"] == "1" and attrs[3]["retry_of"] == "2"
+    # A queued retry starts with what it was queued as, then the rest of the same headline.
+    queued_as = ["rung", "arch_hash", "retry_of", "retries"]
+    assert keys[3][: len(queued_as) + len(HEADLINE) - 2] == queued_as + [
+        k for k in HEADLINE if k not in queued_as
+    ]
+    assert attrs[3]["outcome"] == "completed" and attrs[3]["arch_hash"] == attrs[1]["arch_hash"]
+    # The bookkeeping of crash recovery is in no trial's user attributes, nor among the
+    # dashboard's user-attribute columns: it is in the system attributes.
+    for number in trials:
+        assert not BOOKKEEPING & set(keys[number]), keys[number]
+    assert not BOOKKEEPING & {a["key"] for a in detail["union_user_attrs"]}
+    stored = optuna.load_study(study_name=REAL_STUDY, storage=open_storage(str(storage)))
+    for trial in stored.get_trials():
+        assert trial.system_attrs[system_key("owner_pid")] == owners[trial.number]
+        assert trial.system_attrs[system_key("owner_trial")] == trial.number
+        assert isinstance(trial.system_attrs[system_key(HEARTBEAT_KEY)], float)

@@ -62,6 +62,7 @@ def _check_promotions(storage: Path, eta: int) -> None:
     for t in rung1.trials:
         if t.state == optuna.trial.TrialState.FAIL:
             assert t.user_attrs["failure_reason"] == "owner died"
+            assert t.user_attrs["outcome"] == "failed: owner died"  # no longer "running"
     assert top and top <= set(promoted), (top, promoted)
     assert set(promoted) <= {p.key for p in points}
     for t in rung1.get_trials(states=(COMPLETE,)):

@@ -3,6 +3,8 @@
 Study processes are ``recovery_driver.py`` (beside this file), started, ``kill -9``ed,
 interrupted with SIGINT and started again on a journal file or a SQLite file in ``tmp_path``;
 the storage is read back from this process. Heartbeats beat every 0.2 s, the grace is 1 s.
+Owner records and heartbeats are system attributes; a study written by an older version, with
+them among the user attributes, is recovered too.
 """
 
 from __future__ import annotations
@@ -25,13 +27,18 @@ from recovery_driver import open_storage
 
 from jetsearch.recovery import (
     GIVEN_UP,
+    HEARTBEAT_KEY,
     INTERRUPTED,
     OWNER_DIED,
+    OWNER_KEYS,
     TrialHeartbeat,
     death_cause,
+    live_trial_id,
     mark_interrupted,
     owner_of,
     recover_stale_trials,
+    recovery_attrs,
+    system_key,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -116,11 +123,15 @@ def wait_for(
 
 
 def owned_running(trials: dict[int, FrozenTrial]) -> list[FrozenTrial]:
-    """RUNNING trials with their own owner record and sampled parameters."""
+    """RUNNING trials with their own owner record and a whole network (parameters sampled and
+    ``arch_hash`` written: a kill before that leaves no network to queue again)."""
     return [
         t
         for t in trials.values()
-        if t.state == TrialState.RUNNING and owner_of(t) is not None and t.params
+        if t.state == TrialState.RUNNING
+        and owner_of(t) is not None
+        and t.params
+        and "arch_hash" in t.user_attrs
     ]
 
 
@@ -153,6 +164,25 @@ def by_state(trials: dict[int, FrozenTrial], state: TrialState) -> list[FrozenTr
     return [t for t in trials.values() if t.state == state]
 
 
+def write_record(trial: optuna.Trial, record: dict[str, object], *, legacy: bool = False) -> None:
+    """An owner record (and heartbeat) with the given values, where this version writes them
+    (system attributes) or, ``legacy``, where older versions did (user attributes)."""
+    storage, trial_id = live_trial_id(trial)
+    for key, value in record.items():
+        if legacy:
+            trial.set_user_attr(key, value)
+        else:
+            storage.set_trial_system_attr(trial_id, system_key(key), value)
+
+
+def assert_failed(trial: FrozenTrial, reason: str) -> None:
+    """FAIL with ``reason``, which its outcome names too; no bookkeeping among what a user reads."""
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs["failure_reason"] == reason
+    assert trial.user_attrs["outcome"] == f"failed: {reason}"
+    assert not {*OWNER_KEYS, HEARTBEAT_KEY} & set(trial.user_attrs)
+
+
 # ---------------------------------------------------------------------------------------------
 # kill -9, then run again
 
@@ -180,8 +210,8 @@ def test_a_killed_trial_is_failed_and_its_network_trained_again(tmp_path, kind):
     assert "is gone" in recovered[0]["cause"]
     after = read(url)
     assert not by_state(after, TrialState.RUNNING) and not by_state(after, TrialState.WAITING)
-    assert after[dead.number].state == TrialState.FAIL
-    assert after[dead.number].user_attrs["failure_reason"] == OWNER_DIED
+    assert_failed(after[dead.number], OWNER_DIED)
+    assert after[dead.number].user_attrs["failure_detail"] == recovered[0]["cause"]
     retries = [t for t in after.values() if t.user_attrs.get("retry_of") == dead.number]
     assert len(retries) == 1
     retry = retries[0]
@@ -210,8 +240,8 @@ def test_a_network_that_kills_its_process_twice_is_given_up(tmp_path):
     recovered = run(url, "--trials", "2", "--sleep", "0.05", "--bomb", bomb)
 
     trials = read(url)
-    assert trials[0].user_attrs["failure_reason"] == OWNER_DIED
-    assert trials[1].user_attrs["failure_reason"] == GIVEN_UP
+    assert_failed(trials[0], OWNER_DIED)
+    assert_failed(trials[1], GIVEN_UP)
     assert trials[1].user_attrs["retry_of"] == 0 and trials[1].user_attrs["retries"] == 1
     assert [(r["number"], r["reason"], r["requeued"]) for r in recovered] == [(1, GIVEN_UP, False)]
     assert [t.number for t in trials.values() if t.params.get("x") == float(bomb)] == [0, 1]
@@ -239,7 +269,7 @@ def test_a_process_sharing_the_study_recovers_a_killed_one_while_it_runs(tmp_pat
 
     assert code == 0
     after = read(url)
-    assert after[dead.number].user_attrs["failure_reason"] == OWNER_DIED
+    assert_failed(after[dead.number], OWNER_DIED)
     [retry] = [t for t in after.values() if t.user_attrs.get("retry_of") == dead.number]
     assert retry.state == TrialState.COMPLETE and retry.params == dead.params
     assert owner_of(retry).pid == survivor.pid
@@ -262,7 +292,7 @@ def test_a_live_owner_is_never_recovered_by_another_process(tmp_path):
     assert recovered == []
     now = read(url)[held.number]
     assert now.state == TrialState.RUNNING and "failure_reason" not in now.user_attrs
-    assert time.time() - now.user_attrs["heartbeat"] < 1.0  # still beating
+    assert time.time() - now.system_attrs[system_key(HEARTBEAT_KEY)] < 1.0  # still beating
     release.touch()
     code, _ = finish(holder)
     assert code == 0
@@ -284,7 +314,7 @@ def test_ctrl_c_fails_the_trial_as_interrupted_and_queues_it_once(tmp_path):
 
     trials = read(url)
     [stopped] = [t for t in trials.values() if t.user_attrs.get("failure_reason") == INTERRUPTED]
-    assert stopped.state == TrialState.FAIL
+    assert_failed(stopped, INTERRUPTED)
     # TrialHeartbeat queued it on the interrupt; mark_interrupted, called after optimize
     # re-raised, found it failed and queued already.
     assert lines["MARKED"]["number"] == stopped.number and not lines["MARKED"]["requeued"]
@@ -335,10 +365,14 @@ def test_optuna_heartbeat_and_recovery_retry_a_death_once(tmp_path, first):
         assert trials[dead.number].state == TrialState.FAIL
         [waiting] = by_state(trials, TrialState.WAITING)
         assert waiting.system_attrs.get("fixed_params", waiting.params) == dead.params
-        # Optuna's retry copies the dead trial's user attributes, owner record included: once
+        # Optuna's retry copies the dead trial's system attributes, owner record included: once
         # that copy runs, the copied record is not its own and it is not judged by it.
         trial = study.ask()
     assert trial.number == waiting.number
+    copied = study.get_trials()[trial.number]
+    if first == "optuna":  # recovery's retry is a plain enqueue, with no record to copy
+        assert copied.system_attrs[system_key("owner_trial")] == dead.number
+    assert owner_of(copied) is None
     assert recover_stale_trials(study, storage=storage, grace_s=1) == []
     assert study.get_trials()[trial.number].state == TrialState.RUNNING
     study.tell(trial, 1.0)
@@ -362,21 +396,27 @@ def _remote_trial(study: optuna.Study, heartbeat_age_s: float) -> optuna.Trial:
     return _owned_elsewhere(trial, heartbeat_age_s)
 
 
-def _owned_elsewhere(trial: optuna.Trial, heartbeat_age_s: float) -> optuna.Trial:
-    trial.set_user_attr("heartbeat", time.time() - heartbeat_age_s)
-    trial.set_user_attr("owner_host", f"not-{socket.gethostname()}")
-    trial.set_user_attr("owner_pid", os.getpid())
-    trial.set_user_attr("owner_start", "1@another-boot")
-    trial.set_user_attr("owner_trial", trial.number)
+def _owned_elsewhere(
+    trial: optuna.Trial, heartbeat_age_s: float, *, legacy: bool = False
+) -> optuna.Trial:
+    record = {
+        "heartbeat": time.time() - heartbeat_age_s,
+        "owner_host": f"not-{socket.gethostname()}",
+        "owner_pid": os.getpid(),
+        "owner_start": "1@another-boot",
+        "owner_trial": trial.number,
+    }
+    write_record(trial, record, legacy=legacy)
     return trial
 
 
 def test_an_owner_on_another_host_is_judged_by_its_heartbeat(storage_and_study):
     storage, study = storage_and_study
     beating = _remote_trial(study, heartbeat_age_s=0.1)
-    silent = _remote_trial(study, heartbeat_age_s=5.0)
+    silent = _remote_trial(study, heartbeat_age_s=60.0)
 
-    recovered = recover_stale_trials(study, storage=storage, grace_s=1.0)
+    # A grace of 30 s: the beating owner's heartbeat stays fresh however slow this machine is.
+    recovered = recover_stale_trials(study, storage=storage, grace_s=30)
 
     assert [(r.number, r.reason, r.requeued) for r in recovered] == [
         (silent.number, OWNER_DIED, True)
@@ -384,8 +424,7 @@ def test_an_owner_on_another_host_is_judged_by_its_heartbeat(storage_and_study):
     assert "no heartbeat" in recovered[0].cause
     trials = study.get_trials()
     assert trials[beating.number].state == TrialState.RUNNING
-    assert trials[silent.number].state == TrialState.FAIL
-    assert trials[silent.number].user_attrs["failure_reason"] == OWNER_DIED
+    assert_failed(trials[silent.number], OWNER_DIED)
     [waiting] = by_state({t.number: t for t in trials}, TrialState.WAITING)
     assert waiting.user_attrs == {
         "arch_hash": trials[silent.number].user_attrs["arch_hash"],
@@ -394,7 +433,7 @@ def test_an_owner_on_another_host_is_judged_by_its_heartbeat(storage_and_study):
     }
     assert waiting.system_attrs["fixed_params"] == trials[silent.number].params
     # Recovering again finds nothing new and queues nothing twice.
-    assert recover_stale_trials(study, storage=storage, grace_s=1.0) == []
+    assert recover_stale_trials(study, storage=storage, grace_s=30) == []
     assert len(study.get_trials(states=(TrialState.WAITING,))) == 1
 
 
@@ -404,9 +443,9 @@ def test_a_trial_without_its_own_owner_record_is_recovered_only_after_the_grace(
     storage, study = storage_and_study
     older = study.ask()  # as an older version wrote it: no owner record at all
     copied = study.ask()  # a record copied from another trial is not its own
-    for key, value in {"owner_host": socket.gethostname(), "owner_pid": 0}.items():
-        copied.set_user_attr(key, value)
-    copied.set_user_attr("owner_trial", older.number)
+    write_record(
+        copied, {"owner_host": socket.gethostname(), "owner_pid": 0, "owner_trial": older.number}
+    )
 
     assert recover_stale_trials(study, storage=storage, grace_s=0.5) == []
     time.sleep(0.6)
@@ -435,12 +474,15 @@ def test_same_host_owners_are_judged_by_their_process(storage_and_study):
     def owned(pid: int, start: str) -> optuna.Trial:
         trial = study.ask()
         sample(trial)
-        trial.set_user_attr("heartbeat", time.time() - 3600)  # old: the pid rule decides
-        trial.set_user_attr("owner_host", socket.gethostname())
-        trial.set_user_attr("owner_pid", pid)
-        trial.set_user_attr("owner_start", start)
-        trial.set_user_attr("owner_pidns", os.readlink("/proc/self/ns/pid"))
-        trial.set_user_attr("owner_trial", trial.number)
+        record = {
+            "heartbeat": time.time() - 3600,  # old: the pid rule decides
+            "owner_host": socket.gethostname(),
+            "owner_pid": pid,
+            "owner_start": start,
+            "owner_pidns": os.readlink("/proc/self/ns/pid"),
+            "owner_trial": trial.number,
+        }
+        write_record(trial, record)
         return trial
 
     alive = owned(os.getpid(), f"{ticks}@{boot}")
@@ -462,6 +504,62 @@ def test_same_host_owners_are_judged_by_their_process(storage_and_study):
     assert death_cause(frozen, grace_s=1e-3) is None
 
 
+@needs_proc
+def test_a_study_written_by_an_older_version_is_recovered_by_its_user_attributes(
+    storage_and_study,
+):
+    """Older versions kept owner records and heartbeats among the user attributes: they are
+    still read there, and a process of this version writes its own record in the new place."""
+    storage, study = storage_and_study
+    ticks = stat_fields("self")[19]
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+
+    def owned(pid: int) -> optuna.Trial:
+        trial = study.ask()
+        sample(trial)
+        record = {
+            "heartbeat": time.time() - 3600,
+            "owner_host": socket.gethostname(),
+            "owner_pid": pid,
+            "owner_start": f"{ticks}@{boot}",
+            "owner_pidns": os.readlink("/proc/self/ns/pid"),
+            "owner_trial": trial.number,
+        }
+        write_record(trial, record, legacy=True)
+        return trial
+
+    alive, dead = owned(os.getpid()), owned(gone.pid)
+    beating = _owned_elsewhere(study.ask(), heartbeat_age_s=0.1, legacy=True)
+    silent = _owned_elsewhere(study.ask(), heartbeat_age_s=60.0, legacy=True)
+    # An Optuna retry of an older trial carries its user attributes (a record not its own),
+    # and then this version's process writes its own record.
+    retried = study.ask()
+    write_record(
+        retried, {"owner_host": "elsewhere", "owner_pid": 1, "owner_trial": 0}, legacy=True
+    )
+    with TrialHeartbeat(retried, interval_s=30):
+        assert owner_of(study.get_trials()[retried.number]).pid == os.getpid()
+
+    # A grace of 30 s: the beating owner's heartbeat stays fresh however slow this machine is.
+    recovered = {r.number: r for r in recover_stale_trials(study, storage=storage, grace_s=30)}
+
+    assert sorted(recovered) == [dead.number, silent.number]
+    assert "is gone" in recovered[dead.number].cause
+    assert "no heartbeat" in recovered[silent.number].cause
+    trials = study.get_trials()
+    assert owner_of(trials[alive.number]).pid == os.getpid()
+    for trial in (alive, beating, retried):
+        assert trials[trial.number].state == TrialState.RUNNING
+    for trial in (dead, silent):
+        frozen = trials[trial.number]
+        assert frozen.state == TrialState.FAIL
+        assert frozen.user_attrs["outcome"] == f"failed: {OWNER_DIED}"
+        assert not any(k.startswith("jetsearch:owner") for k in frozen.system_attrs)
+    assert recover_stale_trials(study, storage=storage, grace_s=30) == []
+
+
 # ---------------------------------------------------------------------------------------------
 # the heartbeat and mark_interrupted
 
@@ -472,23 +570,30 @@ def test_the_heartbeat_records_the_owner_and_beats_until_the_trial_ends(storage_
     trial = study.ask()
     reader = optuna.load_study(study_name=STUDY, storage=storage)
 
+    def beat_of(frozen: FrozenTrial) -> float:
+        return frozen.system_attrs[system_key(HEARTBEAT_KEY)]
+
     with TrialHeartbeat(trial, interval_s=0.05) as heartbeat:
         time.sleep(0.3)
-        first = reader.get_trials()[trial.number].user_attrs["heartbeat"]
+        first = beat_of(reader.get_trials()[trial.number])
         time.sleep(0.3)
         frozen = reader.get_trials()[trial.number]
         assert heartbeat.alive
     assert not heartbeat.alive and heartbeat.beats >= 4 and heartbeat.last_error is None
-    assert frozen.user_attrs["heartbeat"] > first
+    assert beat_of(frozen) > first
     ticks = stat_fields("self")[19]
-    assert frozen.user_attrs["owner_host"] == socket.gethostname()
-    assert frozen.user_attrs["owner_pid"] == os.getpid()
-    assert frozen.user_attrs["owner_start"].partition("@")[0] == ticks
-    assert frozen.user_attrs["owner_trial"] == trial.number
-    stopped_at = reader.get_trials()[trial.number].user_attrs["heartbeat"]
+    record = {k: frozen.system_attrs[system_key(k)] for k in OWNER_KEYS}
+    assert record["owner_host"] == socket.gethostname()
+    assert record["owner_pid"] == os.getpid()
+    assert record["owner_start"].partition("@")[0] == ticks
+    assert record["owner_pidns"] == os.readlink("/proc/self/ns/pid")
+    assert record["owner_trial"] == trial.number
+    assert recovery_attrs(frozen) == {**record, HEARTBEAT_KEY: beat_of(frozen)}
+    assert frozen.user_attrs == {}  # none of it among the attributes a user reads
+    stopped_at = beat_of(reader.get_trials()[trial.number])
     study.tell(trial, 1.0)
     time.sleep(0.15)
-    assert reader.get_trials()[trial.number].user_attrs["heartbeat"] == stopped_at
+    assert beat_of(reader.get_trials()[trial.number]) == stopped_at
 
 
 def test_mark_interrupted_fails_a_running_trial_and_queues_it_once(storage_and_study):
@@ -502,7 +607,7 @@ def test_mark_interrupted_fails_a_running_trial_and_queues_it_once(storage_and_s
     assert marked is not None and marked.reason == INTERRUPTED and marked.requeued
     assert again is not None and not again.requeued
     frozen = study.get_trials()[trial.number]
-    assert frozen.state == TrialState.FAIL and frozen.user_attrs["failure_reason"] == INTERRUPTED
+    assert_failed(frozen, INTERRUPTED)
     [waiting] = study.get_trials(states=(TrialState.WAITING,))
     assert waiting.user_attrs == {
         "arch_hash": frozen.user_attrs["arch_hash"],
@@ -565,8 +670,7 @@ def test_an_interrupt_outside_the_objective_marks_only_this_processes_trials(sto
 
     assert interrupt_own_trials([study], storage) == [mine.number]
     trials = {t.number: t for t in study.get_trials()}
-    assert trials[mine.number].state == TrialState.FAIL
-    assert trials[mine.number].user_attrs["failure_reason"] == INTERRUPTED
+    assert_failed(trials[mine.number], INTERRUPTED)
     assert trials[theirs.number].state == TrialState.RUNNING
     [retry] = by_state(trials, TrialState.WAITING)
     assert retry.user_attrs["retry_of"] == mine.number
