@@ -214,6 +214,8 @@ def scoreboard(args: argparse.Namespace) -> int:
         for split in ("val", "heldout"):
             row[split] = rank_agreement(values, [n.mean(split) for n in nets])
         rows.append(row)
+    if args.write_scoreboard:
+        write_scoreboard(args, rows, trained, len(nets), ceilings)
     rows.sort(
         key=lambda r: -r["heldout"]["tau"] if r["heldout"]["tau"] == r["heldout"]["tau"] else 9
     )
@@ -250,6 +252,41 @@ def scoreboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def write_scoreboard(args, rows, trained, networks: int, ceilings) -> None:
+    """The trained recipes' figures under the rule a study scores by, for ``jetsearch show``."""
+    import datetime as dt
+
+    entries = []
+    by_name = {row["proxy"]: row for row in rows}
+    for recipe, runs in trained.items():
+        row = by_name.get(f"{recipe} best")
+        if row is None:
+            continue
+        entries.append(
+            {
+                "name": recipe,
+                "recipe": runs[0]["proxy"],
+                "rule": "best",
+                "tau_val": row["val"]["tau"],
+                "tau_heldout": row["heldout"]["tau"],
+                "tau_heldout_low": row["heldout"]["tau_low"],
+                "tau_heldout_high": row["heldout"]["tau_high"],
+                "seconds_per_network": row["cost_s"],
+            }
+        )
+    document = {
+        "reference": str(Path(args.reference).relative_to(REPO)),
+        "networks": networks,
+        "machine": describe(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "ceiling": {split: tau for split, (tau, _) in ceilings.items()},
+        "recipes": entries,
+    }
+    path = REPO / "studies" / "scoreboard.json"
+    path.write_text(json.dumps(document, indent=1) + "\n")
+    print(f"wrote {path} ({len(entries)} recipes)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(DEFAULT_DATA))
@@ -262,6 +299,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", default="runs/proxies", help="checkpoints (not kept)")
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
     parser.add_argument("--combinations", type=int, default=5, help="best pairs to show")
+    parser.add_argument(
+        "--write-scoreboard",
+        action="store_true",
+        help="write each trained recipe's figures (rule: best, as a study scores a trial) to "
+        "studies/scoreboard.json, which jetsearch show prints beside a matching rung",
+    )
     args = parser.parse_args(argv)
 
     from jetsearch.reference import read_reference

@@ -1,0 +1,47 @@
+"""A rung's recipe is looked up in the scoreboard by what makes it the same training."""
+
+from __future__ import annotations
+
+import json
+
+from jetsearch.scoreboard import fidelity_of, load_scoreboard, recipe_key
+
+BOARD = {
+    "networks": 12,
+    "ceiling": {"val": 0.7, "heldout": 0.6},
+    "recipes": [
+        {
+            "name": "r0",
+            "recipe": {"epochs": 2, "size": [96, 128], "frames": 128},
+            "rule": "best",
+            "tau_val": 0.41,
+            "tau_heldout": 0.33,
+            "tau_heldout_low": 0.1,
+            "tau_heldout_high": 0.55,
+            "seconds_per_network": 31.0,
+        }
+    ],
+}
+
+
+def test_a_rung_finds_its_recipe_and_an_unmeasured_one_finds_none(tmp_path):
+    path = tmp_path / "scoreboard.json"
+    assert load_scoreboard(path) is None
+    path.write_text(json.dumps(BOARD))
+    board = load_scoreboard(path)
+    rung = {"epochs": 2, "size": (96, 128), "train_images": 128, "random_scale": None}
+    found = fidelity_of(rung, board)
+    assert found is not None and found.name == "r0" and found.tau_heldout == 0.33
+    assert "tau +0.33 [+0.10, +0.55] on the held-out sequence" in found.describe()
+    assert "12 networks" in found.describe() and "ceiling +0.60" in found.describe()
+    # Another frame count, size or augmentation is another training: not measured.
+    assert fidelity_of(rung | {"train_images": None}, board) is None
+    assert fidelity_of(rung | {"size": (128, 160)}, board) is None
+    assert fidelity_of(rung | {"random_scale": (0.5, 2.0)}, board) is None
+    assert fidelity_of(rung, None) is None
+
+
+def test_recipe_key_reads_study_and_scoreboard_spellings_alike():
+    study = {"epochs": 4, "size": [128, 160], "train_images": None}
+    board = {"epochs": 4, "size": (128, 160)}
+    assert recipe_key(study) == recipe_key(board)
