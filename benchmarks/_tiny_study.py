@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from jetsearch.study import merge_mappings
+from jetsearch.spec import merge_mappings
 
 REPO = Path(__file__).resolve().parents[1]
 

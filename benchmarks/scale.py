@@ -6,14 +6,13 @@ Every configuration runs a fresh study of the same tiny workload: ``studies/loca
 tiny space, built-in synthetic scenes (``--train-images`` / ``--val-images`` at 48x64),
 ``--epochs`` of training and latency measured here at 64x64, one torch thread per trial. The
 local backend runs ``--jobs P`` processes sharing a journal file; the Ray backend runs
-``max_concurrent=P`` Tune trials (one worker process each) on a Ray instance started once on
-this machine (its start-up time is printed apart). The table gives the wall time to ``--trials``
+``workers=P`` trial processes (Ray tasks running the same loop) on a Ray instance started once
+on this machine (its start-up time is printed apart). The table gives the wall time to ``--trials``
 finished trials, trials per hour, the process time per trial (wall time x P / trials), the
-median trial duration as the storage records it (from ask to tell: for Ray this includes waiting
-for the worker) and the overhead per trial: process time per trial minus the median trial
-duration of the local backend with one process, which is the objective alone. That is what each
-backend adds around a trial (process start, imports, data, scheduling, contention). Raw numbers
-go to ``--json``.
+median trial duration as the storage records it (from ask to tell, in the trial's process) and
+the overhead per trial: process time per trial minus the median trial duration of the local
+backend with one process, which is the objective alone. That is what each backend adds around
+a trial (process start, imports, data, scheduling, contention). Raw numbers go to ``--json``.
 """
 
 from __future__ import annotations
@@ -50,7 +49,7 @@ def write_study(directory: Path, args: argparse.Namespace) -> Path:
 def trial_seconds(storage: str, name: str) -> list[float]:
     import optuna
 
-    from jetsearch.study import open_storage
+    from jetsearch.storage import open_storage
 
     study = optuna.load_study(study_name=name, storage=open_storage(storage))
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -58,7 +57,7 @@ def trial_seconds(storage: str, name: str) -> list[float]:
 
 
 def run_one(backend: str, parallel: int, spec, workdir: Path, args) -> dict:
-    from jetsearch.study import run_study
+    from jetsearch.run import run_study
 
     name = f"scale-{backend}-{parallel}"
     storage = str(workdir / f"{name}.log")
@@ -70,18 +69,10 @@ def run_one(backend: str, parallel: int, spec, workdir: Path, args) -> dict:
     if backend == "local":
         run = run_study(spec, trials=args.trials, storage=storage, name=name, jobs=parallel)
     else:
-        from jetsearch.distributed import run_study_ray
+        from jetsearch.distributed import RayOptions, run_study_ray
 
-        run = run_study_ray(
-            spec,
-            trials=args.trials,
-            storage=storage,
-            name=name,
-            max_concurrent=parallel,
-            cpus_per_trial=1,
-            storage_path=workdir / "ray",
-            verbose=0,
-        )
+        options = RayOptions(workers=parallel, cpus_per_worker=1, verbose=0)
+        run = run_study_ray(spec, trials=args.trials, storage=storage, name=name, options=options)
     wall = time.perf_counter() - start
     inside = trial_seconds(storage, name)
     finished = run.finished_after - run.finished_before
@@ -116,7 +107,7 @@ def main() -> None:
 
     import optuna
 
-    from jetsearch.study import load_study_spec
+    from jetsearch.spec import load_study_spec
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -134,7 +125,7 @@ def main() -> None:
             if backend == "ray":
                 from jetsearch.distributed import import_ray
 
-                ray, _ = import_ray()
+                ray = import_ray()
                 start = time.perf_counter()
                 ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
                 ray_start_s = time.perf_counter() - start

@@ -60,7 +60,9 @@ from typing import Any
 from _machine import describe
 
 from jetsearch.report import TrialRow, trial_rows
-from jetsearch.study import StudySpec, load_study_spec, open_storage, run_study
+from jetsearch.run import run_study
+from jetsearch.spec import StudySpec, load_study_spec
+from jetsearch.storage import open_storage
 from jetseg.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -150,7 +152,7 @@ class TrialProgress:
         self.started = time.perf_counter()
 
     def __call__(self, study, trial) -> None:
-        from jetsearch.study import finished_count
+        from jetsearch.storage import finished_count
 
         attrs = trial.user_attrs
         done = finished_count(study)

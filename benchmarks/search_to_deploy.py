@@ -67,7 +67,7 @@ def parse_rungs(text: str) -> list[dict]:
 def nano_latency(study_file: Path) -> float:
     """The nano preset's median latency, by the study's own latency chain (and its cache)."""
     from jetsearch.latency.chain import LatencyChain
-    from jetsearch.study import load_study_spec
+    from jetsearch.spec import load_study_spec
     from jetseg.config import load_config
     from jetseg.export import export_onnx
     from jetseg.model import build_model
@@ -94,7 +94,7 @@ def latency_rounds(study_file: Path, final: Path, names: list[str], rounds: int)
     import dataclasses
 
     from jetsearch.latency.chain import LatencyChain
-    from jetsearch.study import load_study_spec
+    from jetsearch.spec import load_study_spec
     from jetseg.config import load_config
     from jetseg.export import export_onnx
     from jetseg.model import build_model

@@ -103,7 +103,7 @@ def open_studies(storage: str) -> dict[str, object]:
     """Every rung study in ``storage``, by name (read only: nothing is created)."""
     import optuna
 
-    from jetsearch.study import open_storage
+    from jetsearch.storage import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     store = open_storage(storage)

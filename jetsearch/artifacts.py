@@ -135,19 +135,6 @@ class PrefixedArtifactStore:
 # where the store is
 
 
-def _storage_file(storage_url: str) -> Path | None:
-    """The file a journal or SQLite storage lives in; ``None`` for a database server."""
-    if storage_url.startswith("sqlite:///"):
-        path = storage_url[len("sqlite:///") :].split("?", 1)[0]
-        if not path or path == ":memory:":
-            return None
-        return Path(path)
-    if "://" in storage_url:
-        return None
-    # A plain path or journal:PATH, as jetsearch.study.open_storage reads it.
-    return Path(storage_url.removeprefix("journal:"))
-
-
 def _redact(url: str) -> str:
     """``url`` without its password, for error messages."""
     scheme, sep, rest = url.partition("://")
@@ -165,7 +152,9 @@ def default_artifact_dir(storage_url: str) -> Path:
         ArtifactStoreError: ``storage_url`` is a database server (or in-memory SQLite), which has
             no folder beside it; the message names :data:`ARTIFACT_STORE_KEY`.
     """
-    path = _storage_file(storage_url)
+    from jetsearch.storage import locate_storage
+
+    path = locate_storage(storage_url).file
     if path is None:
         raise ArtifactStoreError(
             f"storage {_redact(storage_url)} is not a file, so there is no folder beside it for "
@@ -190,7 +179,7 @@ def artifact_store_for(storage_url: str, setting: str | None) -> ArtifactStore:
     """The artifact store of a study whose storage is ``storage_url``.
 
     Args:
-        storage_url: the study storage as ``jetsearch.study.open_storage`` takes it (a journal
+        storage_url: the study storage as ``jetsearch.storage.open_storage`` takes it (a journal
             file path, ``journal:PATH``, ``sqlite:///FILE``, ``postgresql://...``).
         setting: the study's :data:`ARTIFACT_STORE_KEY`: ``None`` for the folder beside the
             storage file (:func:`default_artifact_dir`), a folder path, or
@@ -260,10 +249,11 @@ def dashboard_command(
         folder = default_artifact_dir(storage_url)
     else:
         folder = Path(setting).expanduser().absolute()
-    storage_arg = storage_url.removeprefix("journal:") if "://" not in storage_url else storage_url
+    from jetsearch.storage import locate_storage
+
     return [
         "optuna-dashboard",
-        storage_arg,
+        locate_storage(storage_url).dashboard_arg,
         "--host",
         host,
         "--port",

@@ -66,7 +66,7 @@ class FinalRow:
 
 def spec_of(study) -> Any:
     """The StudySpec a study was created with (stored as its ``spec`` attribute)."""
-    from jetsearch.study import StudySpec, spec_from_dict
+    from jetsearch.spec import StudySpec, spec_from_dict
 
     data = study.user_attrs.get("spec")
     if not isinstance(data, dict):
@@ -82,9 +82,9 @@ def choose(rows: Sequence[Any], top: int) -> list[Any]:
     Found means not a preset: the presets a study enqueued are trained with ``--with-presets``
     (as presets, once), so the front here is that of the other networks.
     """
-    from jetsearch.report import pareto_front
+    from jetsearch.report import front_rows
 
-    front = pareto_front([r for r in rows if not r.preset])
+    front = front_rows([r for r in rows if not r.preset])
     if not front:
         raise FinalizeError(
             "the study has no feasible finished network other than the presets to finalize"

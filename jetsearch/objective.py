@@ -11,7 +11,8 @@ device, data), written when the trial ends. The bookkeeping of crash recovery st
 list (:mod:`jetsearch.recovery` keeps it in the trial's system attributes).
 
 :class:`Objective` is that trial; :func:`load_data` builds the datasets it trains on, once per
-rung and process. The study around it (its spec, storage and run loop) is :mod:`jetsearch.study`.
+rung and process. The study around it: its spec (:mod:`jetsearch.spec`), storage
+(:mod:`jetsearch.storage`) and run loop (:mod:`jetsearch.run`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from jetsearch.latency.chain import LatencyChain
 from jetseg.config import arch_hash, dump_config
 
 if TYPE_CHECKING:
-    from jetsearch.study import StudySpec
+    from jetsearch.spec import StudySpec
 
 
 @dataclass

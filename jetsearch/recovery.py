@@ -56,10 +56,10 @@ complete)                                    evidence is its age; a run of an ol
                                              older and newer processes on one study.
 ==========================================  =================================================
 
-A process that asks trials and runs them later (an ask-and-tell driver such as the Ray
-backend's searcher) must call :func:`record_owner` right after ``ask``: a trial it holds without
-a record is, after ``grace_s``, indistinguishable from one of a dead older-version process. The
-process that finally runs it writes its own record over the driver's.
+A process that asks trials and runs them later (an ask-and-tell driver) must call
+:func:`record_owner` right after ``ask``: a trial it holds without a record is, after
+``grace_s``, indistinguishable from one of a dead older-version process. The process that
+finally runs it writes its own record over the driver's.
 
 Thread safety of the heartbeat (read in Optuna 5.1's code). ``optuna.Trial`` has no
 system-attribute setter, so the owner record and the beats go through the live trial's public
@@ -76,15 +76,15 @@ error is logged and retried at the next beat (a heartbeat must never fail its tr
 Writing to a trial this process does not own (the dead one) has no Study-level public API and
 ``optuna.trial.Trial(study, trial_id)`` calls the sampler's ``before_trial``; recovery therefore
 uses the storage object's own public methods (``get_trial_id_from_study_id_trial_number``,
-``set_trial_user_attr``), as :mod:`jetsearch.distributed` does, and ``Study.tell`` /
-``Study.enqueue_trial`` on a handle of its own with a ``RandomSampler`` (whose ``after_trial``
-does nothing, so the caller's sampler and constraints never see a dead trial). ``tell`` accepts
-a RUNNING trial of another process on every storage and writes FAIL (with
-``datetime_complete``); when two processes recover the same trial at once the storage rejects
-the second FAIL (``UpdateFinishedTrialError``, or ``ValueError`` when it already reads FAIL),
-and only the process whose FAIL was written enqueues the retry.
+``set_trial_user_attr``, ``set_trial_state_values``), on the study and storage the caller
+opened (no second handle), and ``Study.enqueue_trial``, which adds a waiting trial without
+consulting the sampler: the caller's sampler and constraints never see a dead trial.
+``set_trial_state_values`` accepts a RUNNING trial of another process on every storage and
+writes FAIL (with ``datetime_complete``); when two processes recover the same trial at once
+the storage rejects the second FAIL (``UpdateFinishedTrialError``), and only the process
+whose FAIL was written enqueues the retry.
 
-RDB storages with Optuna's heartbeat (PostgreSQL in :func:`jetsearch.study.open_storage`):
+RDB storages with Optuna's heartbeat (PostgreSQL in :func:`jetsearch.storage.open_storage`):
 recovery works alongside it. The pid rule fails a dead same-host owner's trial at once instead
 of after Optuna's grace period (and at all when the process died before Optuna's first beat:
 Optuna skips a trial with no heartbeat row); whichever of the two moves a trial from RUNNING
@@ -124,6 +124,8 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from jetsearch.storage import DEFAULT_HEARTBEAT_GRACE_S, DEFAULT_HEARTBEAT_S
+
 _logger = logging.getLogger(__name__)
 
 OWNER_DIED = "owner died"
@@ -133,9 +135,6 @@ INTERRUPTED = "interrupted"
 DEATH_REASONS = frozenset({OWNER_DIED, GIVEN_UP, INTERRUPTED})
 # A network's second death gives it up.
 MAX_DEATHS = 2
-
-DEFAULT_HEARTBEAT_S = 20.0
-DEFAULT_GRACE_S = 60.0
 
 OWNER_KEYS = ("owner_host", "owner_pid", "owner_start", "owner_pidns", "owner_trial")
 HEARTBEAT_KEY = "heartbeat"
@@ -258,9 +257,9 @@ def record_owner(trial: optuna.Trial) -> ProcessIdentity:
     """Write this process's owner record and a first heartbeat into a trial that just started.
 
     Every key is written (None where this platform has no value), over the record of whoever
-    held the trial before (the Ray driver that asked it). ``owner_trial`` goes last: a process
-    killed half-way leaves no valid record, and the trial is then judged by its age like one
-    without any record.
+    held the trial before (an ask-and-tell driver that asked it). ``owner_trial`` goes last: a
+    process killed half-way leaves no valid record, and the trial is then judged by its age like
+    one without any record.
     """
     me = this_process()
     storage, trial_id = live_trial_id(trial)
@@ -436,19 +435,15 @@ class Recovered:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-def _own_handle(study: optuna.Study, storage: Any) -> tuple[optuna.Study, int]:
-    """A handle on the same study whose tells reach no caller's sampler; and the study's id."""
+def _study_id(study: optuna.Study, storage: Any) -> int:
+    """The study's id in ``storage``, which must be the storage the study was opened on."""
     try:
-        study_id = storage.get_study_id_from_name(study.study_name)
+        return storage.get_study_id_from_name(study.study_name)
     except KeyError:
         raise ValueError(
             f"study {study.study_name!r} is not in the storage given; pass the storage the "
             "study was opened on"
         ) from None
-    handle = optuna.load_study(
-        study_name=study.study_name, storage=storage, sampler=optuna.samplers.RandomSampler()
-    )
-    return handle, study_id
 
 
 def _trial_by_number(study: optuna.Study, number: int) -> FrozenTrial | None:
@@ -510,16 +505,14 @@ def _requeue(study: optuna.Study, trial: FrozenTrial, *, retries: int) -> bool:
     return True
 
 
-def _fail(
-    handle: optuna.Study, storage: Any, study_id: int, trial: FrozenTrial, reason: str, cause: str
-) -> bool:
+def _fail(storage: Any, study_id: int, trial: FrozenTrial, reason: str, cause: str) -> bool:
     """Reason (and outcome) first, then FAIL; False when the trial finished meanwhile or another
     process won."""
     trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
     try:
         for key, value in {**failure_attrs(reason), "failure_detail": cause}.items():
             storage.set_trial_user_attr(trial_id, key, value)
-        handle.tell(trial.number, state=TrialState.FAIL)
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
     except (UpdateFinishedTrialError, ValueError):
         return False
     return True
@@ -529,7 +522,7 @@ def recover_stale_trials(
     study: optuna.Study,
     *,
     storage: Any,
-    grace_s: float = DEFAULT_GRACE_S,
+    grace_s: float = DEFAULT_HEARTBEAT_GRACE_S,
     requeue: bool = True,
 ) -> list[Recovered]:
     """Fail the RUNNING trials whose owner is provably dead; queue each network again once.
@@ -555,20 +548,20 @@ def recover_stale_trials(
     """
     if not grace_s > 0:
         raise ValueError(f"grace_s > 0 must hold, got grace_s={grace_s}")
-    handle, study_id = _own_handle(study, storage)
+    study_id = _study_id(study, storage)
     me = this_process()
     recovered: list[Recovered] = []
-    for trial in handle.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         cause = death_cause(trial, grace_s=grace_s, me=me)
         if cause is None:
             continue
-        deaths = _deaths_before(handle, trial) + 1
+        deaths = _deaths_before(study, trial) + 1
         reason = GIVEN_UP if deaths >= MAX_DEATHS else OWNER_DIED
         if trial.user_attrs.get("failure_reason") == INTERRUPTED:
             reason = INTERRUPTED  # a Ctrl-C whose process died before Optuna told the trial
-        if not _fail(handle, storage, study_id, trial, reason, cause):
+        if not _fail(storage, study_id, trial, reason, cause):
             continue
-        queued = requeue and reason != GIVEN_UP and _requeue(handle, trial, retries=deaths)
+        queued = requeue and reason != GIVEN_UP and _requeue(study, trial, retries=deaths)
         _logger.warning(
             "trial %d of %s: %s (%s)%s",
             trial.number,
@@ -595,30 +588,30 @@ def mark_interrupted(study: optuna.Study, trial_number: int, *, storage: Any) ->
     Raises:
         ValueError: the trial is RUNNING in another process that is alive.
     """
-    handle, study_id = _own_handle(study, storage)
-    trial = _trial_by_number(handle, trial_number)
+    study_id = _study_id(study, storage)
+    trial = _trial_by_number(study, trial_number)
     if trial is None:
         raise ValueError(f"study {study.study_name!r} has no trial {trial_number}")
-    retries = _deaths_before(handle, trial) + 1
+    retries = _deaths_before(study, trial) + 1
     if trial.state == TrialState.RUNNING:
         owner, me = owner_of(trial), this_process()
         if (
             owner is not None
             and not owner.is_process(me)
-            and death_cause(trial, grace_s=DEFAULT_GRACE_S, me=me) is None
+            and death_cause(trial, grace_s=DEFAULT_HEARTBEAT_GRACE_S, me=me) is None
         ):
             raise ValueError(
                 f"trial {trial_number} is running in process {owner.pid} on {owner.host}, "
                 "which is alive; only its own process marks it interrupted"
             )
-        if not _fail(handle, storage, study_id, trial, INTERRUPTED, "KeyboardInterrupt"):
+        if not _fail(storage, study_id, trial, INTERRUPTED, "KeyboardInterrupt"):
             return None
     elif trial.state != TrialState.FAIL or trial.user_attrs.get("failure_reason") not in (
         None,
         INTERRUPTED,
     ):
         return None
-    queued = _requeue(handle, trial, retries=retries)
+    queued = _requeue(study, trial, retries=retries)
     return Recovered(trial_number, INTERRUPTED, "KeyboardInterrupt", queued, dict(trial.params))
 
 
@@ -653,7 +646,7 @@ class StaleTrialRecovery:
     """
 
     def __init__(
-        self, storage: Any, grace_s: float = DEFAULT_GRACE_S, *, requeue: bool = True
+        self, storage: Any, grace_s: float = DEFAULT_HEARTBEAT_GRACE_S, *, requeue: bool = True
     ) -> None:
         self.storage = storage
         self.grace_s = grace_s

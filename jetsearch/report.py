@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from jetsearch.fidelity import kendall_tau, spearman_rho
-from jetsearch.fronts import Point, latency_tied, tie_groups
-from jetsearch.fronts import pareto_front as point_front
+from jetsearch.fronts import Point, latency_tied, pareto_front, tie_groups
 from jetsearch.rungs import rung_study_name
 from jetseg.config import dump_config, load_config, load_yaml_text
 from jetseg.fileio import atomic_write_text
@@ -75,23 +74,27 @@ class TrialRow:
 def load_study(study_name: str, storage: str):
     import optuna
 
-    from jetsearch.study import open_storage
+    from jetsearch.storage import open_storage
 
+    opened = open_storage(storage)
     try:
-        return optuna.load_study(study_name=study_name, storage=open_storage(storage))
+        return optuna.load_study(study_name=study_name, storage=opened)
     except KeyError:
-        names = [s.study_name for s in optuna.get_all_study_summaries(open_storage(storage))]
+        names = [s.study_name for s in optuna.get_all_study_summaries(opened)]
         raise ReportError(
             f"no study {study_name!r} in {storage}; it holds: {', '.join(names) or 'no studies'}"
         ) from None
 
 
 def rung_studies(study, storage: Any) -> list[Any]:
-    """The study and its higher-rung studies in ``storage`` (a URL or an Optuna storage)."""
+    """The study and its higher-rung studies in ``storage`` (a URL or an Optuna storage), or
+    ``storage`` itself when it is the rung studies already open (a list, rung 0 first)."""
     import optuna
 
-    from jetsearch.study import open_storage
+    from jetsearch.storage import open_storage
 
+    if isinstance(storage, (list, tuple)):
+        return list(storage)
     if isinstance(storage, str):
         storage = open_storage(storage)
     names = set(optuna.get_all_study_names(storage))
@@ -152,8 +155,8 @@ def _row(t, rung: int, number: int | None = None) -> TrialRow:
 def trial_rows(study, storage: Any = None) -> list[TrialRow]:
     """Every trial of the rung-0 ``study``, each network at the highest rung it finished.
 
-    ``storage`` (the study's URL or Optuna storage) is where the higher rungs are looked up;
-    without it only ``study``'s own trials are read.
+    ``storage`` (the study's URL or Optuna storage, or its rung studies already open) is where
+    the higher rungs are looked up; without it only ``study``'s own trials are read.
     """
     base = [_row(t, 0) for t in study.get_trials(deepcopy=False)]
     ladder = rung_studies(study, storage) if storage is not None else [study]
@@ -186,7 +189,7 @@ def _with_rungs(row: TrialRow, by_rung: dict[int, float]) -> TrialRow:
     return replace(row, rung_mious=tuple(sorted(by_rung.items())))
 
 
-def pareto_front(rows: list[TrialRow]) -> list[TrialRow]:
+def front_rows(rows: list[TrialRow]) -> list[TrialRow]:
     """Feasible complete networks not dominated in (max mIoU, min latency), fastest first.
 
     Latencies whose samples cannot be told apart are ties (:func:`jetsearch.fronts.dominates`);
@@ -196,7 +199,7 @@ def pareto_front(rows: list[TrialRow]) -> list[TrialRow]:
     for r in rows:
         if r.complete and r.feasible and r.duplicate_of is None:
             cands.setdefault(r.point().key, r)
-    front = point_front([r.point() for r in cands.values()])
+    front = pareto_front([r.point() for r in cands.values()])
     return sorted((cands[p.key] for p in front), key=lambda r: (r.latency_ms, -r.miou))
 
 
@@ -213,7 +216,7 @@ def pick(rows: list[TrialRow], how: str, max_latency: float | None = None) -> Tr
     Tied latencies count as equal: ``fastest`` takes the most accurate of the fastest tie group,
     and the knee is computed on the front with each tie group at one latency.
     """
-    front = pareto_front(rows)
+    front = front_rows(rows)
     if max_latency is not None:
         front = [r for r in front if r.latency_ms <= max_latency]
     if not front:
@@ -278,7 +281,7 @@ def _pct(value: float | None) -> str:
 def front_table(study, rows: list[TrialRow]):
     import rich.table
 
-    front = pareto_front(rows)
+    front = front_rows(rows)
     counts: dict[str, int] = {}
     for r in rows:
         counts[r.state] = counts.get(r.state, 0) + 1
@@ -322,7 +325,7 @@ def study_notes(rows: list[TrialRow]) -> list[str]:
         notes.append("some latencies are ESTIMATES (roofline model), not measurements.")
     if any(r.provenance == "measured-local" for r in rows):
         notes.append("'measured-local' latencies were timed on the machine that ran the study.")
-    front = pareto_front(rows)
+    front = front_rows(rows)
     for group in front_ties(front):
         values = ", ".join(f"{r.latency_ms:.2f}" for r in group)
         notes.append(
@@ -359,7 +362,7 @@ def plot_front(
         import matplotlib.pyplot as plt
     except ImportError:
         raise ReportError("plotting needs matplotlib: pip install 'jetsearch[plot]'") from None
-    front = pareto_front(rows)
+    front = front_rows(rows)
     front_ids = {r.number for r in front}
     fig, ax = plt.subplots(figsize=(8.5, 5), dpi=120)
     done = [r for r in rows if r.complete and r.feasible and r.number not in front_ids]

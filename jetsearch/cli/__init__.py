@@ -120,18 +120,11 @@ def storage_option(given: str | None) -> str | None:
     return None
 
 
-def storage_file(url: str) -> Path | None:
-    """The local file a storage lives in (a journal path or ``sqlite:///PATH``), else None."""
-    if url.startswith("sqlite:///"):
-        return Path(url.removeprefix("sqlite:///"))
-    if "://" in url:
-        return None
-    return Path(url.removeprefix("journal:"))
-
-
 def require_storage(url: str) -> None:
     """Refuse a storage file that does not exist, before opening it would create it empty."""
-    path = storage_file(url)
+    from jetsearch.storage import locate_storage
+
+    path = locate_storage(url).file
     if path is not None and not path.is_file():
         raise UsageError(f"storage {url} does not exist; run jetsearch study first")
 

@@ -14,7 +14,7 @@ def cmd_finalize(args: argparse.Namespace) -> int:
 
     from jetsearch.finalize import FinalizeError, finalize
     from jetsearch.report import ReportError, load_study
-    from jetsearch.study import DEFAULT_STORAGE
+    from jetsearch.storage import DEFAULT_STORAGE
     from jetseg.config import preset_names
 
     if args.top < 1:
@@ -66,7 +66,7 @@ def _upload(study, storage: str, out: str) -> None:
 
     from jetsearch.artifacts import upload_file_artifact
     from jetsearch.finalize import spec_of
-    from jetsearch.study import study_artifact_store
+    from jetsearch.storage import study_artifact_store
 
     store = study_artifact_store(storage, spec_of(study))
     if store is None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import inspect
 import json
 import logging
 import math
@@ -34,7 +33,6 @@ from jetsearch.cli import (
     positive_float,
     positive_int,
     require_storage,
-    storage_file,
     storage_option,
     study_parent,
 )
@@ -130,11 +128,11 @@ class LiveView:
         total: int,
         start_count: int,
         progress=None,
-        storage: str | None = None,
+        rungs: list | None = None,
     ) -> None:
         from rich.live import Live
 
-        self.storage = storage  # where the higher rungs of the study are
+        self.rungs = rungs  # the study's rung studies, rung 0 first (its higher rungs' results)
         self.console = console
         self.study_name = study_name
         self.clock = StudyClock(total, start_count)
@@ -180,11 +178,11 @@ class LiveView:
 
     def __call__(self, study, trial) -> None:
         from jetsearch.report import front_table, trial_rows
-        from jetsearch.study import finished_count
+        from jetsearch.storage import finished_count
 
         self.clock.trial_ended(finished_count(study))
         self.last = trial_line(trial)
-        self.front = front_table(study, trial_rows(study, self.storage))
+        self.front = front_table(study, trial_rows(study, self.rungs))
         self.live.refresh()
 
 
@@ -198,7 +196,7 @@ class TrialLines:
         self.clock = StudyClock(total, start_count)
 
     def __call__(self, study, trial) -> None:
-        from jetsearch.study import finished_count
+        from jetsearch.storage import finished_count
 
         self.clock.trial_ended(finished_count(study))
         line = (
@@ -254,7 +252,7 @@ def _optuna_logs() -> Iterator[None]:
 
 
 def _load_spec(args: argparse.Namespace):
-    from jetsearch.study import load_study_spec
+    from jetsearch.spec import load_study_spec
     from jetseg.config import ConfigError
 
     workers = [w for w in (args.workers or "").split(",") if w]
@@ -264,18 +262,31 @@ def _load_spec(args: argparse.Namespace):
         raise UsageError(str(err)) from None
 
 
+def _processes(args: argparse.Namespace) -> int:
+    """Trial processes the study runs at once: ``--jobs``, or ``--max-concurrent`` on Ray."""
+    return args.max_concurrent if args.backend == "ray" else args.jobs
+
+
 def _check_before_creating(spec, url: str, args: argparse.Namespace) -> None:
     """Every input a study needs, checked before its storage or study is created: a command
     that fails on bad input leaves no storage file and no new study behind."""
     from jetsearch.cli import check_data_root
     from jetsearch.space import load_space
+    from jetsearch.spec import StudyError
+    from jetsearch.storage import locate_storage
 
-    if args.jobs > 1 and url.startswith("sqlite"):
-        raise UsageError(
-            f"--jobs {args.jobs} with {url}: SQLite storage cannot be shared safely by several "
-            "processes (writers lock the whole file); use a journal file path (the default, "
-            "e.g. --storage studies.log) or PostgreSQL"
-        )
+    try:
+        locate_storage(url).check_processes(_processes(args))
+    except StudyError as err:
+        flag = "--max-concurrent" if args.backend == "ray" else "--jobs"
+        raise UsageError(f"{flag} {_processes(args)} with {url}: {err}") from None
+    if args.backend == "ray":
+        from jetsearch.distributed import import_ray
+
+        try:
+            import_ray()
+        except StudyError as err:
+            raise UsageError(str(err)) from None
     check_data_root(spec.data, "--data" if args.data else f"data of {args.target}:")
     try:
         load_space(spec.space)
@@ -286,9 +297,9 @@ def _check_before_creating(spec, url: str, args: argparse.Namespace) -> None:
 def _finished_so_far(url: str, name: str) -> int:
     """Finished trials of study ``name`` in ``url``, reading only: 0 where there is none yet."""
     from jetsearch.report import ReportError, load_study
-    from jetsearch.study import finished_count
+    from jetsearch.storage import finished_count, locate_storage
 
-    path = storage_file(url)
+    path = locate_storage(url).file
     if path is not None and not path.is_file():
         return 0  # opening it would create the file
     try:
@@ -297,50 +308,45 @@ def _finished_so_far(url: str, name: str) -> int:
         return 0
 
 
-def _run_backend(args, spec, url: str, name: str, callbacks: list, progress, quiet: bool):
-    from jetsearch.study import run_study
-
+def _run_backend(args, prepared, callbacks: list, progress, quiet: bool):
+    """Run the prepared study on the backend asked for."""
     if args.backend == "ray":
-        from jetsearch.distributed import run_study_ray
+        from jetsearch.distributed import RayOptions, run_prepared_ray
 
-        return run_study_ray(
-            spec,
-            trials=args.trials,
-            storage=url,
-            name=name,
+        options = RayOptions(
+            workers=args.max_concurrent,
             address=args.address,
-            gpus_per_trial=args.gpus_per_trial,
-            cpus_per_trial=args.cpus_per_trial,
-            max_concurrent=args.max_concurrent,
-            resume=args.resume,
-            timeout_s=args.timeout,
-            storage_path=args.ray_results,
+            cpus_per_worker=args.cpus_per_trial,
+            gpus_per_worker=args.gpus_per_trial,
             max_failures=args.max_failures,
-            callbacks=callbacks,
             verbose=1 if quiet else 0,
         )
-    extra = {}
-    # The objective writes the running trial's phase into ``progress`` where run_study takes
-    # one; without it the view shows the clock, the ETA and the front only.
-    if progress is not None and "progress" in inspect.signature(run_study).parameters:
-        extra["progress"] = progress
-    return run_study(
-        spec,
+        return run_prepared_ray(
+            prepared,
+            trials=args.trials,
+            options=options,
+            timeout_s=args.timeout,
+            callbacks=callbacks,
+        )
+    from jetsearch.run import run_prepared
+
+    return run_prepared(
+        prepared,
         trials=args.trials,
-        storage=url,
-        name=name,
         timeout_s=args.timeout,
         jobs=args.jobs,
         callbacks=callbacks,
-        **extra,
+        progress=progress,
     )
 
 
 def cmd_study(args: argparse.Namespace) -> int:
     """Run or resume a study with the local or the Ray backend; 130 when interrupted."""
     from jetsearch.progress import StudyProgress
-    from jetsearch.report import front_table, load_study, study_notes, trial_rows
-    from jetsearch.study import StudyError, storage_url
+    from jetsearch.report import front_table, study_notes, trial_rows
+    from jetsearch.run import prepare_study
+    from jetsearch.spec import StudyError
+    from jetsearch.storage import finished_count, storage_url
 
     if args.backend == "ray" and args.jobs > 1:
         raise UsageError("--jobs is for the local backend; with --backend ray use --max-concurrent")
@@ -348,8 +354,6 @@ def cmd_study(args: argparse.Namespace) -> int:
         flag
         for flag, used in (
             ("--address", args.address is not None),
-            ("--resume", args.resume),
-            ("--ray-results", args.ray_results is not None),
             ("--max-concurrent", args.max_concurrent != 1),
             ("--cpus-per-trial", args.cpus_per_trial != 1),
             ("--gpus-per-trial", args.gpus_per_trial != 0),
@@ -363,52 +367,59 @@ def cmd_study(args: argparse.Namespace) -> int:
     url = storage_url(spec, storage_option(args.storage))
     name = args.name or spec.name
     _check_before_creating(spec, url, args)
-    before = _finished_so_far(url, name)
     console = make_console()
-    data_note = spec.data or "built-in SYNTHETIC street scenes (not real data)"
-    console.print(
-        f"study [bold]{name}[/bold] ({spec.mode}) target {spec.target}, space {spec.space}, "
-        f"data {data_note}\nstorage {url} | {before} trials finished, running to {args.trials}",
-        soft_wrap=True,
-    )
-    # Trials of the Ray backend run in other processes: no phase to show from here.
-    progress = StudyProgress() if args.backend == "local" else None
-    view: LiveView | TrialLines | None = None
-    if not args.quiet:
-        view = (
-            LiveView(console, name, args.trials, before, progress=progress, storage=url)
-            if console.is_terminal
-            else TrialLines(console, name, args.trials, before)
-        )
-    callbacks = [view] if view else []
+    prepared = None
     run = None
     stop = TerminateAsInterrupt()
     try:
-        live = view if isinstance(view, LiveView) else contextlib.nullcontext()
-        with stop, live, _optuna_logs():
-            run = _run_backend(args, spec, url, name, callbacks, progress, view is None)
+        with stop:
+            # The storage and the rung studies are opened here, once, and passed down.
+            prepared = prepare_study(spec, storage=url, name=name, processes=_processes(args))
+            before = finished_count(prepared.opened.study)
+            data_note = spec.data or "built-in SYNTHETIC street scenes (not real data)"
+            console.print(
+                f"study [bold]{name}[/bold] ({spec.mode}) target {spec.target}, space "
+                f"{spec.space}, data {data_note}\nstorage {url} | {before} trials finished, "
+                f"running to {args.trials}",
+                soft_wrap=True,
+            )
+            # Trials of the Ray backend run in other processes: no phase to show from here.
+            progress = StudyProgress() if args.backend == "local" else None
+            view: LiveView | TrialLines | None = None
+            if not args.quiet:
+                rungs = prepared.opened.studies
+                view = (
+                    LiveView(console, name, args.trials, before, progress=progress, rungs=rungs)
+                    if console.is_terminal
+                    else TrialLines(console, name, args.trials, before)
+                )
+            callbacks = [view] if view else []
+            live = view if isinstance(view, LiveView) else contextlib.nullcontext()
+            with live, _optuna_logs():
+                run = _run_backend(args, prepared, callbacks, progress, view is None)
     except StudyError as err:
         raise UsageError(str(err)) from None
     except KeyboardInterrupt:
         run = None  # interrupted outside the trials (starting up, between them)
     if run is None or run.interrupted:
-        finished = run.finished_after if run is not None else _finished_so_far(url, name)
-        again = " plus --resume" if args.backend == "ray" else ""
+        if run is not None:
+            finished = run.finished_after
+        elif prepared is not None:
+            finished = finished_count(prepared.opened.study)
+        else:
+            finished = _finished_so_far(url, name)
         how = "stopped by SIGTERM" if stop.signalled else "interrupted"
         console.print(
-            f"{how}: {finished} trials finished, resume with the same command{again}",
-            soft_wrap=True,
+            f"{how}: {finished} trials finished, resume with the same command", soft_wrap=True
         )
         return stop.exit_code
-    study = load_study(name, url)
-    rows = trial_rows(study, url)
+    study = prepared.opened.study
+    rows = trial_rows(study, prepared.opened.studies)
     if not isinstance(view, LiveView):  # the live panel already shows the final front
         console.print(front_table(study, rows))
     console.print(f"latency from: {run.latency_sources}", markup=False, soft_wrap=True)
     for note in study_notes(rows):
         console.print(f"note: {note}", soft_wrap=True)
-    if getattr(run, "requeued", None):
-        console.print(f"queued again (interrupted earlier): trials {run.requeued}")
     console.print(
         f"done: {run.finished_after - run.finished_before} new trials in "
         f"{run.wall_s / 60:.1f} min "
@@ -469,8 +480,8 @@ def _add_study(sub) -> None:
         "--backend",
         choices=("local", "ray"),
         default="local",
-        help="local: Optuna in this process (and --jobs); ray: Ray Tune trials "
-        "(pip install 'jetsearch[ray]')",
+        help="local: Optuna in this process (and --jobs); ray: trial processes placed by Ray, "
+        "here or on a cluster (pip install 'jetsearch[ray]')",
     )
     ray = p.add_argument_group("Ray backend (--backend ray)")
     ray.add_argument(
@@ -483,42 +494,36 @@ def _add_study(sub) -> None:
         type=positive_int,
         default=1,
         metavar="N",
-        help="trials running at once",
+        help="trial processes running at once (Ray workers)",
     )
     ray.add_argument(
         "--cpus-per-trial",
         type=positive_float,
         default=1,
         metavar="N",
-        help="CPUs reserved per trial (also its training threads unless train.threads is set)",
+        help="CPUs reserved per trial process (also its training threads unless train.threads "
+        "is set)",
     )
     ray.add_argument(
         "--gpus-per-trial",
         type=non_negative_float,
         default=0.0,
         metavar="F",
-        help="GPUs per trial; fractions share a GPU (0.5: two trials per GPU)",
+        help="GPUs per trial process; fractions share a GPU (0.5: two processes per GPU)",
     )
     ray.add_argument(
         "--max-failures",
         type=non_negative_int,
         default=2,
         metavar="N",
-        help="times a trial whose worker process or node died is run again",
-    )
-    ray.add_argument(
-        "--resume", action="store_true", help="restore the Ray Tune experiment of a stopped driver"
-    )
-    ray.add_argument(
-        "--ray-results",
-        metavar="DIR",
-        help="where Tune keeps its experiment, DIR/jetsearch-<study> (default ~/ray_results)",
+        help="times a trial process whose process or node died is started again (its trial "
+        "is failed as 'owner died' and its network queued again)",
     )
     p.set_defaults(func=cmd_study)
 
 
 def _storage(args: argparse.Namespace) -> str:
-    from jetsearch.study import DEFAULT_STORAGE
+    from jetsearch.storage import DEFAULT_STORAGE
 
     return storage_option(args.storage) or DEFAULT_STORAGE
 
@@ -549,9 +554,9 @@ def study_record(study, rows) -> dict[str, Any]:
     """A stored study as plain data: every trial (number, state, values, parameters, user
     attributes, whether it is on the front) and the front; what ``show --format json`` prints.
     """
-    from jetsearch.report import pareto_front, study_notes
+    from jetsearch.report import front_rows, study_notes
 
-    front = {r.number for r in pareto_front(rows)}
+    front = {r.number for r in front_rows(rows)}
     feasible = {r.number: r.feasible for r in rows}
     trials = []
     for t in study.get_trials(deepcopy=False):
@@ -575,7 +580,7 @@ def study_record(study, rows) -> dict[str, Any]:
             "metric_names": study.metric_names,
             "user_attrs": dict(study.user_attrs),
             "trials": trials,
-            "front": [r.number for r in pareto_front(rows)],
+            "front": [r.number for r in front_rows(rows)],
             "notes": study_notes(rows),
         }
     )
@@ -741,14 +746,15 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         )
     require_storage(storage)
     from jetsearch.artifacts import ArtifactStoreError, dashboard_command
-    from jetsearch.study import open_storage
+    from jetsearch.storage import open_storage
 
     setting = None
     names = []
     try:
         import optuna
 
-        names = optuna.get_all_study_names(open_storage(storage))
+        opened = open_storage(storage)
+        names = optuna.get_all_study_names(opened)
     except Exception as err:  # an unreadable storage: optuna-dashboard will say it too
         raise UsageError(f"cannot read the storage {storage}: {err}") from None
     if args.study is not None and args.study not in names:
@@ -756,7 +762,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
             f"no study {args.study!r} in {storage}; it holds: {', '.join(names) or 'no studies'}"
         )
     if names:
-        first = optuna.load_study(study_name=args.study or names[0], storage=open_storage(storage))
+        first = optuna.load_study(study_name=args.study or names[0], storage=opened)
         setting = (first.user_attrs.get("spec") or {}).get("artifact_store")
     try:
         cmd = dashboard_command(storage, setting, host=args.host, port=args.port)
@@ -766,7 +772,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     cmd[0] = exe
     url = f"http://{args.host}:{args.port}/dashboard/"
     if args.study is not None:
-        study_id = open_storage(storage).get_study_id_from_name(args.study)
+        study_id = opened.get_study_id_from_name(args.study)
         url += f"studies/{study_id}"
     print(" ".join(cmd))
     print(f"open {url}", flush=True)

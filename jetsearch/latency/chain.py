@@ -20,18 +20,22 @@ cannot measure it is refused with that reason, never measured at another precisi
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import dataclasses
+import typing
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal
 
 from jetsearch.latency.base import LatencyError, LatencyProvider, LatencyResult
 
 if TYPE_CHECKING:
     from jetsearch.latency.estimate import DeviceProfile
+    from jetsearch.spec import StudySpec
     from jetseg.config import JetSegConfig
 
-PROVIDER_KINDS = ("workers", "local", "estimate")
+ProviderKind = Literal["workers", "local", "estimate"]
+PROVIDER_KINDS: tuple[str, ...] = typing.get_args(ProviderKind)
 PRECISION_FALLBACK_FLAG = "precision-fallback-fp32"
 
 
@@ -43,68 +47,46 @@ class ProviderSetupError(LatencyError, ValueError):
 
 
 @dataclass(frozen=True)
-class ProviderSpec:
-    """What :func:`make_provider` needs to build any provider; each kind reads its own fields.
+class MeasurementSettings:
+    """How latency is measured, whichever provider measures it; each kind reads its own fields.
 
-    ``target``: the target the workers must declare, and the estimate's profile when
-    ``device_profile`` is not given. ``precision``: "fp32", "fp16" or None for each provider's
-    default (see :func:`resolve_precision`). ``workers``, ``token_file``: the board workers'
-    URLs and the file holding their shared token. ``execution_provider``, ``threads``: the local
+    Declared here once: a study's ``latency:`` section (:class:`jetsearch.spec.LatencySpec`)
+    and :class:`ProviderSpec` (what ``jetsearch latency`` builds from its options) are both
+    these settings plus their own. ``workers``, ``token_file``: the board workers' URLs and the
+    file holding their shared token. ``precision``: "fp32", "fp16" or None for each provider's
+    default (see :func:`resolve_precision`). ``execution_provider``, ``threads``: the local
     onnxruntime setup. ``warmup_s``, ``runs``: the measurement protocol (local and workers).
     ``cache``: the latency cache file (None: none); measuring providers store their results in
     it, the estimate loads the calibration saved beside it. ``device_profile``: the estimate's
-    device profile.
+    device profile (default: the target's).
     """
 
-    target: str | None = None
-    precision: str | None = None
     workers: tuple[str, ...] = ()
     token_file: str | None = None
-    execution_provider: str = "cpu"
-    threads: int = 2
+    precision: Literal["fp32", "fp16"] | None = None
+    execution_provider: Literal["cpu", "cuda", "tensorrt"] = "cpu"
+    threads: int = field(default=2, metadata={"min": 1, "max": 256})
     warmup_s: float = 1.0
-    runs: int = 50
+    runs: int = field(default=50, metadata={"min": 3, "max": 100000})
     cache: str | None = None
     device_profile: str | None = None
 
+
+@dataclass(frozen=True)
+class ProviderSpec(MeasurementSettings):
+    """What :func:`make_provider` needs to build any provider: the measurement settings and the
+    ``target`` the workers must declare (also the estimate's profile when ``device_profile`` is
+    not given)."""
+
+    target: str | None = None
+
     @classmethod
-    def from_study(cls, latency: LatencySection, target: str) -> ProviderSpec:
-        """The spec of a study's latency section (its fields have the same names)."""
-        return cls(
-            target=target,
-            precision=latency.precision,
-            workers=tuple(latency.workers),
-            token_file=latency.token_file,
-            execution_provider=latency.execution_provider,
-            threads=latency.threads,
-            warmup_s=latency.warmup_s,
-            runs=latency.runs,
-            cache=latency.cache,
-            device_profile=latency.device_profile,
-        )
-
-
-class LatencySection(Protocol):
-    """A study's latency section, as :class:`LatencyChain` reads it."""
-
-    input_size: Sequence[int]
-    providers: Sequence[str]
-    workers: Sequence[str]
-    token_file: str | None
-    precision: str | None
-    execution_provider: str
-    threads: int
-    warmup_s: float
-    runs: int
-    cache: str | None
-    device_profile: str | None
-
-
-class StudyLatency(Protocol):
-    """What :class:`LatencyChain` reads of a study spec: its target and latency section."""
-
-    target: str
-    latency: LatencySection
+    def from_study(cls, spec: StudySpec) -> ProviderSpec:
+        """The provider spec of a study: its latency section's settings and its target."""
+        settings = {
+            f.name: getattr(spec.latency, f.name) for f in dataclasses.fields(MeasurementSettings)
+        }
+        return cls(**settings, target=spec.target)
 
 
 def resolve_precision(kind: str, spec: ProviderSpec) -> tuple[str | None, bool]:
@@ -258,9 +240,9 @@ class LatencyChain:
     its reason (:attr:`skipped`); when none is usable, :class:`ProviderSetupError`.
     """
 
-    def __init__(self, spec: StudyLatency) -> None:
+    def __init__(self, spec: StudySpec) -> None:
         self.input_size = tuple(int(value) for value in spec.latency.input_size)
-        self.settings = ProviderSpec.from_study(spec.latency, spec.target)
+        self.settings = ProviderSpec.from_study(spec)
         self.providers: list[tuple[str, LatencyProvider]] = []
         self.skipped: list[str] = []
         for kind in spec.latency.providers:

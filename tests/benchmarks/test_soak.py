@@ -39,7 +39,7 @@ def _trial(study, x, state, *, values=(0.5, 10.0), **attrs):
 
 def _study(tmp_path, name="soak"):
     storage = str(tmp_path / "s.log")
-    from jetsearch.study import open_storage
+    from jetsearch.storage import open_storage
 
     study = optuna.create_study(
         study_name=name, storage=open_storage(storage), directions=["maximize", "minimize"]

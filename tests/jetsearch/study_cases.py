@@ -1,12 +1,17 @@
-"""Tiny study files for the tests that run whole studies (local, Ray, PostgreSQL)."""
+"""Tiny study files for the tests that run whole studies (local, Ray, PostgreSQL), and what
+every multi-fidelity run of one must show."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import optuna
 import yaml
 
-from jetsearch.study import merge_mappings
+from jetsearch.fronts import ranked
+from jetsearch.rungs import RungLadder, rung_study_name
+from jetsearch.spec import merge_mappings
+from jetsearch.storage import open_storage
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,3 +44,38 @@ def write_study(directory: Path, name: str = "small", **changes) -> Path:
     path = directory / f"{name}.yaml"
     path.write_text(yaml.safe_dump(merge_mappings(small, changes), sort_keys=False))
     return path
+
+
+def check_promotions(storage: Path, eta: int, name: str = "small") -> None:
+    """Every due promotion is there, none twice, and each trained the network it links to.
+
+    As in ASHA a network is promoted while it is in its rung's top 1/eta, so a network that
+    was in the top early and was pushed out later stays promoted: what must hold at the end is
+    that the current top 1/eta is all promoted.
+    """
+    opened = open_storage(str(storage))
+    rung0, rung1 = (
+        optuna.load_study(study_name=rung_study_name(name, k), storage=opened) for k in (0, 1)
+    )
+    points, _ = RungLadder([rung0, rung1], eta, None).points(0)
+    top = {p.key for p in ranked(points)[: len(points) // eta]}
+    # A promoted trial whose process was killed is failed ("owner died") and its network run
+    # again as a retry (retry_of): a retry is not a second promotion.
+    promoted = [t.user_attrs["arch_hash"] for t in rung1.trials if "retry_of" not in t.user_attrs]
+    assert len(promoted) == len(set(promoted)), "a network was promoted twice"
+    for t in rung1.trials:
+        if t.state == optuna.trial.TrialState.FAIL:
+            assert t.user_attrs["failure_reason"] == "owner died"
+            assert t.user_attrs["outcome"] == "failed: owner died"  # no longer "running"
+    assert top and top <= set(promoted), (top, promoted)
+    assert set(promoted) <= {p.key for p in points}
+    for t in rung1.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+        source = rung0.trials[t.user_attrs["promoted_from_trial"]]
+        assert source.user_attrs["arch_hash"] == t.user_attrs["arch_hash"]
+        a, b = (yaml.safe_load(x.user_attrs["config_yaml"]) for x in (source, t))
+        a.pop("name"), b.pop("name")  # sampled configs are named after their trial
+        assert a == b
+        assert t.user_attrs["rung"] == 1 and t.user_attrs["promoted_from_rung"] == 0
+        # Latency is measured once per network: the promoted trial got it from the cache.
+        assert "from-cache" in t.user_attrs["latency_flags"]
+        assert t.user_attrs["latency_median_ms"] == source.user_attrs["latency_median_ms"]

@@ -34,7 +34,7 @@ from jetsearch.artifacts import (
     upload_file_artifact,
     upload_trial_artifacts,
 )
-from jetsearch.study import open_storage
+from jetsearch.storage import open_storage
 from jetseg.data import CAMVID_CLASSES, CAMVID_PALETTE
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -32,7 +32,8 @@ from study_cases import REPO, write_study
 from jetsearch.cli import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, main, storage_option
 from jetsearch.cli.study import LiveView, StudyClock, TrialLines, trial_line
 from jetsearch.progress import StudyProgress
-from jetsearch.study import StudySpec, open_storage
+from jetsearch.spec import StudySpec
+from jetsearch.storage import open_storage
 
 COMPLETE = optuna.trial.TrialState.COMPLETE
 PRUNED = optuna.trial.TrialState.PRUNED
@@ -197,17 +198,17 @@ def test_the_live_view_redraws_every_second_between_trials():
     assert {"0:00:01", "0:00:02", "0:00:03"} <= clocks, clocks
 
 
-def test_study_passes_one_progress_to_run_study_when_it_takes_one(tmp_path, monkeypatch, capsys):
-    import jetsearch.study as study_module
+def test_study_passes_one_progress_to_the_run(tmp_path, monkeypatch, capsys):
+    import jetsearch.run as run_module
 
-    real = study_module.run_study
+    real = run_module.run_prepared
     seen = []
 
-    def run_study(spec, *, progress=None, **kwargs):  # run_study with a progress keyword
+    def run_prepared(prepared, *, progress=None, **kwargs):  # the real run, progress recorded
         seen.append(progress)
-        return real(spec, **kwargs)
+        return real(prepared, progress=progress, **kwargs)
 
-    monkeypatch.setattr(study_module, "run_study", run_study)
+    monkeypatch.setattr(run_module, "run_prepared", run_prepared)
     spec = tiny_study(tmp_path)
     argv = ["study", "--target", str(spec), "--trials", "1", "--storage", str(tmp_path / "s.log")]
     assert main(argv) == EXIT_OK

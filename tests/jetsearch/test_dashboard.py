@@ -47,7 +47,7 @@ from jetsearch.artifacts import (
 )
 from jetsearch.objective import HEADLINE_KEYS
 from jetsearch.recovery import HEARTBEAT_KEY, OWNER_KEYS, system_key
-from jetsearch.study import open_storage
+from jetsearch.storage import open_storage
 from jetseg.data import CAMVID_CLASSES, CAMVID_PALETTE
 
 pytest.importorskip("optuna_dashboard")

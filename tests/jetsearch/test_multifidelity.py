@@ -10,13 +10,12 @@ from pathlib import Path
 
 import optuna
 import pytest
-import yaml
-from study_cases import write_study
+from study_cases import check_promotions, write_study
 
-from jetsearch.fronts import ranked
-from jetsearch.report import pareto_front, rung_agreement, trial_rows
+from jetsearch.report import front_rows, rung_agreement, trial_rows
 from jetsearch.rungs import RungLadder, rung_study_name
-from jetsearch.study import load_study_spec, open_storage
+from jetsearch.spec import load_study_spec
+from jetsearch.storage import open_storage
 from jetseg.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,44 +44,12 @@ def _hashes(study: optuna.Study, states=None) -> list[str]:
     return [t.user_attrs["arch_hash"] for t in study.get_trials(states=states)]
 
 
-def _check_promotions(storage: Path, eta: int) -> None:
-    """Every due promotion is there, none twice, and each trained the network it links to.
-
-    As in ASHA a network is promoted while it is in its rung's top 1/eta, so a network that
-    was in the top early and was pushed out later stays promoted: what must hold at the end is
-    that the current top 1/eta is all promoted.
-    """
-    rung0, rung1 = _ladder(storage)
-    points, _ = RungLadder([rung0, rung1], eta, None).points(0)
-    top = {p.key for p in ranked(points)[: len(points) // eta]}
-    # A promoted trial whose process was killed is failed ("owner died") and its network run
-    # again as a retry (retry_of): a retry is not a second promotion.
-    promoted = [t.user_attrs["arch_hash"] for t in rung1.trials if "retry_of" not in t.user_attrs]
-    assert len(promoted) == len(set(promoted)), "a network was promoted twice"
-    for t in rung1.trials:
-        if t.state == optuna.trial.TrialState.FAIL:
-            assert t.user_attrs["failure_reason"] == "owner died"
-            assert t.user_attrs["outcome"] == "failed: owner died"  # no longer "running"
-    assert top and top <= set(promoted), (top, promoted)
-    assert set(promoted) <= {p.key for p in points}
-    for t in rung1.get_trials(states=(COMPLETE,)):
-        source = rung0.trials[t.user_attrs["promoted_from_trial"]]
-        assert source.user_attrs["arch_hash"] == t.user_attrs["arch_hash"]
-        a, b = (yaml.safe_load(x.user_attrs["config_yaml"]) for x in (source, t))
-        a.pop("name"), b.pop("name")  # sampled configs are named after their trial
-        assert a == b
-        assert t.user_attrs["rung"] == 1 and t.user_attrs["promoted_from_rung"] == 0
-        # Latency is measured once per network: the promoted trial got it from the cache.
-        assert "from-cache" in t.user_attrs["latency_flags"]
-        assert t.user_attrs["latency_median_ms"] == source.user_attrs["latency_median_ms"]
-
-
 def test_a_multi_fidelity_study_promotes_the_front_and_reports_the_highest_rung(tmp_path):
     spec = write_study(tmp_path, rungs=RUNGS, eta=2)
     storage = tmp_path / "s.log"
     out = _jetsearch("study", "--target", str(spec), "--trials", "4", "--storage", str(storage))
     assert out.returncode == 0, out.stdout + out.stderr
-    _check_promotions(storage, eta=2)
+    check_promotions(storage, eta=2)
     rung0, rung1 = _ladder(storage)
     assert len(rung0.get_trials(states=(COMPLETE,))) == 4
     assert {t.state for t in rung1.trials} == {COMPLETE}
@@ -96,7 +63,7 @@ def test_a_multi_fidelity_study_promotes_the_front_and_reports_the_highest_rung(
         assert row.number == t.user_attrs["promoted_from_trial"]
         assert dict(row.rung_mious)[0] == rung0.trials[row.number].values[0]
     assert all(r.rung == 0 for r in rows if r.arch_hash not in set(_hashes(rung1)))
-    assert pareto_front(rows)
+    assert front_rows(rows)
     [agreement] = rung_agreement(rows)
     trained_twice = len(rung1.get_trials(states=(COMPLETE,)))
     assert agreement["from_rung"] == 0 and agreement["networks"] == trained_twice >= 2
@@ -139,7 +106,7 @@ def test_a_study_killed_between_promotions_neither_loses_nor_repeats_one(tmp_pat
     after = {t.number: t.values for t in rung0.get_trials(states=(COMPLETE,))}
     assert all(after[n] == v for n, v in complete_before.items())
     assert len(after) >= 6
-    _check_promotions(storage, eta=2)
+    check_promotions(storage, eta=2)
 
 
 def test_an_interrupted_promotion_step_is_completed_by_the_next_one(tmp_path):

@@ -27,7 +27,8 @@ import pytest
 from study_cases import write_study
 
 from jetsearch.cli import main
-from jetsearch.study import StudyError, heartbeat_settings, open_storage
+from jetsearch.spec import StudyError
+from jetsearch.storage import heartbeat_settings, open_storage
 
 REPO = Path(__file__).resolve().parents[2]
 POSTGRES_ENV = "JETSEARCH_TEST_POSTGRES_URL"

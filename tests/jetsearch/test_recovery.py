@@ -641,7 +641,7 @@ def test_a_storage_without_the_study_is_refused(tmp_path):
 
 
 def test_an_error_raised_while_a_ctrl_c_is_handled_is_that_ctrl_c():
-    from jetsearch.study import optimize_one
+    from jetsearch.run import optimize_one
 
     def lost_interrupt(study, trial):  # as Optuna 5.0's _run_trial when a Ctrl-C hits its tell
         try:

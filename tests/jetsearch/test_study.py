@@ -20,8 +20,9 @@ import pytest
 import yaml
 from study_cases import write_study
 
-from jetsearch.report import pareto_front, pick, trial_rows
-from jetsearch.study import load_study_spec, open_storage, study_names
+from jetsearch.report import front_rows, pick, trial_rows
+from jetsearch.spec import load_study_spec, study_names
+from jetsearch.storage import open_storage
 from jetseg.config import ConfigError, arch_hash, config_to_dict, load_config
 from jetseg.data import CAMVID_CLASSES
 from jetseg.model import build_model
@@ -93,7 +94,7 @@ def test_show_prints_the_front_and_plots_it(small_study, tmp_path):
     png = tmp_path / "front.png"
     out = _jetsearch("show", "--study", "small", "--storage", str(storage), "--plot", str(png))
     assert out.returncode == 0, out.stderr
-    front = pareto_front(trial_rows(_study("small", storage)))
+    front = front_rows(trial_rows(_study("small", storage)))
     assert front
     assert f"Pareto front of {len(front)}" in out.stdout
     for row in front:
@@ -177,7 +178,7 @@ def test_a_repeated_architecture_is_not_trained_again(tmp_path):
         assert t.values == first.values
         assert t.user_attrs["arch_hash"] == first.user_attrs["arch_hash"]
     rows = trial_rows(_study("small", storage))
-    assert [r.number for r in pareto_front(rows)] == [0]
+    assert [r.number for r in front_rows(rows)] == [0]
 
 
 def test_presets_are_enqueued_first(tmp_path):
@@ -386,7 +387,7 @@ def test_a_killed_study_keeps_its_completed_trials_and_continues(tmp_path, kind)
 def test_a_trial_trains_from_the_same_weights_whatever_the_process_ran_before(tmp_path):
     import torch
 
-    from jetsearch.study import load_study_spec, run_study
+    from jetsearch.run import run_study
 
     # Paired comparisons (two samplers, a resumed or a parallel study) need trial n of one
     # spec to start from the same weights in any process, after any earlier work.
@@ -401,7 +402,7 @@ def test_a_trial_trains_from_the_same_weights_whatever_the_process_ran_before(tm
 
 
 def test_a_worker_provider_without_a_usable_token_is_skipped_with_its_reason(tmp_path):
-    from jetsearch.study import LatencyChain, load_study_spec
+    from jetsearch.latency.chain import LatencyChain
 
     empty = tmp_path / "token.txt"
     empty.write_text("  \n")
@@ -424,8 +425,8 @@ def test_a_worker_provider_without_a_usable_token_is_skipped_with_its_reason(tmp
 
 
 def test_a_queued_trial_whose_parameters_build_another_network_fails_naming_both(tmp_path):
+    from jetsearch.run import run_study
     from jetsearch.space import load_space
-    from jetsearch.study import run_study
 
     # A promotion or a retry names the network it must train; if its parameters build another
     # one (the space file was edited since), training a neighbour under that name is refused.

@@ -85,7 +85,7 @@ def png_header(width: int, height: int) -> bytes:
 
 DRIVER = r"""
 import contextlib, io, json, sys, time
-import torch, jetseg.model, jetsearch.study  # imported first: only the refusals are timed
+import torch, jetseg.model, jetsearch.run  # imported first: only the refusals are timed
 from jetsearch.cli import main
 from jetsearch.latency import InvalidModelError
 from jetsearch.latency.local import LocalProvider

@@ -30,7 +30,9 @@ from jetsearch.latency import (
     make_provider,
     resolve_precision,
 )
-from jetsearch.study import load_study_spec, open_storage, run_study
+from jetsearch.run import run_study
+from jetsearch.spec import load_study_spec
+from jetsearch.storage import open_storage
 from jetseg.config import arch_hash, load_config
 
 REPO = Path(__file__).resolve().parents[3]

@@ -1,0 +1,382 @@
+"""The run loop of a study: prepare it once, then run trials in one or more processes.
+
+:func:`prepare_study` checks what can be checked without touching the storage (the space, the
+latency providers, the artifact store), then opens the storage and the rung studies once and
+queues the presets. :func:`run_worker_process` is the loop every trial process runs, whichever
+backend started it (this process, a ``--jobs`` child, a Ray worker): promote, pick the next
+trial, optimise it, recover the trials of dead processes. The processes of a study coordinate
+through its storage only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from jetsearch.latency.chain import LatencyChain
+from jetsearch.objective import Objective, load_data
+from jetsearch.spec import StudyError, StudySpec
+from jetsearch.storage import (
+    StudyStorage,
+    finished_count,
+    heartbeat_settings,
+    locate_storage,
+    make_sampler,
+    open_rung_studies,
+    storage_url,
+    study_artifact_store,
+)
+
+
+@dataclass
+class StudyRun:
+    """What one run of a study did (any backend)."""
+
+    study_name: str
+    storage: str
+    finished_before: int
+    finished_after: int
+    wall_s: float
+    interrupted: bool = False
+    latency_sources: str = ""
+
+
+@dataclass
+class PreparedStudy:
+    """A study ready to run in this process: its spec, its storage and rung studies (opened
+    once, :class:`jetsearch.storage.StudyStorage`), its space and its latency chain."""
+
+    spec: StudySpec
+    opened: StudyStorage
+    space: Any
+    latency: LatencyChain
+
+    @property
+    def url(self) -> str:
+        return self.opened.location.url
+
+    @property
+    def name(self) -> str:
+        return self.opened.study.study_name
+
+
+def enqueue_presets(study: Any, spec: StudySpec, space: Any) -> list[str]:
+    """Enqueue the spec's presets that lie in the space, once, on a new study."""
+    from jetseg.config import load_config
+
+    if study.get_trials(deepcopy=False):
+        return []
+    queued = []
+    for name in spec.enqueue_presets:
+        try:
+            params = space.params_for(load_config(name))
+        except Exception as err:  # a preset outside this space is skipped, with the reason
+            warnings.warn(f"preset {name} is not in space {spec.space}: {err}", stacklevel=2)
+            continue
+        study.enqueue_trial(params, user_attrs={"preset": name}, skip_if_exists=True)
+        queued.append(name)
+    return queued
+
+
+def prepare_study(
+    spec: StudySpec, *, storage: str | None = None, name: str | None = None, processes: int = 1
+) -> PreparedStudy:
+    """Check the study, then open its storage and rung studies and queue its presets.
+
+    Every check that needs no storage comes first (SQLite for ``processes`` > 1, the space, a
+    latency provider that is usable, the artifact store), so a study that cannot run creates
+    no storage file and no study. ``storage`` and ``name`` override the spec's.
+    """
+    from jetsearch.artifacts import study_feasibility_note
+    from jetsearch.space import load_space
+
+    url = storage_url(spec, storage)
+    locate_storage(url).check_processes(processes)
+    space = load_space(spec.space)
+    latency = LatencyChain(spec)  # fails here, with the reasons, when no provider is usable
+    try:
+        study_artifact_store(url, spec)  # a bad setting fails before any trial runs
+        opened = open_rung_studies(spec, url, name)
+        study = opened.study
+        if spec.latency.budget_ms is not None and "feasibility" not in study.user_attrs:
+            study_feasibility_note(study, spec.latency.budget_ms)
+        if spec.enqueue_presets:
+            enqueue_presets(study, spec, space)
+    except BaseException:
+        latency.close()
+        raise
+    return PreparedStudy(spec, opened, space, latency)
+
+
+def run_worker_process(
+    spec: StudySpec,
+    opened: StudyStorage,
+    total_trials: int,
+    timeout_s: float | None,
+    job_index: int,
+    callbacks: Sequence[Callable] = (),
+    space: Any = None,
+    latency: Any = None,
+    progress: Any = None,
+) -> None:
+    """Run trials until rung 0 holds ``total_trials`` finished trials (any process).
+
+    With rungs, every trial first runs the promotion step (:class:`jetsearch.rungs.RungLadder`)
+    and trains the highest rung that has a promoted network waiting before asking rung 0's
+    sampler for a new network; when rung 0 is full the process still trains what is waiting.
+    ``opened`` is this process's storage and rung studies; ``latency`` anything with a
+    LatencyChain's ``measure`` and ``close`` (the study's chain by default).
+    ``callbacks`` are called as ``callback(rung0_study, trial)`` after every trial, any rung.
+    """
+    import optuna
+    import torch
+
+    from jetsearch.recovery import (
+        StaleTrialRecovery,
+        interrupt_own_trials,
+        recover_stale_trials,
+    )
+    from jetsearch.rungs import RungLadder
+    from jetsearch.space import load_space
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if spec.train.threads:
+        torch.set_num_threads(spec.train.threads)
+    space = space or load_space(spec.space)
+    latency = latency or LatencyChain(spec)
+    artifacts = study_artifact_store(opened.location.url, spec)
+    studies, study = opened.studies, opened.study
+    for rung_study in studies:  # each process samples its own stream
+        rung_study.sampler = make_sampler(spec, job_index)
+    # A resumed study must not replay the seeded sampler's stream from the start (it would
+    # propose the same architectures again): offset the seed by the trials already there.
+    already = len(study.get_trials(deepcopy=False))
+    if already:
+        study.sampler = make_sampler(spec, job_index + 1000 * already)
+    ladder = RungLadder(studies, spec.eta, spec.latency.budget_ms) if len(studies) > 1 else None
+    interval_s, grace_s = heartbeat_settings()
+    # Database servers keep Optuna's own heartbeat and retry; journal files and SQLite have
+    # none, and get jetsearch's owner-record recovery instead.
+    own_recovery = not opened.location.is_server
+    if own_recovery:
+        for rung_study in studies:  # trials whose process died: failed, network queued again
+            recover_stale_trials(rung_study, storage=opened.storage, grace_s=grace_s)
+    objectives: dict[int, Objective] = {}
+
+    def objective(rung: int) -> Objective:
+        if rung not in objectives:  # each rung's data is built once per process
+            objectives[rung] = Objective(
+                spec,
+                space,
+                latency,
+                load_data(spec, rung),
+                rung=rung,
+                progress=progress,
+                artifacts=artifacts,
+                heartbeat_s=interval_s if own_recovery else None,
+            )
+        return objectives[rung]
+
+    guard = FailureGuard()
+    hooks = [
+        guard,
+        *([StaleTrialRecovery(opened.storage, grace_s=grace_s)] if own_recovery else []),
+        *(_on_rung0(cb, study) for cb in callbacks),
+    ]
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    try:
+        while not guard.stopped_reason:
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            rung = 0
+            if ladder is not None:
+                ladder.promote()
+                rung = ladder.waiting_rung() or 0
+            if rung == 0 and finished_count(study) >= total_trials:
+                break
+            optimize_one(studies[rung], objective(rung), hooks)
+        if ladder is not None:
+            ladder.promote()  # what the last trial made due is enqueued, not lost
+    except KeyboardInterrupt:
+        interrupt_own_trials(studies, opened.storage)
+        raise
+    finally:
+        latency.close()
+    if guard.stopped_reason:
+        raise StudyError(f"study stopped: {guard.stopped_reason}")
+
+
+def optimize_one(study: Any, objective: Callable, callbacks: list) -> None:
+    """One trial of ``study.optimize``; a Ctrl-C always comes out as KeyboardInterrupt.
+
+    Optuna 5.0's ``_run_trial`` loses a Ctrl-C that lands inside its own ``tell``: its
+    ``finally`` block then raises ``UnboundLocalError`` (and a journal lock interrupted in its
+    release raises ``FileNotFoundError``). An error raised while a Ctrl-C was being handled is
+    that Ctrl-C.
+    """
+    try:
+        study.optimize(
+            objective, n_trials=1, callbacks=callbacks, catch=(Exception,), gc_after_trial=True
+        )
+    except Exception as err:
+        if isinstance(err.__context__, KeyboardInterrupt):
+            raise KeyboardInterrupt from err
+        raise
+
+
+def _on_rung0(callback: Callable, study: Any) -> Callable:
+    """A trial callback that always hears the rung-0 study (which holds the whole front)."""
+
+    def call(_rung_study: Any, trial: Any) -> None:
+        callback(study, trial)
+
+    return call
+
+
+class FailureGuard:
+    """Stops a study after ``limit`` failed trials in a row in this process (a broken setup).
+
+    Without it a study whose every trial fails (no data, a latency worker that refuses every
+    model) would run forever, since failed trials never count towards the target.
+    """
+
+    def __init__(self, limit: int = 5) -> None:
+        self.limit = limit
+        self.in_a_row = 0
+        self.stopped_reason: str | None = None
+
+    def __call__(self, study: Any, trial: Any) -> None:
+        import optuna
+
+        if trial.state == optuna.trial.TrialState.FAIL:
+            self.in_a_row += 1
+        else:
+            self.in_a_row = 0
+        if self.in_a_row >= self.limit:
+            reason = trial.user_attrs.get("failure_reason", "see the trial's failure_reason")
+            self.stopped_reason = f"{self.limit} trials failed in a row; the last: {reason}"
+            study.stop()
+
+
+def run_worker(
+    spec: StudySpec,
+    url: str,
+    name: str,
+    total_trials: int,
+    timeout_s: float | None,
+    job_index: int,
+    latency: Any = None,
+) -> None:
+    """A trial process of its own (a ``--jobs`` child, a Ray worker): opens the storage and the
+    rung studies once, then runs :func:`run_worker_process`."""
+    opened = open_rung_studies(spec, url, name)
+    run_worker_process(spec, opened, total_trials, timeout_s, job_index, latency=latency)
+
+
+def _spawn_entry(args: tuple) -> None:  # runs in a --jobs child process
+    import signal
+
+    def stop(signum: int, frame: Any) -> None:  # SIGTERM from the parent: stop as on Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    with contextlib.suppress(KeyboardInterrupt):
+        run_worker(*args)
+
+
+def run_prepared(
+    prepared: PreparedStudy,
+    *,
+    trials: int,
+    timeout_s: float | None = None,
+    jobs: int = 1,
+    callbacks: Sequence[Callable] = (),
+    progress: Any = None,
+) -> StudyRun:
+    """Run a prepared study here until it holds ``trials`` finished trials (see
+    :func:`run_study`); ``jobs`` > 1 starts more processes that share the storage."""
+    import multiprocessing as mp
+
+    spec, opened = prepared.spec, prepared.opened
+    before = finished_count(opened.study)
+    start = time.time()
+    interrupted = False
+    children = []
+    try:
+        if jobs > 1:
+            ctx = mp.get_context("spawn")
+            for j in range(1, jobs):
+                args = (spec, prepared.url, prepared.name, trials, timeout_s, j)
+                p = ctx.Process(target=_spawn_entry, args=(args,), daemon=False)
+                p.start()
+                children.append(p)
+        run_worker_process(
+            spec,
+            opened,
+            trials,
+            timeout_s,
+            0,
+            callbacks,
+            space=prepared.space,
+            latency=prepared.latency,
+            progress=progress,
+        )
+        for p in children:
+            p.join()
+    except KeyboardInterrupt:
+        interrupted = True
+        # Ctrl-C reached the whole process group; a SIGTERM only this process: pass it on.
+        for p in children:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.terminate()  # SIGTERM: the child marks its trial interrupted and stops
+        for p in children:
+            p.join(timeout=30)
+    finally:
+        for p in children:
+            if p.is_alive():
+                p.kill()
+    return StudyRun(
+        prepared.name,
+        prepared.url,
+        before,
+        finished_count(opened.study),
+        time.time() - start,
+        interrupted,
+        prepared.latency.describe(),
+    )
+
+
+def run_study(
+    spec: StudySpec,
+    *,
+    trials: int,
+    storage: str | None = None,
+    name: str | None = None,
+    timeout_s: float | None = None,
+    jobs: int = 1,
+    callbacks: Sequence[Callable] = (),
+    progress: Any = None,
+) -> StudyRun:
+    """Create or resume the study and run it until it holds ``trials`` finished trials.
+
+    Running the same call again continues the same study (nothing is repeated); a larger
+    ``trials`` adds trials. ``jobs`` > 1 starts more processes that share the storage.
+    KeyboardInterrupt stops cleanly: the trial in flight is marked failed, every completed trial
+    stays in the storage. ``progress`` (a :class:`jetsearch.progress.StudyProgress`) hears this
+    process's trial phases. With rungs, ``trials`` counts rung-0 trials; the rung studies
+    (``NAME:rung1``, ...) are created with the study.
+    """
+    prepared = prepare_study(spec, storage=storage, name=name, processes=jobs)
+    return run_prepared(
+        prepared,
+        trials=trials,
+        timeout_s=timeout_s,
+        jobs=jobs,
+        callbacks=callbacks,
+        progress=progress,
+    )
