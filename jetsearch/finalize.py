@@ -66,13 +66,11 @@ class FinalRow:
 
 def spec_of(study) -> Any:
     """The StudySpec a study was created with (stored as its ``spec`` attribute)."""
-    from jetsearch.spec import StudySpec, spec_from_dict
+    from jetsearch.spec import stored_spec
 
-    data = study.user_attrs.get("spec")
-    if not isinstance(data, dict):
+    spec = stored_spec(study)
+    if spec is None:
         raise FinalizeError(f"study {study.study_name} stored no spec; was it made by jetsearch?")
-    spec = spec_from_dict(data)
-    assert isinstance(spec, StudySpec)
     return spec
 
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from jetsearch.latency.chain import LatencyChain
 from jetseg.config import arch_hash, dump_config
+from jetseg.metrics import bootstrap_miou
 
 if TYPE_CHECKING:
     from jetsearch.spec import StudySpec
@@ -249,6 +250,10 @@ class Objective:
 
         outcome, trainer = self._train(trial, model)
         trial.set_user_attr("val_miou", outcome.best_miou)
+        # The mIoU's uncertainty: a bootstrap over the validation frames of the last epoch
+        # (jetsearch.fronts treats mIoU whose intervals overlap as one accuracy).
+        if trainer.val_frame_counts is not None:
+            trial.set_user_attr("val_miou_sd", bootstrap_miou(trainer.val_frame_counts)[0])
         if outcome.heldout_miou is not None:
             trial.set_user_attr("heldout_miou", outcome.heldout_miou)
         details["per_class_iou"] = _iou_mapping(outcome.class_names, outcome.per_class_iou)
@@ -335,6 +340,7 @@ HEADLINE_KEYS = (
     "latency_source",
     "feasible",
     "val_miou",
+    "val_miou_sd",
     "heldout_miou",
 )
 
@@ -357,6 +363,7 @@ DUPLICATE_KEYS = (
     "latency_over_budget_ms",
     "per_class_iou",
     "val_miou",
+    "val_miou_sd",
     "heldout_miou",
 )
 LEGACY_KEYS = ("latency_ms", "latency_provenance", "latency")

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,25 +112,15 @@ def frame_bootstrap(
 ) -> tuple[float, float]:
     """Standard deviation and 90% interval width of mIoU over frames resampled with replacement.
 
-    ``frames``: per frame ``[tp, fp, fn]``, each a per-class list. Returns ``(std, width)``.
+    ``frames``: per frame ``[tp, fp, fn]``, each a per-class list. Returns ``(std, width)``
+    (:func:`jetseg.metrics.bootstrap_miou`).
     """
     if not frames:
         return float("nan"), float("nan")
-    classes = len(frames[0][0])
-    rng = random.Random(seed)
-    values = []
-    for _ in range(samples):
-        tp, fp, fn = [0.0] * classes, [0.0] * classes, [0.0] * classes
-        for _ in range(len(frames)):
-            f_tp, f_fp, f_fn = frames[rng.randrange(len(frames))]
-            for c in range(classes):
-                tp[c] += f_tp[c]
-                fp[c] += f_fp[c]
-                fn[c] += f_fn[c]
-        values.append(miou_from_counts(tp, fp, fn))
-    values.sort()
-    low, high = values[int(0.05 * samples)], values[int(0.95 * samples) - 1]
-    return _std(values), high - low
+    from jetseg.metrics import bootstrap_miou
+
+    std, low, high = bootstrap_miou(frames, samples=samples, seed=seed)
+    return std, high - low
 
 
 def _std(values: Sequence[float]) -> float:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from jetsearch.fidelity import kendall_tau, spearman_rho
-from jetsearch.fronts import Point, latency_tied, pareto_front, tie_groups
+from jetsearch.fronts import MIOU_Z, Point, latency_tied, miou_tied, pareto_front, tie_groups
 from jetsearch.rungs import rung_study_name
 from jetseg.config import dump_config, load_config, load_yaml_text
 from jetseg.fileio import atomic_write_text
@@ -57,6 +57,7 @@ class TrialRow:
     samples: tuple[float, ...] = field(default=(), repr=False)
     rung_mious: tuple[tuple[int, float], ...] = ()
     recovered: str | None = None  # "owner died", "interrupted": how a stale trial ended
+    miou_sd: float | None = None  # the mIoU's uncertainty (bootstrap over the val frames)
 
     @property
     def complete(self) -> bool:
@@ -68,6 +69,7 @@ class TrialRow:
             miou=float(self.miou if self.miou is not None else -math.inf),
             latency_ms=float(self.latency_ms if self.latency_ms is not None else math.inf),
             samples=self.samples,
+            miou_sd=float(self.miou_sd or 0.0),
         )
 
 
@@ -144,6 +146,7 @@ def _row(t, rung: int, number: int | None = None) -> TrialRow:
         rung=rung,
         rung_trial=t.number,
         heldout_miou=attrs.get("heldout_miou"),
+        miou_sd=attrs.get("val_miou_sd"),
         latency_p90_ms=lat["p90"],
         latency_cv=lat["cv"],
         flags=lat["flags"],
@@ -223,7 +226,10 @@ def pick(rows: list[TrialRow], how: str, max_latency: float | None = None) -> Tr
         limit = f" under {max_latency} ms" if max_latency is not None else ""
         raise ReportError(f"no feasible completed trial{limit} to pick from")
     if how == "max-miou":
-        return max(front, key=lambda r: (r.miou, -r.latency_ms))
+        # mIoU inside the best one's interval is as accurate: the fastest of those.
+        best = max(front, key=lambda r: (r.miou, -r.latency_ms))
+        tied = [r for r in front if miou_tied(r.point(), best.point())]
+        return min(tied, key=lambda r: (r.latency_ms, -r.miou))
     if how == "fastest":
         fastest = front[0]
         tied = [r for r in front if latency_tied(r.point(), fastest.point())]
@@ -278,6 +284,13 @@ def _pct(value: float | None) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{100 * value:.2f}%"
 
 
+def _miou_cell(row: TrialRow) -> str:
+    """mIoU with its 90% interval's half-width (jetsearch.fronts.MIOU_Z standard deviations)."""
+    if row.miou is None or not row.miou_sd:
+        return _pct(row.miou)
+    return f"{_pct(row.miou)} ±{100 * MIOU_Z * row.miou_sd:.1f}"
+
+
 def front_table(study, rows: list[TrialRow]):
     import rich.table
 
@@ -300,7 +313,7 @@ def front_table(study, rows: list[TrialRow]):
         left = col in ("latency from", "flags", "preset", "arch")
         table.add_column(col, justify="left" if left else "right")
     for r in front:
-        cells = [str(r.number)] + ([str(r.rung)] if multi else []) + [_pct(r.miou)]
+        cells = [str(r.number)] + ([str(r.rung)] if multi else []) + [_miou_cell(r)]
         cells += [_pct(r.heldout_miou)] if heldout else []
         cells += [
             f"{r.latency_ms:.2f}",
@@ -316,8 +329,37 @@ def front_table(study, rows: list[TrialRow]):
     return table
 
 
-def study_notes(rows: list[TrialRow]) -> list[str]:
-    """Lines a person must read with the front: data, latency sources, ties, flags, rungs."""
+def rung_fidelity_notes(spec: Any) -> list[str]:
+    """Per rung of ``spec``: what the proxy scoreboard measured for its recipe (how well it
+    ranks the reference set), or that the recipe was not measured."""
+    from jetsearch.scoreboard import SCOREBOARD_FILE, fidelity_of, load_scoreboard
+    from jetsearch.spec import studies_dir
+
+    if spec is None or not spec.rungs:
+        return []
+    board = load_scoreboard(studies_dir() / SCOREBOARD_FILE)
+    notes = []
+    for index in range(len(spec.rungs)):
+        budget = spec.rung_budget(index)
+        recipe = {
+            "epochs": budget.epochs,
+            "size": budget.size,
+            "train_images": budget.train_images,
+            "random_scale": budget.random_scale,
+        }
+        found = fidelity_of(recipe, board)
+        what = f"rung {index} ({budget.epochs} epochs at {budget.size[0]}x{budget.size[1]}"
+        what += f", {budget.train_images} frames)" if budget.train_images else ")"
+        if found is None:
+            notes.append(f"{what}: this recipe is not on the proxy scoreboard (docs/reference.md)")
+        else:
+            notes.append(f"{what}: {found.describe()}")
+    return notes
+
+
+def study_notes(rows: list[TrialRow], spec: Any = None) -> list[str]:
+    """Lines a person must read with the front: data, latency sources, ties, flags, rungs
+    (with ``spec``, also what the proxy scoreboard measured for each rung's recipe)."""
     notes = []
     if any(r.synthetic for r in rows):
         notes.append("mIoU was measured on the built-in SYNTHETIC dataset, not on real images.")
@@ -343,6 +385,12 @@ def study_notes(rows: list[TrialRow]) -> list[str]:
                 f"rung {a['from_rung']} -> rung {a['to_rung']} on {a['networks']} networks: "
                 f"Kendall tau {a['kendall_tau']:+.2f}, Spearman rho {a['spearman_rho']:+.2f}"
             )
+    notes.extend(rung_fidelity_notes(spec))
+    if any(r.miou_sd for r in front):
+        notes.append(
+            "val mIoU +-: half-width of its 90% interval from a bootstrap over the validation "
+            "frames; mIoU whose intervals overlap are ties on the front"
+        )
     recovered = [r for r in rows if r.recovered]
     if recovered:
         notes.append(

@@ -69,7 +69,10 @@ def trial_point(trial: Any, budget_ms: float | None) -> Point | None:
     latency = attrs.get("latency_median_ms", attrs.get("latency_ms"))
     if latency is None:
         return None
-    samples = (attrs.get("latency") or {}).get("samples_ms") or ()
+    # Trials store their timed runs flat (latency_samples_ms); older ones in a "latency" dict.
+    samples = (
+        attrs.get("latency_samples_ms") or (attrs.get("latency") or {}).get("samples_ms") or ()
+    )
     violation = 0.0 if budget_ms is None else max(0.0, latency - budget_ms)
     return Point(
         key=attrs["arch_hash"],
@@ -78,6 +81,7 @@ def trial_point(trial: Any, budget_ms: float | None) -> Point | None:
         samples=tuple(samples),
         feasible=violation == 0.0,
         violation=violation,
+        miou_sd=float(attrs.get("val_miou_sd") or 0.0),
     )
 
 

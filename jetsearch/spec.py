@@ -338,3 +338,9 @@ def load_study_spec(name_or_path: str | Path, **overrides: Any) -> StudySpec:
         if "workers" not in data["latency"].get("providers", ["workers"]):
             data["latency"]["providers"] = ["workers", *data["latency"].get("providers", [])]
     return parse(StudySpec, data, source=str(path), what="study")
+
+
+def stored_spec(study: Any) -> StudySpec | None:
+    """The StudySpec a study was created with (its ``spec`` attribute), or None without one."""
+    data = study.user_attrs.get("spec")
+    return spec_from_dict(data) if isinstance(data, dict) else None

@@ -44,7 +44,9 @@ from torch import Tensor
 __all__ = [
     "ConfusionMatrix",
     "SegMetrics",
+    "bootstrap_miou",
     "confusion_matrix",
+    "frame_counts",
     "iou_from_confusion",
     "miou_from_confusion",
     "pixel_accuracy_from_confusion",
@@ -148,6 +150,48 @@ def miou_from_confusion(matrix: Tensor) -> float:
     if not bool(defined.any()):
         return math.nan
     return float(iou[defined].mean())
+
+
+def frame_counts(
+    pred: Tensor, target: Tensor, num_classes: int, ignore_index: int | None = 11
+) -> Tensor:
+    """Per-image true positives, false positives and false negatives of every class.
+
+    ``pred`` and ``target`` are (B, H, W) class indices; returns int64 (B, 3, C): for image b,
+    ``[b, 0]`` = TP, ``[b, 1]`` = FP, ``[b, 2]`` = FN per class. Summed over images they give the
+    split's IoU; resampled over images they give its bootstrap spread (:func:`bootstrap_miou`).
+    """
+    rows = []
+    for image_pred, image_target in zip(pred, target, strict=True):
+        matrix = confusion_matrix(image_pred, image_target, num_classes, ignore_index)
+        tp = matrix.diagonal()
+        rows.append(torch.stack([tp, matrix.sum(dim=0) - tp, matrix.sum(dim=1) - tp]))
+    return torch.stack(rows).cpu()
+
+
+def bootstrap_miou(
+    counts: Tensor | Sequence, samples: int = 1000, seed: int = 0
+) -> tuple[float, float, float]:
+    """mIoU of images resampled with replacement: ``(standard deviation, 5th, 95th percentile)``.
+
+    ``counts``: (F, 3, C) per-image TP, FP, FN (:func:`frame_counts`). The spread says how much
+    the figure depends on which frames were evaluated. Frames of one video sequence are not
+    independent, so it is a lower bound on the uncertainty, not the whole of it.
+    """
+    counts = torch.as_tensor(counts, dtype=torch.float64)
+    if counts.dim() != 3 or counts.shape[1] != 3:
+        raise ValueError(f"counts must be (frames, 3, classes), got {tuple(counts.shape)}")
+    frames = counts.shape[0]
+    if frames == 0:
+        return math.nan, math.nan, math.nan
+    generator = torch.Generator().manual_seed(seed)
+    pick = torch.randint(frames, (samples, frames), generator=generator)
+    summed = counts[pick].sum(dim=1)  # (S, F, 3, C) -> (S, 3, C)
+    union = summed.sum(dim=1)  # TP + FP + FN
+    iou = torch.where(union > 0, summed[:, 0] / union.clamp_min(1), math.nan)
+    miou = torch.nanmean(iou, dim=1)
+    low, high = torch.quantile(miou, torch.tensor([0.05, 0.95], dtype=torch.float64))
+    return float(miou.std()), float(low), float(high)
 
 
 def pixel_accuracy_from_confusion(matrix: Tensor) -> float:

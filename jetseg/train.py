@@ -36,7 +36,7 @@ from jetseg.config import JetSegConfig
 from jetseg.data import IGNORE_INDEX, DataInfo
 from jetseg.fileio import atomic_write_text
 from jetseg.loss import JetLossCE, build_loss, cui_class_weights
-from jetseg.metrics import ConfusionMatrix, SegMetrics
+from jetseg.metrics import ConfusionMatrix, SegMetrics, frame_counts
 from jetseg.progress import TrainHooks, default_hooks
 from jetseg.results import EpochReport, TrainResult, iou_dict, json_number
 from jetseg.schedule import WarmupDecaySchedule
@@ -143,9 +143,12 @@ def evaluate(
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     loss_fn: nn.Module | None = None,
+    frames: list[Tensor] | None = None,
 ) -> tuple[SegMetrics, float | None]:
     """Metrics of ``model`` on a whole split from one confusion matrix; with ``loss_fn`` also
-    the mean loss per image (else ``None``). The model is left in the mode it was in."""
+    the mean loss per image (else ``None``); with a ``frames`` list, each batch's per-image
+    counts (:func:`jetseg.metrics.frame_counts`) are appended to it, for a bootstrap over the
+    frames. The model is left in the mode it was in."""
     was_training = model.training
     model.eval()
     matrix = ConfusionMatrix(num_classes, ignore_index, class_names)
@@ -163,6 +166,8 @@ def evaluate(
             ):
                 logits = model(batch_images)
             matrix.update(logits.float(), labels)
+            if frames is not None:
+                frames.append(frame_counts(logits.argmax(1), labels, num_classes, ignore_index))
             if loss_fn is not None:
                 loss_sum += float(loss_fn(logits, labels)) * len(batch_images)
             images += len(batch_images)
@@ -311,6 +316,8 @@ class Trainer:
         self.best_epoch = 0
         self.best_metrics: SegMetrics | None = None
         self.best_heldout: SegMetrics | None = None
+        # Per-image TP/FP/FN of the latest validation (frames, 3, classes), for a bootstrap.
+        self.val_frame_counts: Tensor | None = None
         self.history: list[dict[str, Any]] = []
         self.stopped_reason = ""
         self.stop_detail = ""
@@ -444,7 +451,11 @@ class Trainer:
         if epoch % cfg.eval_every == 0 or last:
             self._call_hooks("on_validate", epoch)
             started = time.perf_counter()
-            metrics, val_loss = self._evaluate_loader(self.val_loader, loss_fn=self.loss_fn)
+            frames: list[Tensor] = []
+            metrics, val_loss = self._evaluate_loader(
+                self.val_loader, loss_fn=self.loss_fn, frames=frames
+            )
+            self.val_frame_counts = torch.cat(frames)
             if self.heldout_loader is not None:
                 heldout, heldout_loss = self._evaluate_loader(
                     self.heldout_loader, loss_fn=self.loss_fn
@@ -558,7 +569,9 @@ class Trainer:
         loader = self.val_loader if dataset is None else self._eval_loader(dataset)
         return self._evaluate_loader(loader)[0]
 
-    def _evaluate_loader(self, loader, loss_fn=None) -> tuple[SegMetrics, float | None]:
+    def _evaluate_loader(
+        self, loader, loss_fn=None, frames: list[Tensor] | None = None
+    ) -> tuple[SegMetrics, float | None]:
         return evaluate(
             self.model,
             loader,
@@ -569,6 +582,7 @@ class Trainer:
             autocast_dtype=self.autocast_dtype,
             channels_last=self.channels_last,
             loss_fn=loss_fn,
+            frames=frames,
         )
 
     def _budget_used(self) -> bool:

@@ -418,7 +418,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     if not isinstance(view, LiveView):  # the live panel already shows the final front
         console.print(front_table(study, rows))
     console.print(f"latency from: {run.latency_sources}", markup=False, soft_wrap=True)
-    for note in study_notes(rows):
+    for note in study_notes(rows, prepared.spec):
         console.print(f"note: {note}", soft_wrap=True)
     console.print(
         f"done: {run.finished_after - run.finished_before} new trials in "
@@ -630,13 +630,14 @@ def write_csv(record: dict[str, Any], out) -> None:
 def cmd_show(args: argparse.Namespace) -> int:
     """A stored study: its front as a table (and notes), or every trial as JSON or CSV."""
     from jetsearch.report import front_table, plot_front, study_notes, trial_rows
+    from jetsearch.spec import stored_spec
 
     study = _open_study(args)
     rows = trial_rows(study, _storage(args))
     if args.format == "table":
         console = make_console()
         console.print(front_table(study, rows))
-        for note in study_notes(rows):
+        for note in study_notes(rows, stored_spec(study)):
             console.print(f"note: {note}")
     elif args.format == "json":
         json.dump(study_record(study, rows), sys.stdout, indent=2, allow_nan=False)

@@ -263,13 +263,20 @@ def test_show_json_holds_every_trial_as_the_storage_has_it(stored, capsys):
         assert got["user_attrs"] == _nan_as_none(want.user_attrs)
     assert record["trials"][2]["user_attrs"]["not_a_number"] is None
     # The front: the complete trials no other complete trial dominates, latencies whose samples
-    # cannot be told apart counting as one latency (jetsearch.fronts, tested on its own).
+    # cannot be told apart counting as one latency and mIoU inside each other's bootstrap
+    # interval as one accuracy (jetsearch.fronts, tested on its own).
     from jetsearch.fronts import Point, dominates
 
     complete = [t for t in trials if t.state == COMPLETE]
 
     def point(t):
-        return Point(str(t.number), t.values[0], t.values[1], t.user_attrs["latency_samples_ms"])
+        return Point(
+            str(t.number),
+            t.values[0],
+            t.values[1],
+            t.user_attrs["latency_samples_ms"],
+            miou_sd=t.user_attrs.get("val_miou_sd", 0.0),
+        )
 
     front = [t.number for t in complete if not any(dominates(point(o), point(t)) for o in complete)]
     assert sorted(record["front"]) == sorted(front) and front
@@ -535,3 +542,17 @@ def test_sigterm_stops_a_study_as_ctrl_c_does_and_exits_143(tmp_path):
     [waiting] = [t for t in trials if t.state == optuna.trial.TrialState.WAITING]
     assert waiting.user_attrs["retry_of"] == stopped.number
     assert waiting.system_attrs["fixed_params"] == stopped.params  # enqueue_trial's record
+
+
+def test_show_prints_each_miou_with_its_interval_and_each_rungs_scoreboard_figure(stored, capsys):
+    from jetsearch.fronts import MIOU_Z
+
+    trials = [t for t in _load(stored).get_trials() if t.state == COMPLETE]
+    assert all(t.user_attrs["val_miou_sd"] >= 0 for t in trials)
+    assert main(["show", "--study", "small", "--storage", str(stored)]) == EXIT_OK
+    out = capsys.readouterr().out
+    widths = {f"±{100 * MIOU_Z * t.user_attrs['val_miou_sd']:.1f}" for t in trials}
+    assert any(width in out for width in widths)
+    assert "half-width of its 90% interval" in out
+    # The small study has no rungs: no scoreboard line. Its spec is read back from the study.
+    assert "proxy scoreboard" not in out

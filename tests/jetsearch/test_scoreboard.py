@@ -45,3 +45,29 @@ def test_recipe_key_reads_study_and_scoreboard_spellings_alike():
     study = {"epochs": 4, "size": [128, 160], "train_images": None}
     board = {"epochs": 4, "size": (128, 160)}
     assert recipe_key(study) == recipe_key(board)
+
+
+def test_show_notes_name_the_scoreboard_figure_of_a_matching_rung(tmp_path, monkeypatch):
+    import shutil
+
+    from jetsearch.report import rung_fidelity_notes
+    from jetsearch.spec import STUDIES_DIR_ENV, load_study_spec, studies_dir
+
+    spec = load_study_spec("local")
+    rung0 = spec.rung_budget(0)
+    board = dict(BOARD)
+    board["recipes"] = [
+        dict(
+            BOARD["recipes"][0],
+            recipe={"epochs": rung0.epochs, "size": list(rung0.size), "frames": rung0.train_images},
+        )
+    ]
+    folder = tmp_path / "studies"
+    shutil.copytree(studies_dir(), folder)
+    (folder / "scoreboard.json").write_text(json.dumps(board))
+    monkeypatch.setenv(STUDIES_DIR_ENV, str(folder))
+    notes = rung_fidelity_notes(spec)
+    assert len(notes) == len(spec.rungs)
+    assert notes[0].startswith(f"rung 0 ({rung0.epochs} epochs at {rung0.size[0]}x{rung0.size[1]}")
+    assert "Kendall tau +0.33" in notes[0]
+    assert all("not on the proxy scoreboard" in note for note in notes[1:])

@@ -204,3 +204,23 @@ def test_module_docstring_example_runs():
     result = doctest.testmod(jetseg.metrics, raise_on_error=False)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+def test_frame_counts_sum_to_the_split_and_bootstrap_spreads_them():
+    from jetseg.metrics import bootstrap_miou, frame_counts
+
+    generator = torch.Generator().manual_seed(0)
+    pred = torch.randint(0, 4, (5, 6, 7), generator=generator)
+    target = torch.randint(0, 5, (5, 6, 7), generator=generator)  # 4 = void
+    counts = frame_counts(pred, target, num_classes=4, ignore_index=4)
+    assert counts.shape == (5, 3, 4)
+    matrix = confusion_matrix(pred, target, 4, 4)
+    tp = matrix.diagonal()
+    assert torch.equal(counts.sum(0), torch.stack([tp, matrix.sum(0) - tp, matrix.sum(1) - tp]))
+    std, low, high = bootstrap_miou(counts, samples=400)
+    assert std > 0 and low <= miou_from_confusion(matrix) <= high
+    # Five copies of one frame: every resample is that frame, no spread at all.
+    same = counts[:1].repeat(5, 1, 1)
+    assert bootstrap_miou(same, samples=50)[0] == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match=r"counts must be \(frames, 3, classes\)"):
+        bootstrap_miou(counts[0])
