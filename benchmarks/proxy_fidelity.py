@@ -116,8 +116,11 @@ def train_proxy(job: dict[str, Any]) -> dict[str, Any]:
     return {k: row[k] for k in keep} | {"recipe_name": job["recipe_name"], "proxy": recipe}
 
 
-def zero_cost_rows(reference: list[dict[str, Any]], data: str, size: Sequence[int]):
-    """Zero-cost scores of every reference network on one fixed minibatch of training frames."""
+def zero_cost_rows(
+    networks: list[dict[str, Any]], data: str, size: Sequence[int], holdout: Sequence[str]
+):
+    """Zero-cost scores of each network (``network``, ``arch_hash``, ``config_yaml``) on one
+    fixed minibatch of training frames."""
     import torch
     import yaml
 
@@ -125,16 +128,11 @@ def zero_cost_rows(reference: list[dict[str, Any]], data: str, size: Sequence[in
     from jetseg.config import load_config
     from jetseg.data import build_datasets
 
-    holdout = tuple(reference[0]["split"]["heldout"])
-    train, _, _ = build_datasets(data, tuple(size), holdout=holdout)
+    train, _, _ = build_datasets(data, tuple(size), holdout=tuple(holdout))
     pick = random.Random(0).sample(range(len(train)), 8)
     images = torch.stack([train[i][0] for i in pick])
     labels = torch.stack([train[i][1] for i in pick])
-    seen = set()
-    for row in reference:
-        if row["network"] in seen:
-            continue
-        seen.add(row["network"])
+    for row in networks:
         config = load_config(yaml.safe_load(row["config_yaml"]))
         result = zero_cost_scores(config, images, labels, ignore_index=train.ignore_index)
         yield {"network": row["network"], "arch_hash": row["arch_hash"], **result}
@@ -319,9 +317,14 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(1)
         path = proxies_dir / "zerocost.jsonl"
         done = {row["network"] for row in read_jsonl(path)}
-        todo = [r for r in reference if r["network"] not in done]
+        # Every network of the set, trained yet or not: the scores cost seconds.
+        from reference import networks_path
+
+        listed = json.loads(networks_path(Path(args.reference)).read_text())["networks"]
+        todo = [net for net in listed if net["network"] not in done]
         size = reference[0]["recipe"]["size"]
-        for row in zero_cost_rows(todo, args.data, size):
+        holdout = reference[0]["split"]["heldout"]
+        for row in zero_cost_rows(todo, args.data, size, holdout):
             append_jsonl(path, row)
             seconds = sum(row["seconds"].values()) - row["seconds"]["macs"]
             print(f"zero-cost {row['network']}: {seconds:.1f} s", flush=True)
