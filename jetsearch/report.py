@@ -76,9 +76,13 @@ class TrialRow:
 def load_study(study_name: str, storage: str):
     import optuna
 
+    from jetsearch.spec import StudyError
     from jetsearch.storage import open_storage
 
-    opened = open_storage(storage)
+    try:
+        opened = open_storage(storage)
+    except StudyError as err:
+        raise ReportError(str(err)) from None
     try:
         return optuna.load_study(study_name=study_name, storage=opened)
     except KeyError:

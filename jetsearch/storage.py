@@ -90,9 +90,13 @@ def locate_storage(url: str) -> StorageLocation:
         path = url.removeprefix(SQLITE_PREFIX).partition("?")[0]
         named = url.startswith(SQLITE_PREFIX) and path and path != ":memory:"
         return StorageLocation(url, "sqlite", Path(path) if named else None)
+    if url.startswith(JOURNAL_PREFIX):
+        # journal:PATH, and journal:///abs/path as a URL spells it
+        path = url.removeprefix(JOURNAL_PREFIX)
+        return StorageLocation(url, "journal", Path(path[2:] if path.startswith("//") else path))
     if "://" in url:
         return StorageLocation(url, "server", None)
-    return StorageLocation(url, "journal", Path(url.removeprefix(JOURNAL_PREFIX)))
+    return StorageLocation(url, "journal", Path(url))
 
 
 def storage_url(spec: StudySpec, override: str | None = None) -> str:
@@ -159,7 +163,17 @@ def open_storage(url: str, *, heartbeat: bool = True) -> Any:
                 max_retry=1
             ),
         }
-    return optuna.storages.RDBStorage(url, **kwargs)
+    import sqlalchemy.exc
+
+    try:
+        return optuna.storages.RDBStorage(url, **kwargs)
+    except (sqlalchemy.exc.NoSuchModuleError, sqlalchemy.exc.ArgumentError, ImportError) as err:
+        scheme = url.partition("://")[0]
+        raise StudyError(
+            f"storage {url!r}: no database driver for {scheme!r} here ({err}); give a journal "
+            "file path, sqlite:///FILE, or a database server URL such as "
+            "postgresql://USER@HOST/DB (pip install 'jetsearch[postgres]')"
+        ) from None
 
 
 def study_artifact_store(url: str, spec: StudySpec) -> Any:

@@ -67,3 +67,10 @@ def test_a_journal_path_opens_a_journal_and_sqlite_an_rdb_storage(tmp_path: Path
     sqlite = open_storage(f"sqlite:///{tmp_path / 's.db'}")
     assert isinstance(sqlite, optuna.storages.RDBStorage)
     assert sqlite.heartbeat_interval is None  # a file: jetsearch's own recovery, no Optuna beat
+
+
+def test_a_journal_url_and_an_unknown_scheme_are_read_as_a_user_means_them(tmp_path):
+    assert locate_storage(f"journal://{tmp_path}/s.log").file == tmp_path / "s.log"
+    assert locate_storage("journal:runs/s.log").file == Path("runs/s.log")
+    with pytest.raises(StudyError, match=r"storage 'foo://bar': no database driver for 'foo'"):
+        open_storage("foo://bar")
