@@ -7,7 +7,11 @@ import subprocess
 import sys
 
 import onnx
+import pytest
 import yaml
+
+# Every test starts the console script in a subprocess.
+pytestmark = pytest.mark.slow
 
 
 def _run(*args: str, cwd=None) -> subprocess.CompletedProcess:

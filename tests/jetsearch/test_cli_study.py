@@ -90,6 +90,7 @@ def stored(logged_study, tmp_path) -> Path:
 # what a study prints
 
 
+@pytest.mark.slow
 def test_in_a_log_each_finished_trial_is_one_line_and_nothing_runs_together(logged_study):
     storage, stdout = logged_study
     assert "\x1b[" not in stdout  # no live display, no cursor movement
@@ -189,6 +190,7 @@ def test_the_live_view_shows_the_running_trial_and_redraws_the_front_when_a_tria
         assert "Pareto front of 1" in front and "arch1" in front and "arch0" not in front
 
 
+@pytest.mark.slow
 def test_the_live_view_redraws_every_second_between_trials():
     out = io.StringIO()
     view = LiveView(Console(file=out, force_terminal=True, width=120), "demo", 5, 0)
@@ -198,6 +200,7 @@ def test_the_live_view_redraws_every_second_between_trials():
     assert {"0:00:01", "0:00:02", "0:00:03"} <= clocks, clocks
 
 
+@pytest.mark.slow
 def test_study_passes_one_progress_to_the_run(tmp_path, monkeypatch, capsys):
     import jetsearch.run as run_module
 
@@ -418,6 +421,7 @@ class _PtyReader(threading.Thread):
         return b"".join(self.chunks).decode("utf-8", "replace")
 
 
+@pytest.mark.slow
 def test_ctrl_c_on_a_terminal_says_one_line_exits_130_and_the_network_is_retried(tmp_path):
     spec = tiny_study(tmp_path, train={"epochs": 30})  # long enough to land in a training
     storage = tmp_path / "s.log"
@@ -499,6 +503,7 @@ def test_ctrl_c_on_a_terminal_says_one_line_exits_130_and_the_network_is_retried
     assert retry.user_attrs["arch_hash"] == stopped.user_attrs["arch_hash"]
 
 
+@pytest.mark.slow
 def test_sigterm_stops_a_study_as_ctrl_c_does_and_exits_143(tmp_path):
     # kill PID, a service manager or a batch scheduler: the trial in flight is marked
     # interrupted and queued again (not left RUNNING to be counted as a crash), exit 143.

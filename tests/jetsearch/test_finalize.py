@@ -32,6 +32,7 @@ def _finalize(storage: Path, out: Path, *options: str) -> subprocess.CompletedPr
 RECIPE = ("--epochs", "1", "--size", "32x48")
 
 
+@pytest.mark.slow
 def test_finalize_writes_a_report_naming_every_network_it_trained(tmp_path):
     spec = write_study(tmp_path)
     storage = tmp_path / "s.log"
@@ -59,6 +60,7 @@ def test_finalize_writes_a_report_naming_every_network_it_trained(tmp_path):
     assert [n["name"] for n in json.loads((final / "report.json").read_text())["networks"]] == names
 
 
+@pytest.mark.slow
 def test_finalize_refuses_bad_input_before_training(tmp_path):
     spec = write_study(tmp_path)
     storage = tmp_path / "s.log"

@@ -44,6 +44,7 @@ def _hashes(study: optuna.Study, states=None) -> list[str]:
     return [t.user_attrs["arch_hash"] for t in study.get_trials(states=states)]
 
 
+@pytest.mark.slow
 def test_a_multi_fidelity_study_promotes_the_front_and_reports_the_highest_rung(tmp_path):
     spec = write_study(tmp_path, rungs=RUNGS, eta=2)
     storage = tmp_path / "s.log"
@@ -73,6 +74,7 @@ def test_a_multi_fidelity_study_promotes_the_front_and_reports_the_highest_rung(
     assert f"rung 0 -> rung 1 on {trained_twice} networks: Kendall tau" in shown.stdout
 
 
+@pytest.mark.slow
 def test_a_study_killed_between_promotions_neither_loses_nor_repeats_one(tmp_path):
     spec = write_study(tmp_path, rungs=RUNGS, eta=2)
     storage = tmp_path / "s.log"

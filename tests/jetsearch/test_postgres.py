@@ -79,6 +79,7 @@ def _wait_for(condition: Callable[[], bool], timeout: float, what: str, *alive) 
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_a_killed_process_fails_its_trial_and_the_other_finishes_the_study(
     postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -171,6 +172,7 @@ def test_a_killed_process_fails_its_trial_and_the_other_finishes_the_study(
     optuna.delete_study(study_name=name, storage=storage)
 
 
+@pytest.mark.slow
 def test_heartbeat_settings_reach_the_postgres_storage(
     postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

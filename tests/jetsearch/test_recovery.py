@@ -192,6 +192,7 @@ def assert_failed(trial: FrozenTrial, reason: str) -> None:
 
 @needs_proc
 @pytest.mark.parametrize("kind", ["journal", "sqlite"])
+@pytest.mark.slow
 def test_a_killed_trial_is_failed_and_its_network_trained_again(tmp_path, kind):
     url = storage_url(tmp_path, kind)
     first = start(url, "--trials", "4", "--sleep", "1.0")
@@ -232,6 +233,7 @@ def test_a_killed_trial_is_failed_and_its_network_trained_again(tmp_path, kind):
 
 
 @needs_proc
+@pytest.mark.slow
 def test_a_network_that_kills_its_process_twice_is_given_up(tmp_path):
     url = storage_url(tmp_path, "journal")
     bomb = "13.0"
@@ -253,6 +255,7 @@ def test_a_network_that_kills_its_process_twice_is_given_up(tmp_path):
 
 
 @needs_proc
+@pytest.mark.slow
 def test_a_process_sharing_the_study_recovers_a_killed_one_while_it_runs(tmp_path):
     url = storage_url(tmp_path, "journal")
     doomed = start(url, "--trials", "8", "--sleep", "2.0")
@@ -281,6 +284,7 @@ def test_a_process_sharing_the_study_recovers_a_killed_one_while_it_runs(tmp_pat
 
 
 @needs_proc
+@pytest.mark.slow
 def test_a_live_owner_is_never_recovered_by_another_process(tmp_path):
     url = storage_url(tmp_path, "journal")
     release = tmp_path / "release"
@@ -304,6 +308,7 @@ def test_a_live_owner_is_never_recovered_by_another_process(tmp_path):
     assert len(by_state(read(url), TrialState.COMPLETE)) == 3
 
 
+@pytest.mark.slow
 def test_ctrl_c_fails_the_trial_as_interrupted_and_queues_it_once(tmp_path):
     url = storage_url(tmp_path, "journal")
     proc = start(url, "--trials", "3", "--sleep", "5")
@@ -340,6 +345,7 @@ def test_ctrl_c_fails_the_trial_as_interrupted_and_queues_it_once(tmp_path):
 
 @needs_proc
 @pytest.mark.parametrize("first", ["recovery", "optuna"])
+@pytest.mark.slow
 def test_optuna_heartbeat_and_recovery_retry_a_death_once(tmp_path, first):
     url = storage_url(tmp_path, "sqlite")
     proc = start(url, "--trials", "2", "--sleep", "5", "--optuna-heartbeat", "1")

@@ -40,6 +40,7 @@ def opened(monkeypatch: pytest.MonkeyPatch) -> collections.Counter:
     return counts
 
 
+@pytest.mark.slow
 def test_a_study_opens_its_storage_once_and_each_rung_study_once(
     tmp_path: Path, opened: collections.Counter, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -103,6 +103,7 @@ def test_tiny_space_stays_tiny():
 # sampling
 
 
+@pytest.mark.slow
 def test_thousands_of_random_samples_are_valid_and_distinct(random_trials):
     configs = [config for *_, config in random_trials]
     assert all(isinstance(c, JetSegConfig) for c in configs)
@@ -111,6 +112,7 @@ def test_thousands_of_random_samples_are_valid_and_distinct(random_trials):
     assert len({arch_hash(c) for c in configs}) == len(configs)
 
 
+@pytest.mark.slow
 def test_random_samples_reach_every_dimension_and_every_value_bound(jetseg_space, random_trials):
     seen: dict[str, set] = {}
     distributions = {}
@@ -170,6 +172,7 @@ def test_one_and_three_branches_name_their_parameters(jetseg_space):
     assert "stages.1.jetconv.branches.2.kernel" not in one.params
 
 
+@pytest.mark.slow
 def test_tpe_samples_are_valid_and_follow_the_conditionals(jetseg_space):
     trials = _trials(jetseg_space, optuna.samplers.TPESampler(seed=0, n_startup_trials=10), 200)
     for params, attrs, _, config in trials:

@@ -64,6 +64,7 @@ def small_study(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     return storage, out
 
 
+@pytest.mark.slow
 def test_a_whole_study_completes_and_stores_every_trial(small_study):
     storage, out = small_study
     assert "3 new trials" in out.stdout and "Pareto front" in out.stdout
@@ -89,6 +90,7 @@ def test_a_whole_study_completes_and_stores_every_trial(small_study):
         assert t.constraints["latency_ms"] == pytest.approx(latency - 60)
 
 
+@pytest.mark.slow
 def test_show_prints_the_front_and_plots_it(small_study, tmp_path):
     storage, _ = small_study
     png = tmp_path / "front.png"
@@ -107,6 +109,7 @@ def test_show_prints_the_front_and_plots_it(small_study, tmp_path):
 
 
 @pytest.mark.parametrize("which", ["--trial=0", "--pick=max-miou", "--pick=knee", "--pick=fastest"])
+@pytest.mark.slow
 def test_export_writes_a_config_that_builds(small_study, tmp_path, which):
     storage, _ = small_study
     target = tmp_path / "cfg.yaml"
@@ -126,6 +129,7 @@ def test_export_writes_a_config_that_builds(small_study, tmp_path, which):
     assert f"trial {number}" in out.stdout
 
 
+@pytest.mark.slow
 def test_resume_adds_trials_instead_of_restarting(tmp_path):
     spec = write_study(tmp_path)
     storage = tmp_path / "s.log"
@@ -142,6 +146,7 @@ def test_resume_adds_trials_instead_of_restarting(tmp_path):
         assert trials[number].user_attrs == attrs
 
 
+@pytest.mark.slow
 def test_an_over_budget_trial_is_pruned_before_training(tmp_path):
     spec = write_study(tmp_path, latency={"budget_ms": 0.001})
     storage = tmp_path / "s.log"
@@ -156,6 +161,7 @@ def test_an_over_budget_trial_is_pruned_before_training(tmp_path):
         assert t.constraints["latency_ms"] == pytest.approx(t.user_attrs["latency_ms"] - 0.001)
 
 
+@pytest.mark.slow
 def test_a_repeated_architecture_is_not_trained_again(tmp_path):
     from jetsearch.space import load_space
 
@@ -181,6 +187,7 @@ def test_a_repeated_architecture_is_not_trained_again(tmp_path):
     assert [r.number for r in front_rows(rows)] == [0]
 
 
+@pytest.mark.slow
 def test_presets_are_enqueued_first(tmp_path):
     spec = write_study(tmp_path, space="nano", enqueue_presets=["nano"])
     storage = tmp_path / "s.log"
@@ -199,6 +206,7 @@ def test_presets_are_enqueued_first(tmp_path):
         ({"latency": {"providers": ["gpu"]}}, "latency.providers[0]"),
     ],
 )
+@pytest.mark.slow
 def test_a_study_file_with_a_mistake_names_its_key(tmp_path, mistake, key):
     spec = write_study(tmp_path, **mistake)
     storage = tmp_path / "s.log"
@@ -332,6 +340,7 @@ def _wait_for_complete_trial(
 
 
 @pytest.mark.parametrize("kind", ["journal", "sqlite"])
+@pytest.mark.slow
 def test_a_killed_study_keeps_its_completed_trials_and_continues(tmp_path, kind):
     spec = write_study(tmp_path)
     storage = tmp_path / ("s.log" if kind == "journal" else "s.db")
@@ -384,6 +393,7 @@ def test_a_killed_study_keeps_its_completed_trials_and_continues(tmp_path, kind)
         assert after[old.number].user_attrs == old.user_attrs
 
 
+@pytest.mark.slow
 def test_a_trial_trains_from_the_same_weights_whatever_the_process_ran_before(tmp_path):
     import torch
 
@@ -424,6 +434,7 @@ def test_a_worker_provider_without_a_usable_token_is_skipped_with_its_reason(tmp
             chain.close()
 
 
+@pytest.mark.slow
 def test_a_queued_trial_whose_parameters_build_another_network_fails_naming_both(tmp_path):
     from jetsearch.run import run_study
     from jetsearch.space import load_space

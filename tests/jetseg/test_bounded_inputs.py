@@ -163,6 +163,7 @@ def cli_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
 
 
 @pytest.mark.parametrize("case", ["bomb_name", "bomb_stages", "bomb_description", "recursive"])
+@pytest.mark.slow
 def test_alias_bombs_are_refused_fast_by_the_cli(cli_runs: dict[str, dict], case: str) -> None:
     run = cli_runs[case]
     assert run["rc"] == 2, run
@@ -173,6 +174,7 @@ def test_alias_bombs_are_refused_fast_by_the_cli(cli_runs: dict[str, dict], case
     assert run["stderr"].count("lol") < 20  # the expanding value is never printed
 
 
+@pytest.mark.slow
 def test_the_console_script_entry_point_exits_2_on_a_bomb(tmp_path: Path) -> None:
     """``python -m jetsearch.cli`` itself (import time included), under the same cap."""
     path = tmp_path / "bomb.yaml"

@@ -70,6 +70,7 @@ def test_unknown_sequence_is_refused_before_training(tmp_path):
         run_training(load_config(TINY), root, tmp_path / "run", recipe(holdout=("XX",)))
 
 
+@pytest.mark.slow
 def test_cli_trains_and_evaluates_with_held_out_sequences(tmp_path):
     import subprocess
 

@@ -117,6 +117,7 @@ def test_fp16_on_the_cpu_is_fp32_flagged_outside_the_cache(tmp_path: Path) -> No
     assert "from-cache" in again.flags and PRECISION_FALLBACK_FLAG not in again.flags
 
 
+@pytest.mark.slow
 def test_an_estimate_is_never_cached_and_reads_its_calibration_beside_the_cache(
     tmp_path: Path,
 ) -> None:
@@ -180,6 +181,7 @@ def test_workers_get_the_spec_protocol_and_precision(
 # the chain
 
 
+@pytest.mark.slow
 def test_chain_falls_through_to_the_next_provider(
     tmp_path: Path, worker_factory: Callable[..., WorkerProcess]
 ) -> None:
@@ -231,6 +233,7 @@ def test_chain_skips_what_cannot_be_set_up_and_fails_with_every_reason(tmp_path:
         LatencyChain(load_study_spec(path))
 
 
+@pytest.mark.slow
 def test_a_study_stores_that_fp32_stood_in_for_fp16(tmp_path: Path) -> None:
     path = study_file(tmp_path, providers=["local"], precision="fp16")
     spec = load_study_spec(path)

@@ -35,6 +35,7 @@ def run_error(argv: list[str], capsys: pytest.CaptureFixture[str], pattern: str)
     assert re.search(pattern, err), err
 
 
+@pytest.mark.slow
 def test_measure_prints_a_table_and_writes_the_cache(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -62,6 +63,7 @@ def test_measure_prints_a_table_and_writes_the_cache(
     assert len(LatencyCache(cache_path)) == 1
 
 
+@pytest.mark.slow
 def test_measure_times_an_onnx_file_as_it_is(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -89,6 +91,7 @@ def test_measure_times_an_onnx_file_as_it_is(
     assert "junk.onnx" in err and "codec" not in err
 
 
+@pytest.mark.slow
 def test_fp16_asked_of_the_cpu_is_measured_at_fp32_and_says_so(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -114,6 +117,7 @@ def test_fp16_asked_of_the_cpu_is_measured_at_fp32_and_says_so(
     assert plain.split("fp32: ")[1].split(" ms")[0] == out.split("fp32: ")[1].split(" ms")[0]
 
 
+@pytest.mark.slow
 def test_measure_on_a_worker(
     tmp_path: Path, shared_worker: WorkerProcess, capsys: pytest.CaptureFixture[str]
 ) -> None:

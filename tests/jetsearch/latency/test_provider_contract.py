@@ -165,6 +165,7 @@ def other_setups(
     return {"precision": (None, {"precision": "fp32"}), "device": (None, {"profile": "agx-orin"})}
 
 
+@pytest.mark.slow
 def test_target_key_is_the_setup_across_processes(
     name: str,
     provider: LatencyProvider,

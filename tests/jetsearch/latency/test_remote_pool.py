@@ -29,6 +29,9 @@ from jetsearch.latency import (
 from jetsearch.space import load_space
 from jetseg.config import arch_hash
 
+# Every test talks to real worker processes.
+pytestmark = pytest.mark.slow
+
 
 def pool_of(*workers, target: str = "agx", **kwargs) -> RemotePool:
     settings = dict(warmup_s=WARMUP_S, runs=5, max_cv=100.0)

@@ -352,6 +352,7 @@ def test_failed_measurement_leaves_the_worker_serving(shared_worker: WorkerProce
     assert shared_worker.request("/measure", measure_body())[0] == 200
 
 
+@pytest.mark.slow
 def test_timed_out_measurement_is_504_and_the_worker_goes_on(worker_factory) -> None:
     # 3 s: a tiny measurement fits on a busy machine (1 s did not: onnxruntime's start alone).
     impatient = worker_factory("--timeout", "3")
@@ -363,6 +364,7 @@ def test_timed_out_measurement_is_504_and_the_worker_goes_on(worker_factory) -> 
     assert impatient.request("/measure", measure_body())[0] == 200
 
 
+@pytest.mark.slow
 def test_concurrent_clients_are_serialised(shared_worker: WorkerProcess) -> None:
     answers: list[tuple[int, dict]] = []
     seen_busy = []
@@ -820,6 +822,7 @@ def is_open(sock: socket.socket) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_silent_and_slow_connections_do_not_delay_an_authorised_client(fake_board) -> None:
     silent = [socket.create_connection(address(fake_board)) for _ in range(300)]
     slow_heads = [socket.create_connection(address(fake_board)) for _ in range(10)]
@@ -902,6 +905,7 @@ def test_200_concurrent_health_checks_are_all_answered_quickly(fake_board) -> No
     assert elapsed < 3.0
 
 
+@pytest.mark.slow
 def test_an_abandoned_request_is_not_measured(fake_board) -> None:
     before, calls = info(fake_board), trtexec_calls(fake_board)
     holder, held = measure_in_background(fake_board, warmup_s=1.5)
@@ -936,6 +940,7 @@ def test_a_measurement_whose_client_leaves_is_stopped(fake_board) -> None:
     assert "the client disconnected; the measurement was stopped" in fake_board.log()
 
 
+@pytest.mark.slow
 def test_a_full_queue_answers_503_with_retry_after(fake_board) -> None:
     running = measure_in_background(fake_board, warmup_s=1.5)
     wait_until(lambda: fake_board.request("/health")[1]["busy"])
@@ -974,6 +979,7 @@ def rss_bytes(pid: int, field: str = "VmRSS") -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+@pytest.mark.slow
 def test_a_large_upload_is_parsed_in_about_twice_its_size(worker_factory, tmp_path) -> None:
     fake, _ = write_fake_trtexec(tmp_path)
     board = worker_factory("--backend", "trtexec", "--trtexec", str(fake), "--max-upload-mb", "40")
@@ -999,6 +1005,7 @@ def test_expect_100_continue_is_answered(fake_board) -> None:
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+@pytest.mark.slow
 def test_worker_memory_stays_flat_over_100_measurements(fake_board) -> None:
     body = measure_body(conv_relu_resize_model(3, channels=3000), warmup_s=0)  # 440 kB
     for _ in range(20):  # the allocator settles
@@ -1013,6 +1020,7 @@ def test_worker_memory_stays_flat_over_100_measurements(fake_board) -> None:
 # -- the host-side client against a busy worker -------------------------------------------------
 
 
+@pytest.mark.slow
 def test_remote_pool_waits_out_a_busy_worker(fake_board) -> None:
     pool = RemotePool([fake_board.url], TOKEN, "agx", warmup_s=0.0, runs=5, max_cv=100.0)
     running = measure_in_background(fake_board, warmup_s=1.5)
