@@ -159,7 +159,7 @@ def train_one(job: dict[str, Any]) -> dict[str, Any]:
     from jetseg.config import load_config
     from jetseg.data import build_datasets, build_holdout
     from jetseg.loss import cui_class_weights
-    from jetseg.metrics import confusion_matrix
+    from jetseg.metrics import frame_counts
     from jetseg.model import build_model
     from jetseg.train import Trainer, seed_everything
     from jetseg.train_config import TrainConfig
@@ -206,21 +206,15 @@ def train_one(job: dict[str, Any]) -> dict[str, Any]:
     wall = time.time() - start  # this process's training (a resumed run did part of it before)
 
     def per_frame(dataset) -> list[list[list[int]]]:
+        """Per frame [TP, FP, FN] per class of the final model (jetseg.metrics.frame_counts)."""
         frames = []
         model.eval()
         with torch.no_grad():
             for index in range(len(dataset)):
                 image, label = dataset[index]
-                pred = model(image[None].to(trainer.device)).argmax(1)[0].cpu()
-                matrix = confusion_matrix(pred, label, trainer.num_classes, trainer.ignore_index)
-                tp = matrix.diag()
-                frames.append(
-                    [
-                        tp.tolist(),
-                        (matrix.sum(0) - tp).tolist(),
-                        (matrix.sum(1) - tp).tolist(),
-                    ]
-                )
+                pred = model(image[None].to(trainer.device)).argmax(1).cpu()
+                counts = frame_counts(pred, label[None], trainer.num_classes, trainer.ignore_index)
+                frames.append(counts[0].tolist())
         return frames
 
     keep = (

@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,8 +89,6 @@ def append_reference(path: str | Path, row: Mapping[str, Any]) -> None:
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(text)
         handle.flush()
-        import os
-
         os.fsync(handle.fileno())
 
 
@@ -248,7 +247,3 @@ def seed_ceiling(
     a = [n.val[0] if split == "val" else n.heldout[0] for n in nets]
     b = [n.val[1] if split == "val" else n.heldout[1] for n in nets]
     return kendall_tau(a, b), len(nets)
-
-
-def iter_epochs(row: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
-    yield from row["epochs"]
