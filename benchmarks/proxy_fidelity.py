@@ -155,28 +155,45 @@ def append_jsonl(path: Path, row: dict[str, Any]) -> None:
 
 
 def proxy_columns(
-    names: list[str], zero_cost: list[dict[str, Any]], trained: dict[str, list[dict[str, Any]]]
-) -> dict[str, tuple[list[float], float]]:
-    """Every proxy as (score per network in ``names`` order, CPU seconds per network); only
-    proxies with a score for every network."""
+    zero_cost: list[dict[str, Any]], trained: dict[str, list[dict[str, Any]]]
+) -> dict[str, tuple[dict[str, float], float]]:
+    """Every proxy as (score per network it has scored, CPU seconds per network)."""
     from jetsearch.reference import figure
 
-    columns: dict[str, tuple[list[float], float]] = {}
-    by_net = {row["network"]: row for row in zero_cost}
-    if all(name in by_net for name in names):
-        for score in by_net[names[0]]["scores"]:
-            values = [float(by_net[n]["scores"][score]) for n in names]
-            cost = sum(by_net[n]["seconds"][score] for n in names) / len(names)
+    columns: dict[str, tuple[dict[str, float], float]] = {}
+    if zero_cost:
+        for score in zero_cost[0]["scores"]:
+            values = {row["network"]: float(row["scores"][score]) for row in zero_cost}
+            cost = sum(row["seconds"][score] for row in zero_cost) / len(zero_cost)
             columns[f"zero-cost {score}"] = (values, cost)
     for recipe, rows in trained.items():
-        runs = {row["network"]: row for row in rows}
-        if not all(name in runs for name in names):
+        if not rows:
             continue
-        cost = sum(runs[n]["wall_s"] for n in names) / len(names)
+        cost = sum(row["wall_s"] for row in rows) / len(rows)
         for rule in RULES:
-            values = [figure(runs[n], "val", rule) for n in names]
+            values = {row["network"]: figure(row, "val", rule) for row in rows}
             columns[f"{recipe} {rule}"] = (values, cost)
     return columns
+
+
+def scored_networks(
+    names: list[str], columns: dict[str, tuple[dict[str, float], float]], coverage: float = 0.75
+) -> tuple[list[str], list[str]]:
+    """The networks every proxy is scored on, and the proxies left out.
+
+    Proxies are trained a network at a time and may lag behind the reference (or run ahead of
+    it). Every score of one table must be over the same networks, so the table keeps the
+    proxies that cover at least ``coverage`` of the reference's networks and scores them all on
+    the networks they share; a proxy covering fewer is named as left out.
+    """
+    kept = [
+        c
+        for c, (values, _) in columns.items()
+        if sum(n in values for n in names) >= coverage * len(names)
+    ]
+    left_out = [c for c in columns if c not in kept]
+    shared = [n for n in names if all(n in columns[c][0] for c in kept)]
+    return shared, left_out
 
 
 def scoreboard(args: argparse.Namespace) -> int:
@@ -184,11 +201,8 @@ def scoreboard(args: argparse.Namespace) -> int:
     from jetsearch.reference import by_network, read_reference, seed_ceiling
 
     reference = read_reference(args.reference)
-    nets = by_network(reference)
-    if len(nets) < 3:
-        print(f"{args.reference}: {len(nets)} networks; the scoreboard needs at least 3")
-        return 1
-    names = [n.network for n in nets]
+    # The yardstick is the mean over seeds: networks with both seeds of the pair finished.
+    complete = [n.network for n in by_network(reference) if len(n.seeds) >= 2]
     proxies_dir = Path(args.reference).parent / "proxies"
     zero_cost = read_jsonl(proxies_dir / "zerocost.jsonl")
     trained = {
@@ -196,7 +210,18 @@ def scoreboard(args: argparse.Namespace) -> int:
         for path in sorted(proxies_dir.glob("*.jsonl"))
         if path.stem != "zerocost"
     }
-    columns = proxy_columns(names, zero_cost, trained)
+    all_columns = proxy_columns(zero_cost, trained)
+    names, left_out = scored_networks(complete, all_columns)
+    if len(names) < 3:
+        print(f"{args.reference}: {len(names)} networks scored by every proxy; need at least 3")
+        return 1
+    reference = [r for r in reference if r["network"] in names]
+    nets = by_network(reference)
+    columns = {
+        c: ([values[n] for n in names], cost)
+        for c, (values, cost) in all_columns.items()
+        if c not in left_out
+    }
     best_single = sorted(columns)
     for i, a in enumerate(best_single):
         for b in best_single[i + 1 :]:
@@ -223,8 +248,12 @@ def scoreboard(args: argparse.Namespace) -> int:
     print(f"machine: {describe()}")
     print(
         f"reference: {args.reference} ({len(nets)} networks, {len(reference)} trainings, "
-        f"{reference_cost:.0f} s of one training process per training)"
+        f"{reference_cost:.0f} s of one training process per training); scored on the "
+        f"{len(names)} networks with both seeds and every proxy below"
     )
+    if left_out:
+        recipes = sorted({c.rsplit(" ", 1)[0] for c in left_out})
+        print(f"left out (cover under 3/4 of those networks yet): {', '.join(recipes)}")
     for split, (tau, count) in ceilings.items():
         print(f"ceiling ({split}): seed-vs-seed Kendall tau {tau:+.2f} over {count} networks")
     bar = "|" if args.markdown else " "
@@ -294,6 +323,11 @@ def main(argv: list[str] | None = None) -> int:
         "--train", nargs="+", type=parse_recipe, default=[], help="train these proxy recipes"
     )
     parser.add_argument("--parallel", type=int, default=2, help="trainings at a time")
+    parser.add_argument(
+        "--networks",
+        type=int,
+        help="train proxies for the first N networks of the set's list only (default: all)",
+    )
     parser.add_argument("--runs", default="runs/proxies", help="checkpoints (not kept)")
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
     parser.add_argument("--combinations", type=int, default=5, help="best pairs to show")
@@ -328,24 +362,26 @@ def main(argv: list[str] | None = None) -> int:
             append_jsonl(path, row)
             seconds = sum(row["seconds"].values()) - row["seconds"]["macs"]
             print(f"zero-cost {row['network']}: {seconds:.1f} s", flush=True)
-    from reference import base_job, run_jobs
+    from reference import base_job, networks_path, run_jobs
 
+    if args.train:
+        listed = json.loads(networks_path(Path(args.reference)).read_text())["networks"]
+        # The reference's own order, so that the proxies cover what the reference trains first.
+        listed = listed[: args.networks]
+        holdout = reference[0]["split"]["heldout"]
     for name, recipe in args.train:
         path = proxies_dir / f"{name}.jsonl"
         done = {row["network"] for row in read_jsonl(path)}
-        nets: dict[str, dict[str, Any]] = {}
-        for row in reference:
-            nets.setdefault(row["network"], row)
         jobs = [
             base_job(net, 0, argparse.Namespace(data=args.data, threads=1, device="auto", runs=""))
             | {
                 "proxy": recipe,
                 "recipe_name": name,
-                "holdout": net["split"]["heldout"],
+                "holdout": holdout,
                 "runs": str(Path(args.runs) / name),
             }
-            for net_name, net in nets.items()
-            if net_name not in done
+            for net in listed
+            if net["network"] not in done
         ]
         print(f"recipe {name} {recipe}: {len(jobs)} networks to train", flush=True)
         started = time.time()

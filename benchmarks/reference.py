@@ -280,12 +280,15 @@ def run_jobs(jobs: list[dict[str, Any]], parallel: int, on_row, worker=None) -> 
         return
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     start = time.time()
+    durations: list[float] = []
     ctx = mp.get_context("spawn")
     with ctx.Pool(parallel, maxtasksperchild=1) as pool:
         for k, row in enumerate(pool.imap_unordered(worker or train_one, jobs), start=1):
             on_row(row)
             elapsed = time.time() - start
-            eta = elapsed / k * (len(jobs) - k)
+            # A resumed training's wall time is only its last part: the ETA counts whole ones.
+            durations.append(max(row["wall_s"], row.get("train_time_s") or 0.0))
+            eta = sum(durations) / len(durations) * (len(jobs) - k) / max(1, parallel)
             last = row["epochs"][-1]
             print(
                 f"[{k}/{len(jobs)}] {row['network']} seed {row['seed']}: last epoch val "

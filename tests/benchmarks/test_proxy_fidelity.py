@@ -1,0 +1,74 @@
+"""The proxy scoreboard over a hand-made reference: which networks and proxies it scores."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from jetsearch.reference import append_reference
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jetsearch"))
+from test_reference import make_row  # noqa: E402
+
+sys.path.pop(0)
+
+
+@pytest.fixture(scope="module")
+def pf():
+    sys.path.insert(0, str(BENCHMARKS))  # the script imports its siblings
+    try:
+        spec = importlib.util.spec_from_file_location(
+            "proxy_fidelity", BENCHMARKS / "proxy_fidelity.py"
+        )
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def proxy_row(network: str, val: float) -> dict:
+    epochs = [{"epoch": 1, "val_miou": val, "heldout_miou": val, "val_loss": 1 - val}]
+    return {"network": network, "seed": 0, "epochs": epochs, "wall_s": 2.0}
+
+
+def test_scores_every_proxy_on_the_networks_they_share_and_names_the_lagging_one(
+    tmp_path, pf, capsys
+):
+    finals = {f"n{i}": (0.1 * i, 0.1 * i + 0.01) for i in range(1, 6)}
+    finals["half"] = (0.9, None)  # one seed so far: not in the yardstick yet
+    path = tmp_path / "camvid-v1.jsonl"
+    for name, pair in finals.items():
+        for seed, value in enumerate(pair):
+            if value is not None:
+                append_reference(path, make_row(name, seed, [value, value], [value, value]))
+    proxies = tmp_path / "proxies"
+    proxies.mkdir()
+    # "good" ranks all five like the reference, "reversed" backwards on four of them (the
+    # fifth not trained yet: 4 of 5 is over the 3/4 coverage), "lagging" covers two.
+    good = [proxy_row(f"n{i}", 0.01 * i) for i in range(1, 6)]
+    reversed_ = [proxy_row(f"n{i}", -0.01 * i) for i in range(1, 5)]
+    lagging = [proxy_row(f"n{i}", 0.01 * i) for i in range(1, 3)]
+    for name, rows in {"good": good, "reversed": reversed_, "lagging": lagging}.items():
+        (proxies / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    assert pf.main(["--reference", str(path), "--combinations", "0", "--markdown"]) == 0
+    out = capsys.readouterr().out
+    assert "scored on the 4 networks" in out, out
+    assert "left out (cover under 3/4 of those networks yet): lagging" in out, out
+    table = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[0] in ("good last", "reversed last", "lagging last"):
+            table[cells[0]] = cells
+    assert set(table) == {"good last", "reversed last"}, out
+    # proxy | s/network | share | tau val [90%] | rho val | tau held-out [90%] | rho | ceiling
+    assert table["good last"][1] == "2.0"
+    assert table["good last"][5].startswith("+1.00")
+    assert table["reversed last"][5].startswith("-1.00")
+    assert table["good last"][7] == "+1.00 / +1.00"  # seeds 0 and 1 rank alike here
