@@ -167,6 +167,7 @@ def proxy_columns(
             cost = sum(row["seconds"][score] for row in zero_cost) / len(zero_cost)
             columns[f"zero-cost {score}"] = (values, cost)
     for recipe, rows in trained.items():
+        rows = [row for row in rows if int(row.get("seed", 0)) == 0]  # a study trains once
         if not rows:
             continue
         cost = sum(row["wall_s"] for row in rows) / len(rows)
@@ -174,6 +175,28 @@ def proxy_columns(
             values = {row["network"]: figure(row, "val", rule) for row in rows}
             columns[f"{recipe} {rule}"] = (values, cost)
     return columns
+
+
+def proxy_seed_noise(rows: list[dict[str, Any]], rule: str = "best") -> dict[str, float] | None:
+    """A recipe's own noise where it was trained with seeds 0 and 1: the Kendall tau between
+    its two seeds' rankings and the mean absolute difference of the two seeds' val score (the
+    spread one training of this recipe carries), over the networks with both seeds."""
+    from jetsearch.fidelity import kendall_tau
+    from jetsearch.reference import figure
+
+    seeds: dict[int, dict[str, float]] = {}
+    for row in rows:
+        seeds.setdefault(int(row.get("seed", 0)), {})[row["network"]] = figure(row, "val", rule)
+    if 0 not in seeds or 1 not in seeds:
+        return None
+    both = [n for n in seeds[0] if n in seeds[1]]
+    if len(both) < 3:
+        return None
+    a, b = [seeds[0][n] for n in both], [seeds[1][n] for n in both]
+    diffs = [abs(x - y) for x, y in zip(a, b, strict=True)]
+    # sd of one training from pairs: E|x - y| = 2 sd / sqrt(pi) for two normal draws.
+    sd = sum(diffs) / len(diffs) * (3.141592653589793**0.5) / 2
+    return {"networks": len(both), "self_tau": kendall_tau(a, b), "seed_sd": sd}
 
 
 def scored_networks(
@@ -276,6 +299,18 @@ def scoreboard(args: argparse.Namespace) -> int:
                 f"{ceilings['val'][0]:+.2f} / {ceilings['heldout'][0]:+.2f} {bar}"
             ).strip()
         )
+    noisy = {name: proxy_seed_noise(runs) for name, runs in trained.items()}
+    noisy = {name: n for name, n in noisy.items() if n is not None}
+    if noisy:
+        print("recipes trained with two seeds (rule best, val): seed 0 vs seed 1")
+        print(f"{bar} recipe {bar} networks {bar} Kendall tau {bar} sd of one training (pts) {bar}")
+        if args.markdown:
+            print("|---|---:|---:|---:|")
+        for name, n in noisy.items():
+            print(
+                f"{bar} {name} {bar} {n['networks']} {bar} {n['self_tau']:+.2f} {bar} "
+                f"{100 * n['seed_sd']:.2f} {bar}".strip()
+            )
     return 0
 
 
@@ -289,18 +324,22 @@ def write_scoreboard(args, rows, trained, networks: int, ceilings) -> None:
         row = by_name.get(f"{recipe} best")
         if row is None:
             continue
-        entries.append(
-            {
-                "name": recipe,
-                "recipe": runs[0]["proxy"],
-                "rule": "best",
-                "tau_val": row["val"]["tau"],
-                "tau_heldout": row["heldout"]["tau"],
-                "tau_heldout_low": row["heldout"]["tau_low"],
-                "tau_heldout_high": row["heldout"]["tau_high"],
-                "seconds_per_network": row["cost_s"],
-            }
-        )
+        entry = {
+            "name": recipe,
+            "recipe": runs[0]["proxy"],
+            "rule": "best",
+            "tau_val": row["val"]["tau"],
+            "tau_heldout": row["heldout"]["tau"],
+            "tau_heldout_low": row["heldout"]["tau_low"],
+            "tau_heldout_high": row["heldout"]["tau_high"],
+            "seconds_per_network": row["cost_s"],
+        }
+        noise = proxy_seed_noise(runs)
+        if noise is not None:
+            entry["seed_sd_val"] = noise["seed_sd"]
+            entry["self_tau_val"] = noise["self_tau"]
+            entry["seed_networks"] = noise["networks"]
+        entries.append(entry)
     document = {
         "reference": str(Path(args.reference).relative_to(REPO)),
         "networks": networks,
@@ -323,6 +362,14 @@ def main(argv: list[str] | None = None) -> int:
         "--train", nargs="+", type=parse_recipe, default=[], help="train these proxy recipes"
     )
     parser.add_argument("--parallel", type=int, default=2, help="trainings at a time")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="train each recipe with these seeds (the table scores seed 0, as a study trains "
+        "a network once; a second seed measures the recipe's own noise)",
+    )
     parser.add_argument(
         "--networks",
         type=int,
@@ -371,19 +418,22 @@ def main(argv: list[str] | None = None) -> int:
         holdout = reference[0]["split"]["heldout"]
     for name, recipe in args.train:
         path = proxies_dir / f"{name}.jsonl"
-        done = {row["network"] for row in read_jsonl(path)}
+        done = {(row["network"], int(row.get("seed", 0))) for row in read_jsonl(path)}
         jobs = [
-            base_job(net, 0, argparse.Namespace(data=args.data, threads=1, device="auto", runs=""))
+            base_job(
+                net, seed, argparse.Namespace(data=args.data, threads=1, device="auto", runs="")
+            )
             | {
                 "proxy": recipe,
                 "recipe_name": name,
                 "holdout": holdout,
                 "runs": str(Path(args.runs) / name),
             }
+            for seed in args.seeds
             for net in listed
-            if net["network"] not in done
+            if (net["network"], seed) not in done
         ]
-        print(f"recipe {name} {recipe}: {len(jobs)} networks to train", flush=True)
+        print(f"recipe {name} {recipe}: {len(jobs)} trainings to go", flush=True)
         started = time.time()
         run_jobs(jobs, args.parallel, lambda row, p=path: append_jsonl(p, row), train_proxy)
         print(f"recipe {name}: {time.time() - started:.0f} s", flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -72,3 +73,14 @@ def test_scores_every_proxy_on_the_networks_they_share_and_names_the_lagging_one
     assert table["good last"][5].startswith("+1.00")
     assert table["reversed last"][5].startswith("-1.00")
     assert table["good last"][7] == "+1.00 / +1.00"  # seeds 0 and 1 rank alike here
+
+
+def test_a_recipe_trained_with_two_seeds_reports_its_own_noise(pf):
+    rows = [proxy_row(f"n{i}", v) for i, v in enumerate([0.1, 0.2, 0.3, 0.4])]
+    seed1 = [proxy_row(f"n{i}", v) | {"seed": 1} for i, v in enumerate([0.12, 0.18, 0.41, 0.35])]
+    noise = pf.proxy_seed_noise(rows + seed1)
+    assert noise["networks"] == 4
+    assert noise["self_tau"] == pytest.approx(4 / 6)  # one pair of six swapped
+    # mean |difference| (0.02 + 0.02 + 0.11 + 0.05) / 4 = 0.05 -> sd of one training 0.035 * sqrt(pi) / 2
+    assert noise["seed_sd"] == pytest.approx(0.05 * math.sqrt(math.pi) / 2)
+    assert pf.proxy_seed_noise(rows) is None  # one seed: no noise to measure
