@@ -13,6 +13,8 @@ Study files (``studies/*.yaml``) look like::
     mode: pareto                  # pareto (mIoU vs latency) or budget (mIoU under a budget)
     train: {epochs: 2, size: [96, 128], loss: jetloss, batch_size: 8}   # TrainConfig fields
     latency: {input_size: [360, 480], budget_ms: 40, providers: [local]}
+    # or a budget relative to a preset, resolved once when the study starts:
+    # latency: {budget_relative_to: nano, budget_factor: 1.0, providers: [estimate]}
     rungs:                        # multi-fidelity (pareto mode): each rung overrides train:
       - {epochs: 2, size: [96, 128], train_images: 128}
       - {epochs: 4, size: [128, 160]}
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from jetsearch.latency.chain import MeasurementSettings, ProviderKind
+from jetseg import list_presets
 from jetseg.config import (
     ConfigError,
     read_yaml_mapping,
@@ -179,20 +182,66 @@ class LatencySpec(MeasurementSettings):
     ``jetsearch latency`` alike; a study always names a precision (fp16 unless it says) and
     caches its measurements in ``jetsearch-latency.sqlite`` unless it names another file (or
     ``null``).
+
+    The budget is one of ``budget_ms`` (milliseconds) or ``budget_relative_to`` (a preset
+    name) times ``budget_factor``: the preset's latency as the study's own providers give it,
+    at its input size and precision, resolved once when the study starts and stored in the
+    study (:class:`StudyBudget`). An estimate's absolute error then cancels: "no slower than
+    the nano preset" means the same on the estimate and on the board.
     """
 
     input_size: tuple[int, int] = field(default=(360, 480), metadata={"min": 16, "max": 8192})
     budget_ms: float | None = field(default=None, metadata={"gt": 0})
+    budget_relative_to: str | None = None
+    budget_factor: float = field(default=1.0, metadata={"gt": 0})
     providers: tuple[ProviderKind, ...] = ("workers", "estimate")
     precision: Literal["fp32", "fp16"] = "fp16"
     cache: str | None = "jetsearch-latency.sqlite"
 
     @staticmethod
     def cross_field_problems(values: Any) -> list[Problem]:
-        """At least one provider (each is a Literal, so checked per key)."""
+        """At least one provider (each is a Literal, so checked per key); one budget at most,
+        relative to a known preset; a factor only with a relative budget."""
+        problems: list[Problem] = []
         if known(values.providers) and not values.providers:
-            return [("providers", "name at least one latency provider")]
-        return []
+            problems.append(("providers", "name at least one latency provider"))
+        absolute, relative = values.budget_ms, values.budget_relative_to
+        if known(absolute, relative) and absolute is not None and relative is not None:
+            problems.append(
+                (
+                    "budget_relative_to",
+                    "give one of budget_ms and budget_relative_to, not both; got "
+                    f"budget_ms={absolute}, budget_relative_to={relative!r}",
+                )
+            )
+        if known(relative) and relative is not None and relative not in list_presets():
+            problems.append(
+                (
+                    "budget_relative_to",
+                    f"{relative!r} is not a preset; known presets: {', '.join(list_presets())}",
+                )
+            )
+        factor = values.budget_factor
+        if known(factor, relative) and relative is None and factor != 1.0:
+            problems.append(
+                (
+                    "budget_factor",
+                    f"budget_factor scales budget_relative_to, which is not set; got "
+                    f"budget_factor={factor} (set budget_relative_to: PRESET, or remove it)",
+                )
+            )
+        return problems
+
+    @property
+    def has_budget(self) -> bool:
+        """Whether the study has a latency budget (absolute or relative to a preset)."""
+        return self.budget_ms is not None or self.budget_relative_to is not None
+
+    def budget_rule(self) -> dict[str, Any]:
+        """The budget as the study file states it, as plain data (stored with the study)."""
+        if self.budget_relative_to is not None:
+            return {"relative_to": self.budget_relative_to, "factor": self.budget_factor}
+        return {"budget_ms": self.budget_ms}
 
 
 @dataclass(frozen=True)
@@ -229,8 +278,14 @@ class StudySpec:
     def cross_field_problems(values: Any) -> list[Problem]:
         """Budget needs a budget; rungs need pareto mode and valid recipes; heldout a holdout."""
         problems: list[Problem] = []
-        if values.mode == "budget" and values.latency.budget_ms is None:
-            problems.append(("latency.budget_ms", "budget mode needs a latency budget"))
+        if values.mode == "budget" and known(values.latency) and not values.latency.has_budget:
+            problems.append(
+                (
+                    "latency.budget_ms",
+                    "budget mode needs a latency budget: set latency.budget_ms (ms) or "
+                    "latency.budget_relative_to (a preset)",
+                )
+            )
         if values.mode == "budget" and known(values.rungs) and values.rungs:
             problems.append(
                 (
@@ -344,3 +399,51 @@ def stored_spec(study: Any) -> StudySpec | None:
     """The StudySpec a study was created with (its ``spec`` attribute), or None without one."""
     data = study.user_attrs.get("spec")
     return spec_from_dict(data) if isinstance(data, dict) else None
+
+
+# The study attributes that hold its latency budget, resolved once when it started.
+BUDGET_ATTR, BUDGET_SOURCE_ATTR, BUDGET_RULE_ATTR = "budget_ms", "budget_source", "budget_rule"
+
+
+@dataclass(frozen=True)
+class StudyBudget:
+    """The latency budget a study runs under, fixed when it started: ``budget_ms`` (None: no
+    budget, every network is feasible) and ``source``, how it was set, in words (e.g. ``nano
+    preset x1.0: 23.98 ms (estimated, agx-xavier profile)``). ``rule`` is the study file's
+    statement it came from (:meth:`LatencySpec.budget_rule`)."""
+
+    budget_ms: float | None
+    source: str
+    rule: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """One line for a person: the budget and where it comes from."""
+        if self.budget_ms is None:
+            return "none (every network is feasible)"
+        return self.source
+
+
+def study_budget(study: Any) -> StudyBudget | None:
+    """The latency budget stored in ``study`` (rung 0) when it started, or None if none is.
+
+    A study from before budgets were stored has its stored spec's ``latency.budget_ms``; one
+    stated relative to a preset but never started has none yet
+    (:func:`jetsearch.run.resolve_budget` resolves and stores it).
+    """
+    attrs = study.user_attrs
+    if BUDGET_ATTR in attrs:
+        return StudyBudget(
+            attrs[BUDGET_ATTR], attrs.get(BUDGET_SOURCE_ATTR, ""), attrs.get(BUDGET_RULE_ATTR, {})
+        )
+    latency = (attrs.get("spec") or {}).get("latency") or {}
+    if latency.get("budget_relative_to") is not None:
+        return None
+    budget = latency.get("budget_ms")
+    return StudyBudget(budget, absolute_budget_source(budget), {"budget_ms": budget})
+
+
+def absolute_budget_source(budget_ms: float | None) -> str:
+    """How an absolute budget (or none) is described."""
+    if budget_ms is None:
+        return "no latency budget"
+    return f"{budget_ms:g} ms (latency.budget_ms of the study file)"

@@ -80,7 +80,14 @@ def test_the_rules_of_train_hold_in_rungs_and_name_their_key(tmp_path) -> None:
 def test_the_latency_settings_are_declared_once() -> None:
     settings = list(_fields(MeasurementSettings))
     # The study's latency section and the providers' spec are those settings plus their own.
-    assert list(_fields(LatencySpec)) == [*settings, "input_size", "budget_ms", "providers"]
+    assert list(_fields(LatencySpec)) == [
+        *settings,
+        "input_size",
+        "budget_ms",
+        "budget_relative_to",
+        "budget_factor",
+        "providers",
+    ]
     assert list(_fields(ProviderSpec)) == [*settings, "target"]
     assert issubclass(LatencySpec, MeasurementSettings)
     assert issubclass(ProviderSpec, MeasurementSettings)
