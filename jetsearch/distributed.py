@@ -25,9 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from jetsearch.latency.chain import LatencyChain
-from jetsearch.run import PreparedStudy, StudyRun, prepare_study, run_worker
+from jetsearch.run import (
+    DEFAULT_MAX_REJECTED,
+    PreparedStudy,
+    StudyRun,
+    TrialCount,
+    prepare_study,
+    run_worker,
+)
 from jetsearch.spec import StudyError, StudySpec
-from jetsearch.storage import finished_count
 
 RAY_INSTALL_HINT = "pip install 'jetsearch[ray]'"
 RAY_NAMESPACE = "jetsearch"
@@ -138,7 +144,8 @@ def start_latency_service(spec: StudySpec) -> Any:
 @dataclasses.dataclass(frozen=True)
 class WorkerSettings:
     """What every Ray worker of one run needs: the study (paths absolute), where it is, how far
-    to run it, and the driver's ``JETSEARCH_*`` environment variables."""
+    to run it (``trials`` counted trials, ``max_rejected`` rejections in a row at most), and the
+    driver's ``JETSEARCH_*`` environment variables."""
 
     spec: StudySpec
     url: str
@@ -148,6 +155,7 @@ class WorkerSettings:
     latency_service: str
     threads: int
     env: tuple[tuple[str, str], ...] = ()
+    max_rejected: int = DEFAULT_MAX_REJECTED
 
 
 def ray_worker(settings: WorkerSettings, job_index: int) -> None:
@@ -165,6 +173,7 @@ def ray_worker(settings: WorkerSettings, job_index: int) -> None:
         timeout_s,
         job_index,
         latency=LatencyClient(settings.latency_service),
+        max_rejected=settings.max_rejected,
     )
 
 
@@ -210,7 +219,11 @@ def _stop_workers(ray: Any, tasks: list) -> None:
 
 
 def _worker_error(err: Exception) -> StudyError:
-    """A worker that raised (a study stopped by its failure guard) or died on every retry."""
+    """A worker that raised (a study stopped by its failure guard or by too many rejected
+    networks: its own message) or died on every retry."""
+    cause = getattr(err, "cause", None)  # a RayTaskError's original exception
+    if isinstance(cause, StudyError):
+        return StudyError(str(cause))
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     return StudyError(f"a Ray worker failed: {lines[-1] if lines else type(err).__name__}")
 
@@ -259,9 +272,10 @@ def run_prepared_ray(
     options: RayOptions = RayOptions(),
     timeout_s: float | None = None,
     callbacks: Sequence[Callable] = (),
+    max_rejected: int = DEFAULT_MAX_REJECTED,
 ) -> StudyRun:
-    """Run a prepared study on Ray until it holds ``trials`` finished trials (see
-    :func:`run_study_ray`)."""
+    """Run a prepared study on Ray until it holds ``trials`` counted trials (see
+    :func:`run_study_ray`); the workers read the budget the study stored when it started."""
     ray = import_ray()
     spec = portable_spec(prepared.spec)
     location = prepared.opened.location
@@ -273,7 +287,7 @@ def run_prepared_ray(
             stacklevel=2,
         )
     prepared.latency.close()  # the service measures for every worker
-    before = finished_count(prepared.opened.study)
+    before = TrialCount.of(prepared.opened.study)
     started_ray = not ray.is_initialized()
     if started_ray:
         local = {"include_dashboard": False} if options.address is None else {}
@@ -295,6 +309,7 @@ def run_prepared_ray(
             latency_service_name(spec),
             spec.train.threads or max(1, int(options.cpus_per_worker)),
             env,
+            max_rejected,
         )
         # max_retries: a worker whose process or node died is started again; its trial is
         # recovered by whichever worker looks first (jetsearch.recovery). One that raised (a
@@ -324,14 +339,16 @@ def run_prepared_ray(
     finally:
         if started_ray:
             ray.shutdown()
+    after = TrialCount.of(prepared.opened.study)
     return StudyRun(
         prepared.name,
         location.url,
-        before,
-        finished_count(prepared.opened.study),
+        before.counted,
+        after.counted,
         time.time() - start,
         interrupted,
         sources,
+        after.rejected - before.rejected,
     )
 
 
@@ -344,9 +361,11 @@ def run_study_ray(
     options: RayOptions = RayOptions(),
     timeout_s: float | None = None,
     callbacks: Sequence[Callable] = (),
+    max_rejected: int = DEFAULT_MAX_REJECTED,
 ) -> StudyRun:
-    """Create or resume the study and run it on Ray until it holds ``trials`` finished trials
-    (any process, any backend); the same call again continues it.
+    """Create or resume the study and run it on Ray until it holds ``trials`` counted trials
+    (any process, any backend; :class:`jetsearch.run.TrialCount`); the same call again
+    continues it. ``max_rejected``: networks over the latency budget in a row that stop it.
 
     ``options`` say how many trial processes, with which resources, on which cluster
     (:class:`RayOptions`). ``timeout_s``: no trial starts after it. ``callbacks``:
@@ -358,5 +377,10 @@ def run_study_ray(
         raise StudyError(f"trials={trials} must be >= 1")
     prepared = prepare_study(spec, storage=storage, name=name, processes=options.workers)
     return run_prepared_ray(
-        prepared, trials=trials, options=options, timeout_s=timeout_s, callbacks=callbacks
+        prepared,
+        trials=trials,
+        options=options,
+        timeout_s=timeout_s,
+        callbacks=callbacks,
+        max_rejected=max_rejected,
     )

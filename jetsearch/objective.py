@@ -2,13 +2,15 @@
 
 One trial samples a JetSeg config from the space, counts it, exports it to ONNX, obtains its
 latency on the target (cache, then the providers the spec lists, in order; the provenance is
-always stored), sets the latency constraint, prunes an over-budget network **before** any
-training, and otherwise trains it for the short budget and returns val mIoU (and latency in
-pareto mode). Everything a person needs to judge the trial is stored as user attributes, which
-optuna-dashboard lists in the order they were first written: :data:`HEADLINE_KEYS` first, each
-written as soon as it is known, then the details (config, per-class IoU, latency samples and
-device, data), written when the trial ends. The bookkeeping of crash recovery stays out of that
-list (:mod:`jetsearch.recovery` keeps it in the trial's system attributes).
+always stored), sets the latency constraint, rejects an over-budget network **before** any
+training (a PRUNED trial whose ``outcome`` reads ``rejected: over budget (...)``, which
+``--trials`` does not count: :func:`is_rejected`), and otherwise trains it for the short budget
+and returns val mIoU (and latency in pareto mode). Everything a person needs to judge the trial
+is stored as user attributes, which optuna-dashboard lists in the order they were first
+written: :data:`HEADLINE_KEYS` first, each written as soon as it is known, then the details
+(config, per-class IoU, latency samples and device, data), written when the trial ends. The
+bookkeeping of crash recovery stays out of that list (:mod:`jetsearch.recovery` keeps it in the
+trial's system attributes).
 
 :class:`Objective` is that trial; :func:`load_data` builds the datasets it trains on, once per
 rung and process. The study around it: its spec (:mod:`jetsearch.spec`), storage
@@ -28,6 +30,20 @@ from jetseg.metrics import bootstrap_miou
 
 if TYPE_CHECKING:
     from jetsearch.spec import StudySpec
+
+
+class Rejected(Exception):
+    """Raised inside a trial whose network is over the latency budget: it is not trained."""
+
+
+def is_rejected(trial) -> bool:
+    """Whether a finished trial was rejected before training for its latency.
+
+    A network over the budget is never trained, so a PRUNED trial marked infeasible is one
+    (trials written by earlier versions, pruned "over the latency budget before training",
+    included).
+    """
+    return trial.state.name == "PRUNED" and trial.user_attrs.get("feasible") is False
 
 
 @dataclass
@@ -97,9 +113,12 @@ class Objective:
     """One trial of a study (see the module docstring for the steps).
 
     ``rung`` says which recipe the trial trains with (:meth:`StudySpec.rung_budget`); a trial
-    above rung 0 trains a promoted network (:mod:`jetsearch.rungs`). ``progress`` (a
-    :class:`jetsearch.progress.StudyProgress`) hears the trial's phases; ``artifacts`` (an
-    Optuna artifact store) receives each trial's config, ONNX, latency record and overlays.
+    above rung 0 trains a promoted network (:mod:`jetsearch.rungs`). ``budget_ms`` is the
+    study's latency budget as resolved when it started (:func:`jetsearch.spec.study_budget`;
+    None: no budget), never read from the spec, which may state it relative to a preset.
+    ``progress`` (a :class:`jetsearch.progress.StudyProgress`) hears the trial's phases;
+    ``artifacts`` (an Optuna artifact store) receives each trial's config, ONNX, latency record
+    and overlays.
     """
 
     def __init__(
@@ -109,11 +128,13 @@ class Objective:
         latency: LatencyChain,
         data: _DataBundle,
         *,
+        budget_ms: float | None,
         rung: int = 0,
         progress: Any = None,
         artifacts: Any = None,
         heartbeat_s: float | None = None,
     ) -> None:
+        self.budget_ms = budget_ms
         self.heartbeat_s = heartbeat_s
         self.spec = spec
         self.space = space
@@ -147,6 +168,9 @@ class Objective:
                 # next process can prove dead, fail and run again (jetsearch.recovery).
                 with TrialHeartbeat(trial, interval_s=self.heartbeat_s):
                     value = self._run(trial, details)
+        except Rejected as rejected:
+            _write(trial, {"outcome": f"rejected: {rejected}", **details})
+            raise optuna.TrialPruned(str(rejected)) from None
         except optuna.TrialPruned as pruned:
             reason = trial.user_attrs.get("pruned_reason") or str(pruned) or "pruned"
             _write(trial, {"outcome": f"pruned: {reason}", **details})
@@ -222,7 +246,7 @@ class Objective:
         self._phase("measuring latency")
         result, errors = self.latency.measure(onnx_bytes, config)
         latency_ms = result.median_ms
-        budget = spec.latency.budget_ms
+        budget = self.budget_ms
         measured = latency_attrs(result)
         _write(
             trial,
@@ -241,12 +265,12 @@ class Objective:
         if budget is not None:
             trial.set_constraint("latency_ms", latency_ms - budget)
             if latency_ms > budget:
+                # Rejected, not trained: PRUNED with its latency and constraint, so the sampler
+                # learns from it, but not counted towards --trials (jetsearch.run.TrialCount).
                 self._upload(trial, config, onnx_bytes, result, None)
-                trial.set_user_attr(
-                    "pruned_reason",
-                    f"over the latency budget before training: {latency_ms:.2f} ms > {budget} ms",
-                )
-                raise optuna.TrialPruned(f"latency {latency_ms:.2f} ms > budget {budget} ms")
+                reason = f"over budget ({latency_ms:.2f} ms > {budget:.2f} ms)"
+                trial.set_user_attr("pruned_reason", f"rejected: {reason}")
+                raise Rejected(reason)
 
         outcome, trainer = self._train(trial, model)
         trial.set_user_attr("val_miou", outcome.best_miou)

@@ -333,6 +333,43 @@ def front_table(study, rows: list[TrialRow]):
     return table
 
 
+def count_lines(studies: list[Any]) -> list[str]:
+    """What a study holds, for a person: its latency budget and where it comes from, the
+    networks trained within the budget at each rung, and the candidates rejected before
+    training for their latency (stored, not counted by ``--trials``).
+
+    ``studies`` are the rung studies, rung 0 first (:func:`rung_studies`).
+    """
+    from jetsearch.objective import is_rejected
+    from jetsearch.spec import study_budget
+
+    budget = study_budget(studies[0])
+    lines = [
+        "latency budget: "
+        + (
+            budget.describe()
+            if budget is not None
+            else "relative to a preset, not resolved yet (the study's first start resolves it)"
+        )
+    ]
+    trained = []
+    for rung, rung_study in enumerate(studies):
+        networks = {
+            t.user_attrs.get("arch_hash") or t.number
+            for t in rung_study.get_trials(deepcopy=False)
+            if t.state.name == "COMPLETE"
+            and t.user_attrs.get("duplicate_of") is None
+            and t.user_attrs.get("feasible") is not False
+        }
+        trained.append(f"{len(networks)} at rung {rung}")
+    rejected = sum(1 for t in studies[0].get_trials(deepcopy=False) if is_rejected(t))
+    lines.append(
+        f"networks trained within the budget: {', '.join(trained)}; rejected before training "
+        f"(over the budget): {rejected}"
+    )
+    return lines
+
+
 def rung_fidelity_notes(spec: Any) -> list[str]:
     """Per rung of ``spec``: what the proxy scoreboard measured for its recipe (how well it
     ranks the reference set), or that the recipe was not measured."""
@@ -437,7 +474,8 @@ def plot_front(
             label="over budget",
         )
     if untrained:
-        # Not trained, so no mIoU: a rug along the axis instead of points at 0 %.
+        # Not trained (rejected over the budget), so no mIoU: a rug along the axis instead of
+        # points at 0 %.
         ax.plot(
             [r.latency_ms for r in untrained],
             [0.0] * len(untrained),
@@ -445,7 +483,7 @@ def plot_front(
             c="#d62728",
             ms=12,
             transform=ax.get_xaxis_transform(),
-            label="pruned before training (latency only)",
+            label="rejected before training (latency only)",
         )
     ax.plot(
         [r.latency_ms for r in front],
@@ -484,9 +522,12 @@ def plot_front(
             zorder=6,
             label=f"exported pick (trial {picked.number})",
         )
-    budget = (study.user_attrs.get("spec") or {}).get("latency", {}).get("budget_ms")
+    from jetsearch.spec import study_budget
+
+    stored = study_budget(study)
+    budget = stored.budget_ms if stored is not None else None
     if budget:
-        ax.axvline(budget, ls="--", c="#d62728", lw=1, label=f"budget {budget} ms")
+        ax.axvline(budget, ls="--", c="#d62728", lw=1, label=f"budget {budget:.4g} ms")
     prov = sorted({r.provenance for r in rows if r.provenance})
     ax.set_xlabel(f"latency median, ms ({', '.join(prov) or 'unknown'}; bar to p90)")
     ax.set_ylabel("val mIoU, %" + (" (synthetic data)" if any(r.synthetic for r in rows) else ""))

@@ -5,12 +5,14 @@ latency providers, the artifact store), then opens the storage and the rung stud
 queues the presets. :func:`run_worker_process` is the loop every trial process runs, whichever
 backend started it (this process, a ``--jobs`` child, a Ray worker): promote, pick the next
 trial, optimise it, recover the trials of dead processes. The processes of a study coordinate
-through its storage only.
+through its storage only: the latency budget it resolved when it started
+(:func:`resolve_budget`) and what ``--trials`` counts (:class:`TrialCount`) are read from there.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -18,11 +20,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from jetsearch.latency.chain import LatencyChain
-from jetsearch.objective import Objective, load_data
-from jetsearch.spec import StudyError, StudySpec
+from jetsearch.objective import Objective, is_rejected, load_data
+from jetsearch.spec import (
+    BUDGET_ATTR,
+    BUDGET_RULE_ATTR,
+    BUDGET_SOURCE_ATTR,
+    StudyBudget,
+    StudyError,
+    StudySpec,
+    absolute_budget_source,
+    study_budget,
+)
 from jetsearch.storage import (
     StudyStorage,
-    finished_count,
     heartbeat_settings,
     locate_storage,
     make_sampler,
@@ -31,10 +41,15 @@ from jetsearch.storage import (
     study_artifact_store,
 )
 
+# Candidates rejected for latency in a row after which a study stops (--max-rejected).
+DEFAULT_MAX_REJECTED = 200
+
 
 @dataclass
 class StudyRun:
-    """What one run of a study did (any backend)."""
+    """What one run of a study did (any backend). ``finished_before`` and ``finished_after``
+    count what ``--trials`` counts (:class:`TrialCount`); ``rejected`` is the candidates this
+    run rejected before training for their latency."""
 
     study_name: str
     storage: str
@@ -43,17 +58,72 @@ class StudyRun:
     wall_s: float
     interrupted: bool = False
     latency_sources: str = ""
+    rejected: int = 0
+
+
+@dataclass(frozen=True)
+class TrialCount:
+    """What ``--trials N`` counts in a rung-0 study: the one place that decides.
+
+    ``counted``: finished trials other than those rejected before training (trained networks,
+    networks pruned by the pruner during training, duplicates of a trained network).
+    ``rejected``: trials rejected before training because their latency was over the budget
+    (:func:`jetsearch.objective.is_rejected`); they stay in the storage, PRUNED, so the sampler
+    learns from them, but do not count. ``rejected_in_a_row``: of the networks whose latency is
+    known, in trial order, how many of the latest were over the budget (what
+    ``--max-rejected`` caps). Read from the storage, so every process of a study, any backend,
+    and a resumed study count alike.
+    """
+
+    counted: int
+    rejected: int
+    rejected_in_a_row: int
+
+    @classmethod
+    def of(cls, study: Any) -> TrialCount:
+        counted = rejected = in_a_row = 0
+        for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+            if is_rejected(trial):
+                rejected += 1
+            elif trial.state.name in ("COMPLETE", "PRUNED"):
+                counted += 1
+            feasible = trial.user_attrs.get("feasible")
+            if feasible is False:
+                in_a_row += 1
+            elif feasible is True:
+                in_a_row = 0
+        return cls(counted, rejected, in_a_row)
+
+    def reached(self, total: int, max_rejected: int, budget_ms: float | None) -> bool:
+        """Whether the study holds ``total`` counted trials; :class:`StudyError` when the last
+        ``max_rejected`` networks in a row were over the budget (a space with nothing, or
+        almost nothing, under it would otherwise draw forever)."""
+        if self.counted >= total:
+            return True
+        if self.rejected_in_a_row >= max_rejected:
+            budget = "?" if budget_ms is None else f"{budget_ms:.2f}"
+            raise StudyError(
+                f"study stopped: the last {self.rejected_in_a_row} networks drawn in a row were "
+                f"over the latency budget ({budget} ms) and rejected before training "
+                f"({self.counted} of {total} trials trained); the space holds few or no "
+                "networks under the budget: loosen it (latency.budget_ms or "
+                "latency.budget_factor), search a faster space, or raise --max-rejected "
+                f"(now {max_rejected})"
+            )
+        return False
 
 
 @dataclass
 class PreparedStudy:
     """A study ready to run in this process: its spec, its storage and rung studies (opened
-    once, :class:`jetsearch.storage.StudyStorage`), its space and its latency chain."""
+    once, :class:`jetsearch.storage.StudyStorage`), its space, its latency chain and the
+    latency budget it runs under (resolved once, stored in the study)."""
 
     spec: StudySpec
     opened: StudyStorage
     space: Any
     latency: LatencyChain
+    budget: StudyBudget
 
     @property
     def url(self) -> str:
@@ -82,10 +152,99 @@ def enqueue_presets(study: Any, spec: StudySpec, space: Any) -> list[str]:
     return queued
 
 
+def preset_latency(spec: StudySpec, latency: Any, preset: str) -> Any:
+    """The LatencyResult of the built-in ``preset`` under ``latency`` (the study's chain), at
+    the study's input size: what a trial of that network would measure."""
+    from jetseg.config import load_config
+    from jetseg.export import export_onnx
+    from jetseg.model import build_model
+
+    config = load_config(preset)
+    h, w = spec.latency.input_size
+    onnx_bytes = export_onnx(build_model(config), input_size=(h, w))
+    result, _ = latency.measure(onnx_bytes, config)
+    return result
+
+
+def _relative_source(preset: str, factor: float, budget_ms: float, result: Any) -> str:
+    """``nano preset x1.0: 23.98 ms (estimated, agx-xavier profile)``: the budget in words."""
+    from jetsearch.objective import latency_attrs
+
+    fingerprint = result.fingerprint or {}
+    where = (
+        f"{fingerprint['profile']} profile"
+        if fingerprint.get("profile")
+        else latency_attrs(result)["device"]
+    )
+    details = [result.provenance.value, *([where] if where else [])]
+    details += [f for f in result.flags if f not in ("from-cache", "estimate")]
+    if factor != 1.0:
+        details.insert(0, f"the preset {result.median_ms:.2f} ms")
+    return f"{preset} preset x{factor}: {budget_ms:.2f} ms ({', '.join(details)})"
+
+
+def _rule_text(rule: dict[str, Any]) -> str:
+    if "relative_to" in rule:
+        return f"budget_relative_to: {rule['relative_to']}, budget_factor: {rule['factor']}"
+    return f"budget_ms: {rule.get('budget_ms')}"
+
+
+def resolve_budget(study: Any, spec: StudySpec, latency: Any) -> StudyBudget:
+    """The study's latency budget: the one stored in ``study`` (rung 0), else resolved now from
+    ``spec`` and stored.
+
+    A budget relative to a preset is the preset's latency under ``latency`` (the study's own
+    providers, input size and precision) times the factor. Once stored, it is the study's for
+    good: a resumed study, another process or a Ray worker reads it and nothing measures it
+    again, so the budget cannot drift between starts; a study file that now states another
+    budget only gets a warning (a new budget needs a new study, ``--name``).
+    """
+    stored = study_budget(study) if BUDGET_ATTR in study.user_attrs else None
+    rule = spec.latency.budget_rule()
+    if stored is not None:
+        if stored.rule != rule:
+            warnings.warn(
+                f"study {study.study_name} keeps the latency budget it started with, "
+                f"{stored.describe()}; the study file now states {_rule_text(rule)} (a new "
+                "budget needs a new study: --name)",
+                stacklevel=2,
+            )
+        return stored
+    preset = spec.latency.budget_relative_to
+    if preset is None:
+        budget_ms, source = spec.latency.budget_ms, absolute_budget_source(spec.latency.budget_ms)
+    else:
+        result = preset_latency(spec, latency, preset)
+        budget_ms = result.median_ms * spec.latency.budget_factor
+        source = _relative_source(preset, spec.latency.budget_factor, budget_ms, result)
+    study.set_user_attr(BUDGET_RULE_ATTR, rule)
+    study.set_user_attr(BUDGET_SOURCE_ATTR, source)
+    study.set_user_attr(BUDGET_ATTR, budget_ms)  # last: its presence says the rest is there
+    # Read back: of two processes that started the study at once, the last write holds.
+    resolved = study_budget(study)
+    assert resolved is not None
+    return resolved
+
+
+def running_budget(study: Any, spec: StudySpec) -> float | None:
+    """The budget a trial process runs under: the one stored in the study (rung 0)."""
+    attrs = study.user_attrs
+    if BUDGET_ATTR in attrs:
+        return attrs[BUDGET_ATTR]
+    if spec.latency.budget_relative_to is not None:
+        raise StudyError(
+            f"study {study.study_name} has no resolved latency budget yet (it is relative to "
+            f"the {spec.latency.budget_relative_to} preset); start it with jetsearch study, "
+            "run_study or prepare_study, which resolve and store it"
+        )
+    return spec.latency.budget_ms
+
+
 def prepare_study(
     spec: StudySpec, *, storage: str | None = None, name: str | None = None, processes: int = 1
 ) -> PreparedStudy:
-    """Check the study, then open its storage and rung studies and queue its presets.
+    """Check the study, then open its storage and rung studies, fix its latency budget
+    (:func:`resolve_budget`) and queue its presets.
 
     Every check that needs no storage comes first (SQLite for ``processes`` > 1, the space, a
     latency provider that is usable, the artifact store), so a study that cannot run creates
@@ -102,14 +261,15 @@ def prepare_study(
         study_artifact_store(url, spec)  # a bad setting fails before any trial runs
         opened = open_rung_studies(spec, url, name)
         study = opened.study
-        if spec.latency.budget_ms is not None and "feasibility" not in study.user_attrs:
-            study_feasibility_note(study, spec.latency.budget_ms)
+        budget = resolve_budget(study, spec, latency)
+        if budget.budget_ms is not None and "feasibility" not in study.user_attrs:
+            study_feasibility_note(study, budget.budget_ms)
         if spec.enqueue_presets:
             enqueue_presets(study, spec, space)
     except BaseException:
         latency.close()
         raise
-    return PreparedStudy(spec, opened, space, latency)
+    return PreparedStudy(spec, opened, space, latency, budget)
 
 
 def run_worker_process(
@@ -122,12 +282,17 @@ def run_worker_process(
     space: Any = None,
     latency: Any = None,
     progress: Any = None,
+    max_rejected: int = DEFAULT_MAX_REJECTED,
 ) -> None:
-    """Run trials until rung 0 holds ``total_trials`` finished trials (any process).
+    """Run trials until rung 0 holds ``total_trials`` counted trials (any process).
 
-    With rungs, every trial first runs the promotion step (:class:`jetsearch.rungs.RungLadder`)
-    and trains the highest rung that has a promoted network waiting before asking rung 0's
-    sampler for a new network; when rung 0 is full the process still trains what is waiting.
+    What counts is :class:`TrialCount`'s rule: a network rejected before training for its
+    latency does not; after ``max_rejected`` of those in a row the study stops with a
+    :class:`StudyError` that says what to change. The latency budget is the one the study
+    stored when it started (:func:`resolve_budget`). With rungs, every trial first runs the
+    promotion step (:class:`jetsearch.rungs.RungLadder`) and trains the highest rung that has
+    a promoted network waiting before asking rung 0's sampler for a new network; when rung 0
+    is full the process still trains what is waiting.
     ``opened`` is this process's storage and rung studies; ``latency`` anything with a
     LatencyChain's ``measure`` and ``close`` (the study's chain by default).
     ``callbacks`` are called as ``callback(rung0_study, trial)`` after every trial, any rung.
@@ -144,6 +309,7 @@ def run_worker_process(
     from jetsearch.space import load_space
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    budget_ms = running_budget(opened.study, spec)  # the study's, never this spec's
     if spec.train.threads:
         torch.set_num_threads(spec.train.threads)
     space = space or load_space(spec.space)
@@ -157,7 +323,7 @@ def run_worker_process(
     already = len(study.get_trials(deepcopy=False))
     if already:
         study.sampler = make_sampler(spec, job_index + 1000 * already)
-    ladder = RungLadder(studies, spec.eta, spec.latency.budget_ms) if len(studies) > 1 else None
+    ladder = RungLadder(studies, spec.eta, budget_ms) if len(studies) > 1 else None
     interval_s, grace_s = heartbeat_settings()
     # Database servers keep Optuna's own heartbeat and retry; journal files and SQLite have
     # none, and get jetsearch's owner-record recovery instead.
@@ -174,6 +340,7 @@ def run_worker_process(
                 space,
                 latency,
                 load_data(spec, rung),
+                budget_ms=budget_ms,
                 rung=rung,
                 progress=progress,
                 artifacts=artifacts,
@@ -196,7 +363,7 @@ def run_worker_process(
             if ladder is not None:
                 ladder.promote()
                 rung = ladder.waiting_rung() or 0
-            if rung == 0 and finished_count(study) >= total_trials:
+            if rung == 0 and TrialCount.of(study).reached(total_trials, max_rejected, budget_ms):
                 break
             optimize_one(studies[rung], objective(rung), hooks)
         if ladder is not None:
@@ -270,11 +437,21 @@ def run_worker(
     timeout_s: float | None,
     job_index: int,
     latency: Any = None,
+    max_rejected: int = DEFAULT_MAX_REJECTED,
 ) -> None:
     """A trial process of its own (a ``--jobs`` child, a Ray worker): opens the storage and the
-    rung studies once, then runs :func:`run_worker_process`."""
+    rung studies once, then runs :func:`run_worker_process` (under the budget the study
+    stored when it started)."""
     opened = open_rung_studies(spec, url, name)
-    run_worker_process(spec, opened, total_trials, timeout_s, job_index, latency=latency)
+    run_worker_process(
+        spec,
+        opened,
+        total_trials,
+        timeout_s,
+        job_index,
+        latency=latency,
+        max_rejected=max_rejected,
+    )
 
 
 def _spawn_entry(args: tuple) -> None:  # runs in a --jobs child process
@@ -285,7 +462,11 @@ def _spawn_entry(args: tuple) -> None:  # runs in a --jobs child process
 
     signal.signal(signal.SIGTERM, stop)
     with contextlib.suppress(KeyboardInterrupt):
-        run_worker(*args)
+        try:
+            run_worker(*args)
+        except StudyError as err:  # the parent stops for the same reason: one line, no trace
+            print(f"trial process {args[5]}: {err}", file=sys.stderr)
+            sys.exit(1)
 
 
 def run_prepared(
@@ -296,13 +477,14 @@ def run_prepared(
     jobs: int = 1,
     callbacks: Sequence[Callable] = (),
     progress: Any = None,
+    max_rejected: int = DEFAULT_MAX_REJECTED,
 ) -> StudyRun:
-    """Run a prepared study here until it holds ``trials`` finished trials (see
+    """Run a prepared study here until it holds ``trials`` counted trials (see
     :func:`run_study`); ``jobs`` > 1 starts more processes that share the storage."""
     import multiprocessing as mp
 
     spec, opened = prepared.spec, prepared.opened
-    before = finished_count(opened.study)
+    before = TrialCount.of(opened.study)
     start = time.time()
     interrupted = False
     children = []
@@ -310,7 +492,7 @@ def run_prepared(
         if jobs > 1:
             ctx = mp.get_context("spawn")
             for j in range(1, jobs):
-                args = (spec, prepared.url, prepared.name, trials, timeout_s, j)
+                args = (spec, prepared.url, prepared.name, trials, timeout_s, j, None, max_rejected)
                 p = ctx.Process(target=_spawn_entry, args=(args,), daemon=False)
                 p.start()
                 children.append(p)
@@ -324,31 +506,43 @@ def run_prepared(
             space=prepared.space,
             latency=prepared.latency,
             progress=progress,
+            max_rejected=max_rejected,
         )
         for p in children:
             p.join()
     except KeyboardInterrupt:
         interrupted = True
         # Ctrl-C reached the whole process group; a SIGTERM only this process: pass it on.
-        for p in children:
-            p.join(timeout=5)
-            if p.is_alive():
-                p.terminate()  # SIGTERM: the child marks its trial interrupted and stops
-        for p in children:
-            p.join(timeout=30)
+        _stop_children(children, wait_s=5)
+    except StudyError:
+        _stop_children(children, wait_s=0)  # their trials interrupted and queued, not lost
+        raise
     finally:
         for p in children:
             if p.is_alive():
                 p.kill()
+    after = TrialCount.of(opened.study)
     return StudyRun(
         prepared.name,
         prepared.url,
-        before,
-        finished_count(opened.study),
+        before.counted,
+        after.counted,
         time.time() - start,
         interrupted,
         prepared.latency.describe(),
+        after.rejected - before.rejected,
     )
+
+
+def _stop_children(children: list, wait_s: float) -> None:
+    """Give the ``--jobs`` children ``wait_s`` to stop, then SIGTERM them: each marks its trial
+    interrupted (queued again) and stops."""
+    for p in children:
+        p.join(timeout=wait_s)
+        if p.is_alive():
+            p.terminate()
+    for p in children:
+        p.join(timeout=30)
 
 
 def run_study(
@@ -361,11 +555,14 @@ def run_study(
     jobs: int = 1,
     callbacks: Sequence[Callable] = (),
     progress: Any = None,
+    max_rejected: int = DEFAULT_MAX_REJECTED,
 ) -> StudyRun:
-    """Create or resume the study and run it until it holds ``trials`` finished trials.
+    """Create or resume the study and run it until it holds ``trials`` counted trials.
 
     Running the same call again continues the same study (nothing is repeated); a larger
-    ``trials`` adds trials. ``jobs`` > 1 starts more processes that share the storage.
+    ``trials`` adds trials. Networks rejected before training for their latency are stored
+    but not counted (:class:`TrialCount`); ``max_rejected`` of them in a row stop the study
+    with a :class:`StudyError`. ``jobs`` > 1 starts more processes that share the storage.
     KeyboardInterrupt stops cleanly: the trial in flight is marked failed, every completed trial
     stays in the storage. ``progress`` (a :class:`jetsearch.progress.StudyProgress`) hears this
     process's trial phases. With rungs, ``trials`` counts rung-0 trials; the rung studies
@@ -379,4 +576,5 @@ def run_study(
         jobs=jobs,
         callbacks=callbacks,
         progress=progress,
+        max_rejected=max_rejected,
     )

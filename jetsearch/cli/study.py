@@ -39,14 +39,20 @@ from jetsearch.cli import (
 from jetsearch.cli import console as make_console
 from jetseg.progress import format_duration
 
+# jetsearch.run.DEFAULT_MAX_REJECTED (importing jetsearch.run here would load torch for --help).
+DEFAULT_MAX_REJECTED = 200
+
 # ---------------------------------------------------------------------------------------------
 # what a running study shows
 
 
 class StudyClock:
-    """Elapsed time of a running study and its ETA, from the trials it finished so far.
+    """Elapsed time of a running study and its ETA, from the trials it trained so far.
 
-    The ETA is the mean time per trial finished in this run times the trials still to go,
+    What counts is what ``--trials`` counts (:class:`jetsearch.run.TrialCount`): networks
+    rejected before training for their latency do not, but the time they took does (it is part
+    of the time per trained trial). The ETA is the mean time per trial counted in this run
+    times the trials still to go,
     counted down since the last one ended (so that a view redrawn every second moves). A
     running trial that takes longer than the mean stops the count at the time the trials not
     yet started need: the ETA is then a lower bound, and :meth:`text` marks it with ``+``.
@@ -60,7 +66,7 @@ class StudyClock:
         self.last_end: float | None = None
 
     def trial_ended(self, done: int) -> None:
-        """A trial ended; ``done`` trials (complete or pruned) are now in the study."""
+        """A trial ended; ``done`` trials that count are now in the study."""
         self.done = done
         self.last_end = time.monotonic()
 
@@ -80,7 +86,7 @@ class StudyClock:
         return max(countdown, floor), countdown < floor
 
     def eta_s(self) -> float | None:
-        """Seconds until the study holds ``total`` finished trials; ``None`` before the first."""
+        """Seconds until the study holds ``total`` counted trials; ``None`` before the first."""
         return self._estimate()[0]
 
     def text(self) -> str:
@@ -116,7 +122,8 @@ def trial_line(trial) -> str:
 class LiveView:
     """The live panel of a running study on a terminal, redrawn every second.
 
-    Shows the trials finished, the elapsed clock, the ETA, what the running trial is doing
+    Shows the trials trained (and candidates rejected for latency), the elapsed clock, the
+    ETA, what the running trial is doing
     (from a :class:`jetsearch.progress.StudyProgress` the objective writes) and the current
     front, which is rebuilt when a trial ends: the view is also the study's callback.
     """
@@ -136,6 +143,7 @@ class LiveView:
         self.console = console
         self.study_name = study_name
         self.clock = StudyClock(total, start_count)
+        self.rejected = 0  # candidates rejected before training, in the whole study
         self.progress = progress
         self.last: str | None = None
         self.front: Any = None  # the front table, replaced by the callback
@@ -163,8 +171,8 @@ class LiveView:
             (f"study {self.study_name}: ", ""),
             (f"{clock.done}/{clock.total}", "bold"),
             (
-                f" trials finished | elapsed {format_duration(clock.elapsed_s())} | "
-                f"ETA {clock.text()}",
+                f" trials trained{_rejected_text(self.rejected)} | elapsed "
+                f"{format_duration(clock.elapsed_s())} | ETA {clock.text()}",
                 "",
             ),
         )
@@ -178,9 +186,11 @@ class LiveView:
 
     def __call__(self, study, trial) -> None:
         from jetsearch.report import front_table, trial_rows
-        from jetsearch.storage import finished_count
+        from jetsearch.run import TrialCount
 
-        self.clock.trial_ended(finished_count(study))
+        count = TrialCount.of(study)
+        self.clock.trial_ended(count.counted)
+        self.rejected = count.rejected
         self.last = trial_line(trial)
         self.front = front_table(study, trial_rows(study, self.rungs))
         self.live.refresh()
@@ -188,7 +198,8 @@ class LiveView:
 
 class TrialLines:
     """A running study where output is not a terminal (a log file, a pipe): one plain line per
-    finished trial, with the trials finished and the ETA; the front is printed at the end."""
+    finished trial, with the trials trained (and candidates rejected for latency) and the ETA;
+    the front is printed at the end."""
 
     def __init__(self, console, study_name: str, total: int, start_count: int) -> None:
         self.console = console
@@ -196,15 +207,20 @@ class TrialLines:
         self.clock = StudyClock(total, start_count)
 
     def __call__(self, study, trial) -> None:
-        from jetsearch.storage import finished_count
+        from jetsearch.run import TrialCount
 
-        self.clock.trial_ended(finished_count(study))
+        count = TrialCount.of(study)
+        self.clock.trial_ended(count.counted)
         line = (
-            f"{trial_line(trial)} | {self.clock.done}/{self.clock.total} finished, "
-            f"ETA {self.clock.text()}"
+            f"{trial_line(trial)} | {self.clock.done}/{self.clock.total} trained"
+            f"{_rejected_text(count.rejected)}, ETA {self.clock.text()}"
         )
         self.console.print(line, markup=False, highlight=False, soft_wrap=True)
         self.console.file.flush()
+
+
+def _rejected_text(rejected: int) -> str:
+    return f", {rejected} rejected" if rejected else ""
 
 
 class _AfterInterrupt(logging.Filter):
@@ -295,15 +311,16 @@ def _check_before_creating(spec, url: str, args: argparse.Namespace) -> None:
 
 
 def _finished_so_far(url: str, name: str) -> int:
-    """Finished trials of study ``name`` in ``url``, reading only: 0 where there is none yet."""
+    """Counted trials of study ``name`` in ``url``, reading only: 0 where there is none yet."""
     from jetsearch.report import ReportError, load_study
-    from jetsearch.storage import finished_count, locate_storage
+    from jetsearch.run import TrialCount
+    from jetsearch.storage import locate_storage
 
     path = locate_storage(url).file
     if path is not None and not path.is_file():
         return 0  # opening it would create the file
     try:
-        return finished_count(load_study(name, url))
+        return TrialCount.of(load_study(name, url)).counted
     except ReportError:
         return 0
 
@@ -327,6 +344,7 @@ def _run_backend(args, prepared, callbacks: list, progress, quiet: bool):
             options=options,
             timeout_s=args.timeout,
             callbacks=callbacks,
+            max_rejected=args.max_rejected,
         )
     from jetsearch.run import run_prepared
 
@@ -337,16 +355,19 @@ def _run_backend(args, prepared, callbacks: list, progress, quiet: bool):
         jobs=args.jobs,
         callbacks=callbacks,
         progress=progress,
+        max_rejected=args.max_rejected,
     )
 
 
 def cmd_study(args: argparse.Namespace) -> int:
     """Run or resume a study with the local or the Ray backend; 130 when interrupted."""
+    from rich.markup import escape
+
     from jetsearch.progress import StudyProgress
-    from jetsearch.report import front_table, study_notes, trial_rows
-    from jetsearch.run import prepare_study
+    from jetsearch.report import count_lines, front_table, study_notes, trial_rows
+    from jetsearch.run import TrialCount, prepare_study
     from jetsearch.spec import StudyError
-    from jetsearch.storage import finished_count, storage_url
+    from jetsearch.storage import storage_url
 
     if args.backend == "ray" and args.jobs > 1:
         raise UsageError("--jobs is for the local backend; with --backend ray use --max-concurrent")
@@ -375,12 +396,15 @@ def cmd_study(args: argparse.Namespace) -> int:
         with stop:
             # The storage and the rung studies are opened here, once, and passed down.
             prepared = prepare_study(spec, storage=url, name=name, processes=_processes(args))
-            before = finished_count(prepared.opened.study)
+            count = TrialCount.of(prepared.opened.study)
+            before = count.counted
             data_note = spec.data or "built-in SYNTHETIC street scenes (not real data)"
             console.print(
                 f"study [bold]{name}[/bold] ({spec.mode}) target {spec.target}, space "
-                f"{spec.space}, data {data_note}\nstorage {url} | {before} trials finished, "
-                f"running to {args.trials}",
+                f"{spec.space}, data {data_note}\nlatency budget: "
+                f"{escape(prepared.budget.describe())}\nstorage {url} | {before} trials trained"
+                f"{_rejected_text(count.rejected)}, running to {args.trials} trained (networks "
+                "over the budget are rejected before training and not counted)",
                 soft_wrap=True,
             )
             # Trials of the Ray backend run in other processes: no phase to show from here.
@@ -405,12 +429,12 @@ def cmd_study(args: argparse.Namespace) -> int:
         if run is not None:
             finished = run.finished_after
         elif prepared is not None:
-            finished = finished_count(prepared.opened.study)
+            finished = TrialCount.of(prepared.opened.study).counted
         else:
             finished = _finished_so_far(url, name)
         how = "stopped by SIGTERM" if stop.signalled else "interrupted"
         console.print(
-            f"{how}: {finished} trials finished, resume with the same command", soft_wrap=True
+            f"{how}: {finished} trials trained, resume with the same command", soft_wrap=True
         )
         return stop.exit_code
     study = prepared.opened.study
@@ -418,12 +442,15 @@ def cmd_study(args: argparse.Namespace) -> int:
     if not isinstance(view, LiveView):  # the live panel already shows the final front
         console.print(front_table(study, rows))
     console.print(f"latency from: {run.latency_sources}", markup=False, soft_wrap=True)
+    for line in count_lines(prepared.opened.studies):
+        console.print(line, markup=False, soft_wrap=True)
     for note in study_notes(rows, prepared.spec):
         console.print(f"note: {note}", soft_wrap=True)
+    rejected = f", {run.rejected} networks rejected over the budget" if run.rejected else ""
     console.print(
-        f"done: {run.finished_after - run.finished_before} new trials in "
-        f"{run.wall_s / 60:.1f} min "
-        f"({run.finished_after} finished in the study). Run the same command again to continue.",
+        f"done: {run.finished_after - run.finished_before} new trials trained in "
+        f"{run.wall_s / 60:.1f} min{rejected} "
+        f"({run.finished_after} trained in the study). Run the same command again to continue.",
         soft_wrap=True,
     )
     return EXIT_OK
@@ -446,7 +473,16 @@ def _add_study(sub) -> None:
         type=positive_int,
         default=20,
         metavar="N",
-        help="run until the study holds N finished trials",
+        help="run until the study holds N trained trials (networks over the latency budget are "
+        "rejected before training: stored, not counted)",
+    )
+    p.add_argument(
+        "--max-rejected",
+        type=positive_int,
+        default=DEFAULT_MAX_REJECTED,
+        metavar="N",
+        help="stop with a message after N networks in a row over the latency budget (a space "
+        f"with nothing under the budget; default {DEFAULT_MAX_REJECTED})",
     )
     p.add_argument(
         "--timeout",
@@ -628,15 +664,26 @@ def write_csv(record: dict[str, Any], out) -> None:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    """A stored study: its front as a table (and notes), or every trial as JSON or CSV."""
-    from jetsearch.report import front_table, plot_front, study_notes, trial_rows
+    """A stored study: its front as a table (its budget, counts and notes), or every trial as
+    JSON or CSV."""
+    from jetsearch.report import (
+        count_lines,
+        front_table,
+        plot_front,
+        rung_studies,
+        study_notes,
+        trial_rows,
+    )
     from jetsearch.spec import stored_spec
 
     study = _open_study(args)
-    rows = trial_rows(study, _storage(args))
+    ladder = rung_studies(study, _storage(args))
+    rows = trial_rows(study, ladder)
     if args.format == "table":
         console = make_console()
         console.print(front_table(study, rows))
+        for line in count_lines(ladder):
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
         for note in study_notes(rows, stored_spec(study)):
             console.print(f"note: {note}")
     elif args.format == "json":

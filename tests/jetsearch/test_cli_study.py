@@ -100,7 +100,7 @@ def test_in_a_log_each_finished_trial_is_one_line_and_nothing_runs_together(logg
     for number, line in enumerate(trial_lines):
         assert re.fullmatch(
             rf"trial {number} complete: val mIoU \d+\.\d\d%, \d+\.\d\d ms \(measured-local\) "
-            rf"\| {number + 1}/2 finished, ETA \d+:\d\d:\d\d",
+            rf"\| {number + 1}/2 trained, ETA \d+:\d\d:\d\d",
             line,
         ), line
     assert trial_lines[-1].endswith("ETA 0:00:00")
@@ -171,7 +171,7 @@ def test_the_live_view_shows_the_running_trial_and_redraws_the_front_when_a_tria
     study = optuna.create_study(study_name="demo", directions=["maximize", "minimize"])
     with view:
         first = _text(view.render())
-        assert "0/3 trials finished" in first and "ETA ?" in first
+        assert "0/3 trials trained" in first and "ETA ?" in first
         assert "no trial finished yet" in first and "now:" not in first
         progress.start_trial(0)
         progress.set_phase("training", epoch=2, epochs=4)
@@ -181,7 +181,7 @@ def test_the_live_view_shows_the_running_trial_and_redraws_the_front_when_a_tria
         study.add_trial(_frozen(0, 0.30, 2.5))
         view(study, study.trials[-1])  # the callback of the finished trial
         after = _text(view.render())
-        assert "1/3 trials finished" in after and "ETA ?" not in after
+        assert "1/3 trials trained" in after and "ETA ?" not in after
         assert "last: trial 0 complete: val mIoU 30.00%, 2.50 ms (measured-local)" in after
         assert "Pareto front of 1" in after and "arch0" in after
         study.add_trial(_frozen(1, 0.40, 1.5))  # dominates trial 0
@@ -217,7 +217,7 @@ def test_study_passes_one_progress_to_the_run(tmp_path, monkeypatch, capsys):
     assert main(argv) == EXIT_OK
     assert len(seen) == 1 and isinstance(seen[0], StudyProgress)
     out = capsys.readouterr().out
-    assert re.search(r"^trial 0 complete: .* \| 1/1 finished, ETA 0:00:00$", out, re.M), out
+    assert re.search(r"^trial 0 complete: .* \| 1/1 trained, ETA 0:00:00$", out, re.M), out
 
 
 def test_trial_lines_print_one_line_per_trial_to_a_file():
@@ -478,7 +478,7 @@ def test_ctrl_c_on_a_terminal_says_one_line_exits_130_and_the_network_is_retried
     assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
     assert "no out_dir" not in text and "failed with" not in text, text  # Optuna's echo of it
     (line,) = re.findall(r"interrupted: [^\r\n]*", text)
-    match = re.fullmatch(r"interrupted: (\d+) trials finished, resume with the same command", line)
+    match = re.fullmatch(r"interrupted: (\d+) trials trained, resume with the same command", line)
     assert match, line
     finished = _load(storage).get_trials(states=(COMPLETE, PRUNED))
     assert int(match.group(1)) == len(finished) >= 1
@@ -540,7 +540,7 @@ def test_sigterm_stops_a_study_as_ctrl_c_does_and_exits_143(tmp_path):
             process.communicate()
     assert process.returncode == 143, out
     assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
-    assert re.search(r"^stopped by SIGTERM: 0 trials finished, resume with", out, re.M), out
+    assert re.search(r"^stopped by SIGTERM: 0 trials trained, resume with", out, re.M), out
     trials = _load(storage).get_trials()
     [stopped] = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
     assert stopped.user_attrs["failure_reason"] == "interrupted"

@@ -151,7 +151,7 @@ def test_the_cli_runs_a_study_with_rungs_on_ray(
     assert len(rung0.get_trials(states=(COMPLETE,))) >= 2
     assert rung1.trials and {t.state for t in rung1.trials} == {COMPLETE}  # promoted, trained
     finished = len(rung0.trials) + len(rung1.trials)
-    assert out.count(" finished, ETA ") == finished, out  # the driver's line per trial
+    assert out.count(" trained, ETA ") == finished, out  # the driver's line per trial
     assert "latency from: local" in out and "rung 1" in out
 
 

@@ -57,4 +57,4 @@ def test_a_study_opens_its_storage_once_and_each_rung_study_once(
     )
     assert len(rung0.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 3
     assert rung1.trials and {t.state.name for t in rung1.trials} == {"COMPLETE"}
-    assert out.count(" finished, ETA ") == 3 + len(rung1.trials), out  # a line per trial
+    assert out.count(" trained, ETA ") == 3 + len(rung1.trials), out  # a line per trial

@@ -137,7 +137,7 @@ def test_resume_adds_trials_instead_of_restarting(tmp_path):
     first = {t.number: (t.params, t.values, t.user_attrs) for t in _study("small", storage).trials}
     assert sorted(first) == [0, 1]
     out = _run_study(spec, storage, 4, "--quiet")
-    assert "2 new trials" in out.stdout and "4 finished in the study" in out.stdout
+    assert "2 new trials" in out.stdout and "4 trained in the study" in out.stdout
     trials = _study("small", storage).trials
     assert [t.number for t in trials] == [0, 1, 2, 3]
     assert all(t.state == COMPLETE for t in trials)
@@ -150,12 +150,18 @@ def test_resume_adds_trials_instead_of_restarting(tmp_path):
 def test_an_over_budget_trial_is_pruned_before_training(tmp_path):
     spec = write_study(tmp_path, latency={"budget_ms": 0.001})
     storage = tmp_path / "s.log"
-    _run_study(spec, storage, 3, "--quiet")
+    # Nothing is under the budget: rejected networks do not count, the cap ends the study.
+    out = _jetsearch(
+        "study", "--target", str(spec), "--trials", "3", "--storage", str(storage),
+        "--quiet", "--max-rejected", "3",
+    )  # fmt: skip
+    assert out.returncode == 2 and "raise --max-rejected (now 3)" in out.stderr, out.stderr
     trials = _study("small", storage).trials
     assert len(trials) == 3
     for t in trials:
         assert t.state == PRUNED
         assert "budget" in t.user_attrs["pruned_reason"]
+        assert t.user_attrs["outcome"].startswith("rejected: over budget (")
         assert "train_time_s" not in t.user_attrs and "val_miou" not in t.user_attrs
         assert t.constraints["latency_ms"] > 0
         assert t.constraints["latency_ms"] == pytest.approx(t.user_attrs["latency_ms"] - 0.001)
