@@ -7,6 +7,11 @@
     >>> model = jetseg.build_model("found.yaml")              # a YAML path
     >>> model = jetseg.build_model("nano", num_classes=19)    # with top-level overrides
     >>> config = jetseg.load_config("agx")
+    >>> jetseg.preset_provenance("nano")                      # a paper preset: no provenance
+
+Derived presets (``jetsearch finalize --write-preset NAME``) are presets like the others, from
+the built-in folder or from a folder of ``$JETSEG_PRESET_PATH``; their file says where they came
+from (:func:`preset_provenance`).
 
 Importing the package costs nothing but the standard library: torch, PyYAML and onnx load on
 first use of the function that needs them, so tools that only read a version or list presets
@@ -88,10 +93,11 @@ def __dir__() -> list[str]:
 
 
 def list_presets(pattern: str | None = None) -> list[str]:
-    """Names of the built-in network presets, sorted; ``pattern`` filters them (``fnmatch``).
+    """Names of the network presets, sorted; ``pattern`` filters them (``fnmatch``).
 
-    Every name works wherever a config is accepted: :func:`build_model`, :func:`load_config`
-    and the ``jetsearch`` command line.
+    The built-in presets and those in the folders of ``$JETSEG_PRESET_PATH``
+    (``os.pathsep``-separated), derived presets included. Every name works wherever a config is
+    accepted: :func:`build_model`, :func:`load_config` and the ``jetsearch`` command line.
     """
     from fnmatch import fnmatchcase
 
@@ -99,6 +105,15 @@ def list_presets(pattern: str | None = None) -> list[str]:
 
     names = preset_names()
     return [n for n in names if fnmatchcase(n, pattern)] if pattern else names
+
+
+def preset_provenance(name_or_path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """Where a derived preset came from (its ``# provenance:`` block: study, target, latency,
+    the final figures over seeds, the preset it beat and the test), or None for a config without
+    one, such as the paper's presets. A preset name or a YAML path."""
+    from .config import config_file, read_provenance
+
+    return read_provenance(config_file(os.fspath(name_or_path)))
 
 
 def build_model(
@@ -139,4 +154,5 @@ __all__ = [
     "export_onnx",
     "list_presets",
     "load_config",
+    "preset_provenance",
 ]

@@ -18,6 +18,11 @@ key order or origin. :func:`resolve_named_file` is how presets, search spaces an
 built-in name or a path into a file, and :func:`read_yaml_mapping` how they read it: within a
 size limit, as UTF-8, with aliases bounded (:class:`BoundedSafeLoader`), the file named in every
 error.
+
+Presets are looked up by name in the built-in folder, then in each folder of
+``$JETSEG_PRESET_PATH`` (:func:`preset_dirs`). A derived preset (one that ``jetsearch finalize
+--write-preset`` wrote) carries where it came from as a ``# provenance:`` comment block above the
+config, so every loader reads it as a plain config and :func:`read_provenance` reads the block.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +52,8 @@ __all__ = [
     "MAX_YAML_DEPTH",
     "MAX_YAML_VALUES",
     "PRESETS_DIR",
+    "PRESET_PATH_ENV",
+    "PROVENANCE_MARKER",
     "STEM_KINDS",
     "BoundedSafeLoader",
     "BranchConfig",
@@ -59,11 +67,15 @@ __all__ = [
     "arch_hash",
     "auto_groups",
     "common_divisors",
+    "config_file",
     "config_to_dict",
     "dump_config",
     "load_config",
     "load_yaml_text",
+    "preset_dirs",
     "preset_names",
+    "provenance_header",
+    "read_provenance",
     "read_yaml_mapping",
     "resolve_groups",
     "resolve_named_file",
@@ -82,6 +94,10 @@ Attention = Literal["none", "cbam", "sam", "eca"]
 Groups = int | Literal["auto"]
 
 PRESETS_DIR = Path(__file__).parent / "presets"
+# More preset folders, os.pathsep-separated, searched after the built-in one.
+PRESET_PATH_ENV = "JETSEG_PRESET_PATH"
+# The first line of a derived preset's provenance block (a YAML mapping, commented out).
+PROVENANCE_MARKER = "# provenance:"
 
 
 def _rng(low: int, high: int) -> dict[str, int]:
@@ -483,23 +499,113 @@ def config_to_dict(config: Any, *, include_name: bool = True) -> dict[str, Any]:
 def load_config(source: str | Path | Mapping[str, Any]) -> JetSegConfig:
     """A JetSegConfig from a preset name, a YAML file path or a plain mapping.
 
-    Preset names (``nano``, ``agx``, ``workstation``) resolve wherever a path is accepted
-    (:func:`resolve_named_file`). Missing keys take their defaults; unknown keys, invalid values
-    and broken rules raise :class:`ConfigError` listing every problem with its key path.
+    Preset names (``nano``, ``agx``, ``workstation``, and those in ``$JETSEG_PRESET_PATH``)
+    resolve wherever a path is accepted (:func:`config_file`). Missing keys take their
+    defaults; unknown keys, invalid values and broken rules raise :class:`ConfigError` listing
+    every problem with its key path.
     """
     label = None
     if isinstance(source, Mapping):
         data = source
     else:
-        path = resolve_named_file(source, PRESETS_DIR, "config", "preset")
+        path = config_file(source)
         label = str(path)
         data = {"name": path.stem, **read_yaml_mapping(path)}
     return parse(JetSegConfig, data, source=label, what="JetSeg config")
 
 
+def preset_dirs() -> list[Path]:
+    """The folders presets are looked up in, in order: the built-in one, then each folder of
+    ``$JETSEG_PRESET_PATH`` (``os.pathsep``-separated; empty entries are skipped).
+
+    The built-in folder comes first, so the paper's presets keep their names wherever derived
+    presets are kept.
+    """
+    extra = os.environ.get(PRESET_PATH_ENV, "")
+    dirs = [PRESETS_DIR]
+    for entry in extra.split(os.pathsep):
+        if entry and Path(entry) not in dirs:
+            dirs.append(Path(entry))
+    return dirs
+
+
 def preset_names() -> list[str]:
-    """Names of the built-in presets."""
-    return yaml_names(PRESETS_DIR)
+    """Names of the presets in every preset folder (:func:`preset_dirs`), sorted."""
+    return sorted({name for directory in preset_dirs() for name in yaml_names(directory)})
+
+
+def config_file(source: str | Path) -> Path:
+    """The YAML file of a config path or a preset name (the first folder of
+    :func:`preset_dirs` that holds ``<name>.yaml``); as :func:`resolve_named_file` for paths."""
+    path = Path(source)
+    if path.is_file() or path.suffix in (".yaml", ".yml"):
+        return resolve_named_file(path, PRESETS_DIR, "config", "preset")
+    for directory in preset_dirs():
+        named = directory / f"{source}.yaml"
+        if named.is_file():
+            return named
+    listed = ", ".join(preset_names()) or f"none found in {PRESETS_DIR}"
+    raise FileNotFoundError(
+        f"{str(source)!r} is neither a config file nor a built-in preset ({listed})"
+    )
+
+
+def provenance_header(provenance: Mapping[str, Any], summary: Sequence[str] = ()) -> str:
+    """Comment lines for the top of a derived preset: ``summary`` (one comment line each),
+    then ``provenance`` as a YAML mapping under :data:`PROVENANCE_MARKER`, every line commented
+    out, so the config below it loads unchanged and :func:`read_provenance` reads it back."""
+    body = yaml.safe_dump(
+        {"provenance": _plain_data(provenance)},
+        sort_keys=False,
+        default_flow_style=None,  # lists of numbers on one line
+        width=96,
+    )
+    lines = [f"# {line}" if line else "#" for line in summary]
+    lines += [f"# {line}" for line in body.splitlines()]
+    return "\n".join(lines) + "\n"
+
+
+def read_provenance(path: str | Path) -> dict[str, Any] | None:
+    """The provenance block of a config file (see :func:`provenance_header`), or None.
+
+    The block starts at the line ``# provenance:`` and ends at the first line that is not a
+    comment. A block that is not a YAML mapping raises :class:`ConfigError` naming the file.
+    """
+    path = Path(path)
+    lines = (
+        read_bytes_bounded(path, MAX_YAML_BYTES, "YAML file")
+        .decode("utf-8", errors="replace")
+        .splitlines()
+    )
+    starts = [i for i, line in enumerate(lines) if line.rstrip() == PROVENANCE_MARKER]
+    if not starts:
+        return None
+    # Blank lines first, so the positions in a YAML error are the file's line numbers.
+    block = [""] * starts[0] + ["provenance:"]
+    for line in lines[starts[0] + 1 :]:
+        if not line.startswith("#"):
+            break
+        block.append(line[2:] if line.startswith("# ") else line[1:])
+    problem = None
+    try:
+        data = load_yaml_text("\n".join(block), str(path))
+    except (yaml.YAMLError, ValueError) as err:
+        problem = f"not valid YAML: {err}"
+    else:
+        if not isinstance(data, dict) or not isinstance(data.get("provenance"), dict):
+            problem = "must be a mapping (key: value lines, each after '# ')"
+    if problem is not None:
+        raise ConfigError([("provenance", problem)], str(path), "provenance block")
+    return data["provenance"]
+
+
+def _plain_data(data: Any) -> Any:
+    """Mappings, lists, strings and numbers only (tuples become lists), for ``yaml.safe_dump``."""
+    if isinstance(data, Mapping):
+        return {str(k): _plain_data(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [_plain_data(v) for v in data]
+    return data
 
 
 def save_config(config: JetSegConfig, path: str | Path) -> Path:
