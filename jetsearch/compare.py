@@ -10,6 +10,18 @@ Welch's t-test (unequal variances), one-sided, at a stated confidence (90% by de
     >>> compare_seeds([0.42, 0.36, 0.45], [0.38, 0.41, 0.37]).better   # inside the spread
     False
 
+A derived network wins against a preset only when it is also no slower (:func:`compare_latency`):
+measured latencies are taken in interleaved rounds (preset and candidate in the same round, so a
+drift in the machine's load hits both alike), and the candidate must be no slower at the median
+of the rounds *and* faster in at least half of them; an estimate is one number for each, and the
+candidate's must be no higher. :func:`judge` puts the two together::
+
+    >>> latency = compare_latency([9.8, 10.1, 9.9], [10.4, 10.0, 10.6], measured=True)
+    >>> judge([0.42, 0.44, 0.43], [0.38, 0.39, 0.37], latency).verdict
+    'win'
+    >>> judge([0.42, 0.36, 0.45], [0.38, 0.41, 0.37], latency).verdict
+    'tie'
+
 The t distribution's tail is computed here (the regularised incomplete beta function by its
 continued fraction, Numerical Recipes 6.4), so no statistics package is needed.
 """
@@ -17,6 +29,7 @@ continued fraction, Numerical Recipes 6.4), so no statistics package is needed.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -137,3 +150,102 @@ def compare_seeds(
     else:
         reason = f"higher by {diff:+.4f} but inside the seed spread (Welch p={p:.3f})"
     return SeedComparison(mean_c, mean_b, sd_c, sd_b, t, df, p, confidence, better, reason)
+
+
+TEST_NAME = "Welch's t-test, one-sided"
+WIN, TIE, LOSS, SLOWER, UNTESTED = "win", "tie", "loss", "slower", "untested"
+
+
+@dataclass(frozen=True)
+class LatencyComparison:
+    """Is ``candidate`` no slower than ``baseline``?
+
+    ``candidate_ms`` and ``baseline_ms`` are the medians over the interleaved rounds (one value
+    each for an estimate); ``faster_rounds`` of ``rounds`` is how often the candidate was the
+    faster of the two in the same round (0 of 0 for an estimate).
+    """
+
+    candidate_ms: float
+    baseline_ms: float
+    measured: bool
+    rounds: int
+    faster_rounds: int
+    not_slower: bool
+    reason: str
+
+
+def compare_latency(
+    candidate_ms: Sequence[float], baseline_ms: Sequence[float], *, measured: bool
+) -> LatencyComparison:
+    """The latency rule of a win.
+
+    Measured: ``candidate_ms[i]`` and ``baseline_ms[i]`` were taken in the same round ``i``;
+    the candidate is no slower when its median over the rounds is no higher and it was faster
+    in at least half of the rounds (the median alone can hide a candidate that loses most
+    rounds by a little; the count alone, one that wins many by a hair and loses the rest by a
+    lot). Estimated: each holds one estimate (or repeats of it) and the candidate's must be no
+    higher.
+    """
+    if not candidate_ms or not baseline_ms:
+        raise ValueError("compare_latency needs at least one latency of each")
+    c, b = statistics.median(candidate_ms), statistics.median(baseline_ms)
+    if not measured:
+        ok = c <= b
+        relation = "<=" if ok else ">"
+        return LatencyComparison(c, b, False, 0, 0, ok, f"estimated {c:.3g} {relation} {b:.3g} ms")
+    if len(candidate_ms) != len(baseline_ms):
+        raise ValueError(
+            f"interleaved rounds must pair up, got {len(candidate_ms)} and {len(baseline_ms)}"
+        )
+    rounds = len(candidate_ms)
+    faster = sum(x < y for x, y in zip(candidate_ms, baseline_ms, strict=True))
+    ok = c <= b and 2 * faster >= rounds
+    relation = "<=" if c <= b else ">"
+    reason = f"median {c:.3g} {relation} {b:.3g} ms, faster in {faster}/{rounds} rounds"
+    return LatencyComparison(c, b, True, rounds, faster, ok, reason)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A candidate network against a baseline: mIoU over seeds and latency together.
+
+    ``verdict`` is ``win`` (better beyond the seed spread and no slower), ``tie`` (no slower,
+    the difference inside the seed spread), ``loss`` (no slower, worse beyond the spread),
+    ``slower`` (fails the latency rule, whatever its mIoU) or ``untested`` (no slower, but
+    fewer than two seeds of one of them: no spread to test against). ``better`` tests the
+    candidate over the baseline, ``worse`` the baseline over the candidate.
+    """
+
+    verdict: str
+    better: SeedComparison
+    worse: SeedComparison
+    latency: LatencyComparison
+    reason: str
+
+
+def judge(
+    candidate: Sequence[float],
+    baseline: Sequence[float],
+    latency: LatencyComparison,
+    confidence: float = DEFAULT_CONFIDENCE,
+) -> Verdict:
+    """The verdict on ``candidate``'s mIoU per seed against ``baseline``'s, given ``latency``."""
+    better = compare_seeds(candidate, baseline, confidence)
+    worse = compare_seeds(baseline, candidate, confidence)
+    if not latency.not_slower:
+        verdict = SLOWER
+    elif min(len(candidate), len(baseline)) < MIN_SEEDS:
+        verdict = UNTESTED
+    elif better.better:
+        verdict = WIN
+    elif worse.better:
+        verdict = LOSS
+    else:
+        verdict = TIE
+    if verdict == LOSS:
+        gap = better.baseline_mean - better.candidate_mean
+        miou = f"lower by {gap:.4f} beyond the seed spread (Welch p={worse.p_value:.3f})"
+    else:
+        miou = better.reason
+    reason = f"{verdict}: mIoU {miou}; latency {latency.reason}"
+    return Verdict(verdict, better, worse, latency, reason)

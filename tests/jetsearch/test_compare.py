@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from jetsearch.compare import compare_seeds, incomplete_beta, t_sf
+from jetsearch.compare import compare_latency, compare_seeds, incomplete_beta, judge, t_sf
 
 
 @pytest.mark.parametrize("t", [-3.0, -0.5, 0.0, 0.7, 2.0, 10.0])
@@ -44,3 +44,41 @@ def test_a_clear_gap_is_a_win_and_a_lower_mean_never_is():
     assert not single.better and "at least 2 seeds" in single.reason
     # Identical seeds, higher: no spread at all, the difference is real.
     assert compare_seeds([0.5, 0.5], [0.4, 0.4]).better
+
+
+def test_measured_latency_needs_the_median_and_half_the_rounds():
+    # No slower at the median and faster in 3 of 5 rounds.
+    preset = [10.2, 10.1, 10.3, 10.4, 10.1]
+    ok = compare_latency([9.8, 10.5, 9.9, 10.6, 10.0], preset, measured=True)
+    assert ok.not_slower and ok.faster_rounds == 3 and ok.rounds == 5
+    assert ok.candidate_ms == 10.0 and ok.baseline_ms == 10.2
+    # Faster in 3 rounds by a hair, far slower in the other two: the median says slower.
+    hair = compare_latency([9.9, 10.9, 11.9, 20.0, 20.0], [10, 11, 12, 5, 5], measured=True)
+    assert hair.faster_rounds == 3 and hair.candidate_ms > hair.baseline_ms
+    assert not hair.not_slower
+    # A lower median (3 against 4 ms) but faster in only 2 of 5 rounds: not enough.
+    few = compare_latency([3, 3, 3, 10, 10], [2, 2, 11, 11, 4], measured=True)
+    assert few.candidate_ms <= few.baseline_ms and few.faster_rounds == 2 and not few.not_slower
+    assert "faster in 2/5 rounds" in few.reason
+    with pytest.raises(ValueError, match="pair up"):
+        compare_latency([1.0, 2.0], [1.0], measured=True)
+
+
+def test_an_estimate_is_one_number_each():
+    assert compare_latency([5.0], [5.0], measured=False).not_slower
+    slower = compare_latency([5.1], [5.0], measured=False)
+    assert not slower.not_slower and slower.rounds == 0 and "estimated" in slower.reason
+
+
+def test_verdicts_combine_the_seed_test_and_the_latency_rule():
+    fast = compare_latency([9.0, 9.0, 9.0], [10.0, 10.0, 10.0], measured=True)
+    slow = compare_latency([11.0, 11.0, 11.0], [10.0, 10.0, 10.0], measured=True)
+    clear, base = [0.42, 0.44, 0.43], [0.38, 0.39, 0.37]
+    assert judge(clear, base, fast).verdict == "win"
+    assert judge(clear, base, slow).verdict == "slower"
+    assert judge([0.42, 0.36, 0.45], [0.38, 0.41, 0.37], fast).verdict == "tie"
+    loss = judge(base, clear, fast)
+    assert loss.verdict == "loss" and "lower by" in loss.reason and loss.worse.better
+    assert judge([0.60], base, fast).verdict == "untested"
+    win = judge(clear, base, fast)
+    assert win.reason.startswith("win: mIoU higher by") and "faster in 3/3" in win.reason
