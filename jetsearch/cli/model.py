@@ -18,7 +18,8 @@ def _fmt_g(n: float) -> str:
 
 
 def cmd_model(args: argparse.Namespace) -> int:
-    """Print the per-stage table (and per-layer with ``--layers``), or export ONNX."""
+    """Print the per-stage table (and per-layer with ``--layers``) and, for a derived preset,
+    where it came from (its provenance block); or export ONNX."""
     import rich.table
 
     from jetseg.complexity import profile
@@ -32,9 +33,11 @@ def cmd_model(args: argparse.Namespace) -> int:
         return _export(args, config, model, out)
     report = profile(model, args.size)
     h, w = args.size
+    provenance, source = _provenance(args.config)
     out.print(
         f"[bold]{config.name}[/bold]  arch_hash {arch_hash(config)}  input {h}x{w}  "
         f"classes {config.num_classes}"
+        + ("  [italic](derived preset)[/italic]" if provenance else "")
     )
     table = rich.table.Table(title="per stage", title_justify="left")
     for col in (
@@ -124,12 +127,41 @@ def cmd_model(args: argparse.Namespace) -> int:
                 str(row.kernels),
             )
         out.print(lt)
+    _print_provenance(out, provenance, source)
     if args.json:
         from jetseg.fileio import atomic_write_text
 
         payload = {"name": config.name, "arch_hash": arch_hash(config), **report.to_dict()}
+        if provenance:
+            payload["provenance"] = provenance
         atomic_write_text(args.json, json.dumps(payload, indent=2) + "\n")
     return EXIT_OK
+
+
+def _provenance(name_or_path: str) -> tuple[dict | str | None, str]:
+    """A derived preset's provenance block (None for a config without one; the problem as a
+    string when the block is there but unreadable) and the file it came from."""
+    from jetseg.config import ConfigError, config_file, read_provenance
+
+    path = config_file(name_or_path)
+    try:
+        return read_provenance(path), str(path)
+    except (ConfigError, OSError) as err:
+        return str(err), str(path)
+
+
+def _print_provenance(out, provenance: dict | str | None, source: str) -> None:
+    """The provenance block as its file holds it (YAML), under a heading naming the file."""
+    import yaml
+
+    if provenance is None:
+        return
+    if isinstance(provenance, str):
+        out.print(f"[yellow]provenance block unreadable:[/yellow] {provenance}", highlight=False)
+        return
+    text = yaml.safe_dump(provenance, sort_keys=False, default_flow_style=None, width=96)
+    out.print(f"[bold]provenance[/bold] ({source}):", highlight=False)
+    out.print("\n".join(f"  {line}" for line in text.splitlines()), highlight=False, markup=False)
 
 
 def _export(args: argparse.Namespace, config, model, out) -> int:
@@ -159,7 +191,10 @@ def add_parsers(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("action", choices=("show", "count", "export"))
-    p.add_argument("config", help="preset name (nano, agx, workstation) or a config YAML path")
+    p.add_argument(
+        "config",
+        help="preset name (nano, agx, workstation, a derived preset) or a config YAML path",
+    )
     p.add_argument(
         "--size", type=parse_size, default=(360, 480), help="input HxW (default 360x480)"
     )
