@@ -1,31 +1,64 @@
-"""``jetsearch finalize``: train the final front fully, re-measure it, and report.
+"""``jetsearch finalize``: train the final front fully over seeds, compare it with the presets.
 
 A study scores every network after a short proxy run. Finalize closes the loop: it takes the
 top networks of the final front (each at the highest rung it reached), and optionally the
-presets, trains each under **one** full recipe in a resumable run directory of its own (the
-layout ``jetsearch train`` writes), evaluates each on val and on the held-out sequences,
-re-measures its latency with the study's providers (no cache: a fresh measurement), and writes
-``report.md``, ``report.json`` and ``front_final.png`` (the final front with the presets marked
-and each network's proxy figure beside its final one). Running the same command again resumes
-the trainings that did not finish and measures nothing twice.
+presets, and trains each under **one** full recipe with ``seeds`` seeds (0, 1, ...), each in a
+resumable run directory of its own (``<out>/<network>/seed<k>``, the layout ``jetsearch train``
+writes). Every run is evaluated on val and on the held-out sequences; per network the report
+gives the mean and the sample standard deviation over the seeds.
+
+Latency is re-measured with the study's providers, without the cache. Where they measure, all
+networks are measured in ``rounds`` interleaved rounds (each round measures every network once,
+starting one further down the list each time), so a drift in the machine's load hits presets
+and found networks alike; a network's latency is the median of its round medians. Where they
+estimate, each network gets one estimate from the same provider, labelled ``estimated``.
+
+Each found network is then judged against each preset (:func:`jetsearch.compare.judge`): a
+**win** needs a mean mIoU over seeds higher beyond the seed spread (Welch's one-sided t-test,
+90% by default) on the held-out sequences (on val when none are held out) **and** a latency no
+higher (measured: a median over the rounds no higher and faster in at least half of the rounds;
+estimated: an estimate no higher). With ``write_preset``, the best network that wins against
+the baseline preset is written as a derived preset whose header says where it came from
+(:func:`write_derived_preset`); without a win nothing is written and the report says why.
+
+Writes ``report.md``, ``report.json`` and ``front_final.png`` (latency against mIoU with the
+seed spread as error bars, the presets marked, each network's proxy figure beside its final
+one). Running the same command again resumes the trainings that did not finish, trains nothing
+twice, and keeps the latencies measured for the same networks and settings (``latency.json``)
+unless ``remeasure``.
 
 The full recipe is the study's ``train:`` block with the given length (``epochs`` or
 ``minutes`` of training), at the study's latency input size unless ``size`` is given, with the
 usual augmentation (random scale 0.5-2.0, crop to the training size, horizontal flip) unless
-``augment`` is off. The report names the recipe that produced every number.
+``augment`` is off; seed ``k`` replaces only the recipe's seed. The report names the recipe
+that produced every number.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import datetime
 import json
 import math
+import os
+import re
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jetsearch.compare import (
+    DEFAULT_CONFIDENCE,
+    MIN_SEEDS,
+    TEST_NAME,
+    UNTESTED,
+    WIN,
+    compare_latency,
+    judge,
+)
 from jetsearch.fronts import ranked
 from jetseg.config import JetSegConfig, arch_hash, load_config, load_yaml_text
 from jetseg.fileio import atomic_write_text
@@ -33,6 +66,14 @@ from jetseg.fileio import atomic_write_text
 AUGMENTATION = {"random_scale": (0.5, 2.0), "flip": True}
 REPORT_NAME = "report.md"
 PLOT_NAME = "front_final.png"
+LATENCY_NAME = "latency.json"
+DEFAULT_SEEDS = 3
+DEFAULT_ROUNDS = 5
+LATENCY_RULE = (
+    "measured: the median over interleaved rounds no higher than the preset's and faster in at "
+    "least half of the rounds; estimated: the estimate no higher"
+)
+PRESET_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 
 class FinalizeError(RuntimeError):
@@ -40,8 +81,27 @@ class FinalizeError(RuntimeError):
 
 
 @dataclass
+class SeedRun:
+    """One training of one network: its seed, its run directory and its figures."""
+
+    seed: int
+    run_dir: str
+    val_miou: float | None
+    heldout_miou: float | None
+    train_time_s: float
+    epochs: int
+    device: str = "cpu"
+
+
+@dataclass
 class FinalRow:
-    """One network of the final report: its proxy figures and its final ones."""
+    """One network of the final report: its proxy figures, its seeds and their summary.
+
+    ``val_miou`` and ``heldout_miou`` are means over the seeds, ``*_sd`` their sample standard
+    deviations (None below two seeds). ``latency_rounds_ms`` holds the network's median in each
+    interleaved round (one value for an estimate); ``latency_median_ms`` is their median.
+    ``verdicts`` maps each preset's name to the verdict against it (found networks only).
+    """
 
     name: str
     kind: str  # "found" or "preset"
@@ -53,15 +113,38 @@ class FinalRow:
     proxy_val_miou: float | None
     proxy_heldout_miou: float | None
     proxy_latency_ms: float | None
+    seeds: list[SeedRun] = field(default_factory=list)
     val_miou: float | None = None
+    val_miou_sd: float | None = None
     heldout_miou: float | None = None
+    heldout_miou_sd: float | None = None
     latency_median_ms: float | None = None
     latency_p90_ms: float | None = None
+    latency_rounds_ms: list[float] = field(default_factory=list)
     latency_flags: list[str] = field(default_factory=list)
     latency_source: str | None = None
+    latency_device: str | None = None
     train_time_s: float | None = None
-    epochs: int | None = None
     run_dir: str = ""
+    verdicts: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def values(self, metric: str) -> list[float]:
+        """The per-seed values of ``metric`` (``val_miou`` or ``heldout_miou``) that exist."""
+        return [v for v in (getattr(s, metric) for s in self.seeds) if v is not None]
+
+    def summarise(self) -> None:
+        """Means and sample standard deviations over the seeds, total training time."""
+        for metric in ("val_miou", "heldout_miou"):
+            values = self.values(metric)
+            mean = statistics.fmean(values) if values else None
+            sd = statistics.stdev(values) if len(values) >= MIN_SEEDS else None
+            setattr(self, metric, mean)
+            setattr(self, f"{metric}_sd", sd)
+        self.train_time_s = round(sum(s.train_time_s for s in self.seeds), 1)
+
+    @property
+    def measured(self) -> bool:
+        return bool(self.latency_source and self.latency_source.startswith("measured"))
 
 
 def spec_of(study) -> Any:
@@ -101,14 +184,14 @@ def full_recipe(
     holdout: Sequence[str],
     progress: bool,
 ) -> Any:
-    """The one TrainConfig every finalized network trains with."""
+    """The one TrainConfig every finalized network trains with (seed 0; seed k replaces it)."""
     if (epochs is None) == (minutes is None):
         raise FinalizeError("give exactly one of --epochs N or --minutes M")
     if epochs is not None and epochs < 1:
         raise FinalizeError(f"--epochs must be >= 1, got {epochs}")
     if minutes is not None and not minutes > 0:
         raise FinalizeError(f"--minutes must be > 0, got {minutes}")
-    base = spec.train.train_config(seed=spec.seed)
+    base = spec.train.train_config(seed=0)
     size = tuple(size or spec.latency.input_size)
     changes: dict[str, Any] = {
         "epochs": epochs if epochs is not None else 100000,
@@ -144,12 +227,58 @@ def describe_recipe(cfg: Any) -> str:
     )
 
 
+def machine() -> dict[str, Any]:
+    """The machine finalize runs (and trains) on: CPU, its cores, GPU, torch."""
+    import torch
+
+    from jetsearch.latency.worker import cpu_model
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "gpu": gpu, "torch": torch.__version__}
+
+
+def describe_machine(info: dict[str, Any]) -> str:
+    gpu = f"GPU {info['gpu']}" if info.get("gpu") else "no GPU"
+    return f"CPU {info['cpu']} ({info['cpu_count']} logical cores), {gpu}, torch {info['torch']}"
+
+
+def check_preset_name(name: str, preset_dir: Path) -> Path:
+    """Where ``--write-preset name`` will write; refuses a bad name or a paper preset's file.
+
+    A derived preset (a file with a provenance block) of that name may be written again.
+    """
+    from jetseg.config import ConfigError, config_file, read_provenance
+
+    if not PRESET_NAME.fullmatch(name):
+        raise FinalizeError(
+            f"--write-preset {name!r}: a preset name is lower-case letters, digits, '-' and "
+            "'_' (at most 64), starting with a letter or digit"
+        )
+    target = Path(preset_dir) / f"{name}.yaml"
+    existing = [target] if target.is_file() else []
+    with contextlib.suppress(FileNotFoundError):
+        existing.append(config_file(name))
+    for path in existing:
+        try:
+            derived = read_provenance(path) is not None
+        except (ConfigError, OSError):
+            derived = False
+        if not derived:
+            raise FinalizeError(
+                f"--write-preset {name}: {path} exists and is not a derived preset; choose "
+                f"another name (e.g. {name}-found)"
+            )
+    return target
+
+
 def finalize(
     study,
     storage: Any,
     *,
     top: int,
     presets: Sequence[str] = (),
+    seeds: int = DEFAULT_SEEDS,
+    rounds: int = DEFAULT_ROUNDS,
     epochs: int | None = None,
     minutes: float | None = None,
     size: tuple[int, int] | None = None,
@@ -157,16 +286,42 @@ def finalize(
     data: str | None = None,
     holdout: Sequence[str] | None = None,
     out_dir: str | Path,
+    baseline: str | None = None,
+    confidence: float = DEFAULT_CONFIDENCE,
+    write_preset: str | None = None,
+    preset_dir: str | Path | None = None,
+    remeasure: bool = False,
     progress: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Train, evaluate, re-measure and report; returns what ``report.json`` holds."""
+    """Train over seeds, evaluate, re-measure, judge and report; returns ``report.json``'s data.
+
+    ``presets`` are trained beside the found networks; ``baseline`` (default: the preset named
+    as the study's target, else the first of ``presets``) is the one a derived preset must
+    beat. Every argument is checked before anything is trained.
+    """
     from jetsearch.report import trial_rows
-    from jetseg.run import run_training
+    from jetseg.config import PRESETS_DIR
 
     if top < 1:
         raise FinalizeError(f"--top must be >= 1, got {top}")
+    if seeds < 1:
+        raise FinalizeError(f"--seeds must be >= 1, got {seeds}")
+    if rounds < 1:
+        raise FinalizeError(f"--rounds must be >= 1, got {rounds}")
+    presets = list(dict.fromkeys(presets))
     spec = spec_of(study)
+    if baseline is None and presets:
+        baseline = spec.target if spec.target in presets else presets[0]
+    if baseline is not None and baseline not in presets:
+        raise FinalizeError(f"--baseline {baseline}: not among the presets trained ({presets})")
+    target_file = None
+    if write_preset is not None:
+        if not presets:
+            raise FinalizeError(
+                "--write-preset needs a preset to beat: add --with-presets (e.g. the target's)"
+            )
+        target_file = check_preset_name(write_preset, Path(preset_dir or PRESETS_DIR))
     data = data if data is not None else spec.data
     holdout = tuple(spec.train.holdout if holdout is None else holdout)
     recipe = full_recipe(
@@ -194,37 +349,296 @@ def finalize(
         )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    from jetsearch.latency.chain import LatencyChain
 
-    # A fresh measurement for the report: the study's providers without its cache.
+    _train_all(networks, data, recipe, seeds, out, log)
+    _latency(networks, spec, rounds, out, remeasure, log)
+    metric = comparison_metric([row for row, _ in networks])
+    judge_networks([row for row, _ in networks], metric=metric, confidence=confidence)
+
+    report = report_header(
+        study.study_name,
+        spec,
+        recipe,
+        data=data,
+        holdout=holdout,
+        seeds=seeds,
+        rounds=rounds,
+        metric=metric,
+        baseline=baseline,
+        confidence=confidence,
+    )
+    report["networks"] = [dataclasses.asdict(r) for r, _ in networks]
+    if write_preset is not None:
+        path, message = write_derived_preset(
+            report,
+            [row for row, _ in networks],
+            {row.name: config for row, config in networks},
+            write_preset,
+            target_file.parent,
+        )
+        report["derived_preset"] = {
+            "name": write_preset,
+            "path": None if path is None else str(path),
+            "message": message,
+        }
+        log(message)
+    atomic_write_text(out / "report.json", json.dumps(_plain(report), indent=2) + "\n")
+    plot = plot_final(report, out / PLOT_NAME)
+    atomic_write_text(out / REPORT_NAME, report_markdown(report, plot))
+    return report
+
+
+def _train_all(
+    networks: Sequence[tuple[FinalRow, JetSegConfig]],
+    data: str | None,
+    recipe: Any,
+    seeds: int,
+    out: Path,
+    log: Callable[[str], None],
+) -> None:
+    """Every network with every seed, each in ``<out>/<name>/seed<k>`` (resumed if there)."""
+    from jetseg.run import run_training
+
+    total = len(networks) * seeds
+    started, done = time.time(), 0
+    for row, config in networks:
+        row.run_dir = str(out / row.name)
+        row.seeds = []
+        for seed in range(seeds):
+            done += 1
+            run_dir = out / row.name / f"seed{seed}"
+            log(f"[{done}/{total}] {row.name} ({row.kind}) seed {seed}: training in {run_dir}")
+            result = run_training(config, data, run_dir, dataclasses.replace(recipe, seed=seed))
+            row.seeds.append(
+                SeedRun(
+                    seed=seed,
+                    run_dir=str(run_dir),
+                    val_miou=_finite(result.best_miou),
+                    heldout_miou=_finite(result.heldout_miou),
+                    train_time_s=round(result.train_time_s, 1),
+                    epochs=result.epochs_done,
+                    device=result.device,
+                )
+            )
+            elapsed = time.time() - started
+            log(
+                f"  val mIoU {_pct(row.seeds[-1].val_miou)}, held-out "
+                f"{_pct(row.seeds[-1].heldout_miou)}; elapsed {elapsed / 60:.1f} min, "
+                f"ETA {elapsed / done * (total - done) / 60:.1f} min"
+            )
+        row.summarise()
+
+
+def _latency(
+    networks: Sequence[tuple[FinalRow, JetSegConfig]],
+    spec: Any,
+    rounds: int,
+    out: Path,
+    remeasure: bool,
+    log: Callable[[str], None],
+) -> None:
+    """Params and MACs at the latency input size, and latency in interleaved rounds (kept in
+    ``latency.json`` for the same networks and settings)."""
+    from jetseg.complexity import profile
+    from jetseg.model import build_model
+
+    h, w = spec.latency.input_size
+    for row, config in networks:
+        counts = profile(build_model(config), (h, w))
+        row.params, row.macs = counts.params, counts.macs
+    settings = _plain(
+        {**dataclasses.asdict(dataclasses.replace(spec.latency, cache=None)), "rounds": rounds}
+    )
+    stored_path = out / LATENCY_NAME
+    stored = None
+    if stored_path.is_file() and not remeasure:
+        try:
+            stored = json.loads(stored_path.read_text())
+        except (OSError, ValueError):
+            stored = None
+    keys = [row.arch_hash for row, _ in networks]
+    if (
+        stored is not None
+        and stored.get("settings") == settings
+        and all(k in stored.get("networks", {}) for k in keys)
+    ):
+        log(f"latency: kept from {stored_path} (same networks and settings; --remeasure to redo)")
+        measured = stored["networks"]
+    else:
+        measured = measure_interleaved(networks, spec, rounds, log)
+        atomic_write_text(
+            stored_path,
+            json.dumps(_plain({"settings": settings, "networks": measured}), indent=2) + "\n",
+        )
+    for row, _ in networks:
+        m = measured[row.arch_hash]
+        row.latency_rounds_ms = list(m["rounds_ms"])
+        row.latency_median_ms = statistics.median(m["rounds_ms"])
+        row.latency_p90_ms = statistics.median(m["p90_ms"])
+        row.latency_flags = list(m["flags"])
+        row.latency_source = m["source"]
+        row.latency_device = m["device"]
+
+
+def measure_interleaved(
+    networks: Sequence[tuple[FinalRow, JetSegConfig]],
+    spec: Any,
+    rounds: int,
+    log: Callable[[str], None] = print,
+) -> dict[str, dict[str, Any]]:
+    """Every network's latency in ``rounds`` interleaved rounds, by the study's providers
+    without the cache: {arch_hash: rounds_ms, p90_ms, flags, source, device}.
+
+    Round ``r`` measures every network once, starting at the ``r``-th, so no network is always
+    first after a pause. A network whose latency is an estimate is not asked again: an estimate
+    does not drift.
+    """
+    import torch
+
+    from jetsearch.latency.chain import LatencyChain
+    from jetseg.export import export_onnx
+    from jetseg.model import build_model
+
+    h, w = spec.latency.input_size
+    models = {}
+    for row, config in networks:
+        with torch.no_grad():
+            models[row.arch_hash] = (export_onnx(build_model(config), input_size=(h, w)), config)
+    names = {row.arch_hash: row.name for row, _ in networks}
+    keys = list(models)
+    results: dict[str, list[Any]] = {k: [] for k in keys}
+    estimated: set[str] = set()
     chain = LatencyChain(
         dataclasses.replace(spec, latency=dataclasses.replace(spec.latency, cache=None))
     )
-    started = time.time()
     try:
-        for index, (row, config) in enumerate(networks, start=1):
-            run_dir = out / row.name
-            row.run_dir = str(run_dir)
-            log(f"[{index}/{len(networks)}] {row.name} ({row.kind}): training in {run_dir}")
-            result = run_training(config, data, run_dir, recipe)
-            row.val_miou = _finite(result.best_miou)
-            row.heldout_miou = _finite(result.heldout_miou)
-            row.train_time_s = round(result.train_time_s, 1)
-            row.epochs = result.epochs_done
-            _measure(row, config, chain, spec, log)
-            elapsed = time.time() - started
-            eta = elapsed / index * (len(networks) - index)
+        for r in range(rounds):
+            order = keys[r % len(keys) :] + keys[: r % len(keys)]
+            for key in order:
+                if key in estimated:
+                    continue
+                result, errors = chain.measure(*models[key])
+                for error in errors:
+                    log(f"  latency fallback ({names[key]}): {error}")
+                results[key].append(result)
+                if not result.provenance.is_measurement:
+                    estimated.add(key)
+            if len(estimated) == len(keys):
+                log("latency: estimated (one estimate per network)")
+                break
             log(
-                f"  val mIoU {_pct(row.val_miou)}, held-out {_pct(row.heldout_miou)}, latency "
-                f"{row.latency_median_ms:.2f} ms; elapsed {elapsed / 60:.1f} min, "
-                f"ETA {eta / 60:.1f} min"
+                f"latency round {r + 1}/{rounds}: "
+                + ", ".join(f"{names[k]} {results[k][-1].median_ms:.2f}" for k in keys)
             )
     finally:
         chain.close()
-    report = {
-        "study": study.study_name,
+    measured = {}
+    for key, found in results.items():
+        sources = sorted({res.provenance.value for res in found})
+        measured[key] = {
+            "rounds_ms": [res.median_ms for res in found],
+            "p90_ms": [res.p90_ms for res in found],
+            "flags": sorted({f for res in found for f in res.flags if f != "from-cache"}),
+            "source": sources[0] if len(sources) == 1 else "mixed: " + ", ".join(sources),
+            "device": _latency_device(found[-1].fingerprint),
+        }
+    return measured
+
+
+def _latency_device(fingerprint: dict[str, Any]) -> str:
+    device = (
+        fingerprint.get("board_model")
+        or fingerprint.get("gpu_model")
+        or fingerprint.get("device")
+        or fingerprint.get("cpu_model")
+        or fingerprint.get("target")
+        or "unknown device"
+    )
+    runtime = fingerprint.get("runtime") or fingerprint.get("model")
+    precision = fingerprint.get("precision")
+    extra = ", ".join(str(x) for x in (runtime, precision) if x)
+    return f"{device} ({extra})" if extra else str(device)
+
+
+def comparison_metric(rows: Sequence[FinalRow]) -> str:
+    """``heldout_miou`` when every run has a held-out figure, else ``val_miou``."""
+    if rows and all(len(r.values("heldout_miou")) == len(r.seeds) > 0 for r in rows):
+        return "heldout_miou"
+    return "val_miou"
+
+
+def judge_networks(
+    rows: Sequence[FinalRow], *, metric: str, confidence: float = DEFAULT_CONFIDENCE
+) -> None:
+    """Each found network's verdict against each preset, into ``row.verdicts``."""
+    presets = [r for r in rows if r.kind == "preset"]
+    for row in rows:
+        if row.kind != "found":
+            continue
+        row.verdicts = {}
+        for preset in presets:
+            row.verdicts[preset.name.removeprefix("preset-")] = _verdict(
+                row, preset, metric, confidence
+            )
+
+
+def _verdict(row: FinalRow, preset: FinalRow, metric: str, confidence: float) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "metric": metric,
+        "test": TEST_NAME,
+        "confidence": confidence,
+    }
+    source = row.latency_source or "none"
+    if source != preset.latency_source or source.startswith("mixed"):
+        return {
+            **record,
+            "verdict": UNTESTED,
+            "reason": f"untested: latencies not comparable ({row.latency_source} against "
+            f"{preset.latency_source})",
+        }
+    measured = row.measured
+    latency = compare_latency(
+        row.latency_rounds_ms if measured else [row.latency_median_ms],
+        preset.latency_rounds_ms if measured else [preset.latency_median_ms],
+        measured=measured,
+    )
+    verdict = judge(row.values(metric), preset.values(metric), latency, confidence)
+    better = verdict.better
+    return {
+        **record,
+        "verdict": verdict.verdict,
+        "reason": verdict.reason,
+        "difference": _finite(better.candidate_mean - better.baseline_mean),
+        "t": _finite(better.t),
+        "df": _finite(better.df),
+        "p_value": _finite(better.p_value),
+        "p_value_worse": _finite(verdict.worse.p_value),
+        "latency": dataclasses.asdict(latency),
+    }
+
+
+def report_header(
+    study_name: str,
+    spec: Any,
+    recipe: Any,
+    *,
+    data: str | None,
+    holdout: Sequence[str],
+    seeds: int,
+    rounds: int,
+    metric: str,
+    baseline: str | None,
+    confidence: float = DEFAULT_CONFIDENCE,
+) -> dict[str, Any]:
+    """Everything ``report.json`` says besides its networks."""
+    return {
+        "study": study_name,
+        "target": spec.target,
+        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
         "recipe": describe_recipe(recipe),
         "recipe_fields": _plain(recipe.to_dict()),
+        "seeds": seeds,
         "proxy": "the study's highest rung each network reached (see proxy_rung)",
         "data": str(data) if data else "synthetic",
         "holdout": list(holdout),
@@ -232,13 +646,139 @@ def finalize(
             "input_size": list(spec.latency.input_size),
             "providers": list(spec.latency.providers),
             "budget_ms": spec.latency.budget_ms,
+            "rounds": rounds,
         },
-        "networks": [dataclasses.asdict(r) for r, _ in networks],
+        "comparison": {
+            "metric": metric,
+            "test": TEST_NAME,
+            "confidence": confidence,
+            "latency_rule": LATENCY_RULE,
+            "baseline": baseline,
+        },
     }
-    atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
-    plot = plot_final(report, out / PLOT_NAME)
-    atomic_write_text(out / REPORT_NAME, report_markdown(report, plot))
-    return report
+
+
+def write_derived_preset(
+    report: dict[str, Any],
+    rows: Sequence[FinalRow],
+    configs: dict[str, JetSegConfig],
+    name: str,
+    preset_dir: str | Path,
+) -> tuple[Path | None, str]:
+    """The best found network that won against the baseline, as ``<preset_dir>/<name>.yaml``.
+
+    The best is the winner with the highest mean of the comparison metric (the lower latency
+    on a tie). Its file is the config under comment lines that say where it came from, and a
+    ``# provenance:`` block (:func:`jetseg.config.provenance_header`) with the study, target,
+    latency provider and whether it measured, the final figures with their seed spread, the
+    preset beaten with the test, the date and the machine. Returns the path (None when no
+    network won) and a message that says what was written, or which test each network failed.
+    """
+    from jetseg.config import dump_config, preset_dirs, provenance_header
+
+    comparison = report["comparison"]
+    baseline, metric = comparison["baseline"], comparison["metric"]
+    found = [r for r in rows if r.kind == "found"]
+    winners = [r for r in found if r.verdicts.get(baseline, {}).get("verdict") == WIN]
+    if not winners:
+        failed = "; ".join(
+            f"{r.name}: {r.verdicts.get(baseline, {}).get('reason', 'not compared')}" for r in found
+        )
+        return None, (
+            f"no derived preset written: no found network beat {baseline} beyond the seed "
+            f"spread and no slower ({failed})"
+        )
+    best = max(winners, key=lambda r: (getattr(r, metric), -(r.latency_median_ms or 0.0)))
+    preset = next(r for r in rows if r.kind == "preset" and r.name == f"preset-{baseline}")
+    verdict = best.verdicts[baseline]
+    config = dataclasses.replace(configs[best.name], name=name)
+    label = "held-out" if metric == "heldout_miou" else "val"
+    seeds = len(best.seeds)
+    latency = verdict["latency"]
+    how = "measured" if latency["measured"] else "estimated"
+    summary = [
+        f"{name}: a JetSeg network found by jetsearch study {report['study']} (target "
+        f"{report['target']}), {best.name}, trained with {seeds} seeds.",
+        f"It beat the {baseline} preset on {label} mIoU: "
+        f"{_pm(getattr(best, metric), _sd(best, metric))} against "
+        f"{_pm(getattr(preset, metric), _sd(preset, metric))} (Welch p={verdict['p_value']:.3g}),",
+        f"at a latency no higher ({how}): {best.latency_median_ms:.2f} against "
+        f"{preset.latency_median_ms:.2f} ms.",
+    ]
+    provenance = {
+        "preset": name,
+        "study": report["study"],
+        "target": report["target"],
+        "network": best.name,
+        "trial": best.trial,
+        "arch_hash": best.arch_hash,
+        "created_at": report["created_at"],
+        "machine": describe_machine(report["machine"]),
+        "trained_on": sorted({s.device for s in best.seeds}),
+        "data": report["data"],
+        "holdout": report["holdout"],
+        "recipe": report["recipe"],
+        "seeds": [s.seed for s in best.seeds],
+        "val_miou": _figures(best, "val_miou"),
+        "heldout_miou": _figures(best, "heldout_miou"),
+        "params": best.params,
+        "macs": best.macs,
+        "latency": {
+            "providers": report["latency"]["providers"],
+            "source": best.latency_source,
+            "measured": latency["measured"],
+            "device": best.latency_device,
+            "input_size": report["latency"]["input_size"],
+            "median_ms": _round(best.latency_median_ms),
+            "rounds": latency["rounds"],
+        },
+        "beat": {
+            "preset": baseline,
+            "metric": metric,
+            "test": f"{TEST_NAME} at {100 * comparison['confidence']:g}%",
+            "difference": _round(verdict["difference"]),
+            "t": _round(verdict["t"]),
+            "df": _round(verdict["df"]),
+            "p_value": _round(verdict["p_value"]),
+            "preset_val_miou": _figures(preset, "val_miou"),
+            "preset_heldout_miou": _figures(preset, "heldout_miou"),
+            "preset_latency_ms": _round(preset.latency_median_ms),
+            "faster_rounds": f"{latency['faster_rounds']}/{latency['rounds']}"
+            if latency["measured"]
+            else None,
+            "latency_rule": LATENCY_RULE,
+        },
+    }
+    path = Path(preset_dir) / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, provenance_header(provenance, summary) + "\n" + dump_config(config))
+    if path.parent.resolve() in [d.resolve() for d in preset_dirs()]:
+        where = f"load it as {name!r}; jetsearch model show {name} prints its provenance"
+    else:
+        where = (
+            f"load it by name with JETSEG_PRESET_PATH={path.parent}; jetsearch model show "
+            f"{path} prints its provenance"
+        )
+    return path, f"wrote derived preset {path} ({best.name}: {verdict['reason']}); {where}"
+
+
+def _figures(row: FinalRow, metric: str) -> dict[str, Any] | None:
+    values = row.values(metric)
+    if not values:
+        return None
+    return {
+        "mean": _round(getattr(row, metric)),
+        "sd": _round(getattr(row, f"{metric}_sd")),
+        "seeds": [_round(v) for v in values],
+    }
+
+
+def _sd(row: FinalRow, metric: str) -> float | None:
+    return getattr(row, f"{metric}_sd")
+
+
+def _round(value: float | None, digits: int = 4) -> float | None:
+    return None if value is None or not math.isfinite(value) else round(float(value), digits)
 
 
 def _trial_config_yaml(study, number: int) -> str:
@@ -261,28 +801,6 @@ def _final_row(name: str, kind: str, row: Any, config: JetSegConfig | None = Non
     )
 
 
-def _measure(row: FinalRow, config: JetSegConfig, chain: Any, spec: Any, log) -> None:
-    import torch
-
-    from jetseg.complexity import profile
-    from jetseg.export import export_onnx
-    from jetseg.model import build_model
-
-    model = build_model(config)
-    h, w = spec.latency.input_size
-    counts = profile(model, (h, w))
-    row.params, row.macs = counts.params, counts.macs
-    with torch.no_grad():
-        onnx_bytes = export_onnx(model, input_size=(h, w))
-    result, errors = chain.measure(onnx_bytes, config)
-    for error in errors:
-        log(f"  latency fallback: {error}")
-    row.latency_median_ms = result.median_ms
-    row.latency_p90_ms = result.p90_ms
-    row.latency_flags = list(result.flags)
-    row.latency_source = result.provenance.value
-
-
 def _finite(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
@@ -291,52 +809,128 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
+def _pm(mean: float | None, sd: float | None) -> str:
+    """Mean ± sd in percent."""
+    if mean is None:
+        return "-"
+    return f"{100 * mean:.1f}%" if sd is None else f"{100 * mean:.1f} ± {100 * sd:.1f}%"
+
+
 def _plain(data: Any) -> Any:
-    return json.loads(json.dumps(data, default=list))
+    """JSON-safe: tuples as lists, non-finite floats as None."""
+    if isinstance(data, dict):
+        return {str(k): _plain(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [_plain(v) for v in data]
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    return data
+
+
+def _verdict_cell(v: dict[str, Any] | None) -> str:
+    if v is None:
+        return "-"
+    if v.get("t") is None and v.get("difference") is None:
+        return v["reason"]
+    lat = v["latency"]
+    latency = (
+        f"{lat['candidate_ms']:.2f} vs {lat['baseline_ms']:.2f} ms, faster in "
+        f"{lat['faster_rounds']}/{lat['rounds']}"
+        if lat["measured"]
+        else f"{lat['candidate_ms']:.2f} vs {lat['baseline_ms']:.2f} ms estimated"
+    )
+    t = "-" if v["t"] is None else f"{v['t']:.2f}"
+    p = "-" if v["p_value"] is None else f"{v['p_value']:.3f}"
+    diff = "-" if v["difference"] is None else f"{100 * v['difference']:+.1f} pts"
+    return f"**{v['verdict']}** ({diff}, t={t}, p={p}; {latency})"
 
 
 def report_markdown(report: dict[str, Any], plot: Path | None) -> str:
-    """The report as Markdown: the recipe, then one table row per network."""
+    """The report as Markdown: the recipe, the comparison table, the proxy figures."""
+    lat = report["latency"]
+    comparison = report["comparison"]
+    metric_label = "held-out" if comparison["metric"] == "heldout_miou" else "val"
+    presets = [
+        n["name"].removeprefix("preset-") for n in report["networks"] if n["kind"] == "preset"
+    ]
+    measured = {n["latency_source"] for n in report["networks"]}
     lines = [
-        f"# Final training of study `{report['study']}`",
+        f"# Final training of study `{report['study']}` (target {report['target']})",
         "",
-        f"- Full recipe (every **final** figure): {report['recipe']}.",
+        f"- Full recipe (every **final** figure): {report['recipe']}; seeds "
+        f"{', '.join(str(s) for s in range(report['seeds']))}, each its own run; mean ± sample "
+        "standard deviation over the seeds.",
         f"- Proxy figures: {report['proxy']}.",
         f"- Data: {report['data']}; held-out sequences (never trained on): "
         f"{', '.join(report['holdout']) or 'none'}.",
-        f"- Latency re-measured at {report['latency']['input_size'][0]}x"
-        f"{report['latency']['input_size'][1]} with {', '.join(report['latency']['providers'])}"
+        f"- Latency taken again at {lat['input_size'][0]}x{lat['input_size'][1]} by "
+        f"{', '.join(lat['providers'])} ({', '.join(sorted(s or '-' for s in measured))}"
         + (
-            f"; budget {report['latency']['budget_ms']} ms."
-            if report["latency"]["budget_ms"]
-            else "."
-        ),
+            f"; {lat['rounds']} interleaved rounds, median of the round medians"
+            if any(s and s.startswith("measured") for s in measured)
+            else ""
+        )
+        + ")"
+        + (f"; budget {lat['budget_ms']} ms." if lat["budget_ms"] else "."),
+        f"- Machine: {describe_machine(report['machine'])}; {report['created_at']}.",
+        f"- Verdict against each preset: **win** only when the mean {metric_label} mIoU over "
+        f"seeds is higher beyond the seed spread ({comparison['test']} at "
+        f"{100 * comparison['confidence']:g}%; t and p in the cell) and the latency is no "
+        f"higher ({comparison['latency_rule']}); **tie**: no slower, the difference inside "
+        "the seed spread; **loss**: no slower, lower beyond the spread; **slower**: fails the "
+        "latency rule; **untested**: fewer than 2 seeds.",
         "",
-        "| network | kind | params | MACs | latency median / p90 ms | flags | proxy rung | "
-        "proxy val mIoU | final val mIoU | proxy held-out | final held-out mIoU | train time |",
-        "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| network | kind | val mIoU | held-out mIoU | seeds | latency ms | params | MACs | "
+        + " | ".join(f"vs {p}" for p in presets)
+        + (" |" if presets else "|"),
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |" + " --- |" * len(presets),
     ]
     for n in report["networks"]:
-        lat = (
-            f"{n['latency_median_ms']:.2f} / {n['latency_p90_ms']:.2f}"
-            if n["latency_median_ms"] is not None
-            else "-"
-        )
-        flags = ", ".join(f for f in n["latency_flags"] if f != "from-cache") or ""
+        source = n["latency_source"] or "-"
+        how = "measured" if source.startswith("measured") else source
+        latency = f"{n['latency_median_ms']:.2f} ({how})" if n["latency_median_ms"] else "-"
+        cells = [
+            n["name"],
+            n["kind"],
+            _pm(n["val_miou"], n["val_miou_sd"]),
+            _pm(n["heldout_miou"], n["heldout_miou_sd"]),
+            str(len(n["seeds"])),
+            latency,
+            f"{n['params']:,}",
+            f"{n['macs'] / 1e6:.1f} M",
+        ]
+        cells += [
+            _verdict_cell(n["verdicts"].get(p)) if n["kind"] == "found" else "-" for p in presets
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Per seed and against the proxy:",
+        "",
+        "| network | proxy rung | proxy val | val per seed | proxy held-out | held-out per seed | "
+        "latency flags | train time (all seeds) |",
+        "| --- | ---: | ---: | --- | ---: | --- | --- | ---: |",
+    ]
+    for n in report["networks"]:
+        per_val = ", ".join(_pct(s["val_miou"]) for s in n["seeds"])
+        per_held = ", ".join(_pct(s["heldout_miou"]) for s in n["seeds"])
         lines.append(
-            f"| {n['name']} | {n['kind']} | {n['params']:,} | {n['macs'] / 1e6:.1f} M | {lat} | "
-            f"{flags} | {n['proxy_rung'] if n['proxy_rung'] is not None else '-'} | "
-            f"{_pct(n['proxy_val_miou'])} | {_pct(n['val_miou'])} | "
-            f"{_pct(n['proxy_heldout_miou'])} | {_pct(n['heldout_miou'])} | "
+            f"| {n['name']} | {n['proxy_rung'] if n['proxy_rung'] is not None else '-'} | "
+            f"{_pct(n['proxy_val_miou'])} | {per_val} | {_pct(n['proxy_heldout_miou'])} | "
+            f"{per_held} | {', '.join(n['latency_flags'])} | "
             f"{(n['train_time_s'] or 0) / 60:.1f} min |"
         )
+    derived = report.get("derived_preset")
+    if derived is not None:
+        lines += ["", f"Derived preset `{derived['name']}`: {derived['message']}."]
     if plot is not None:
         lines += ["", f"![final front]({plot.name})"]
     return "\n".join(lines) + "\n"
 
 
 def plot_final(report: dict[str, Any], path: Path) -> Path | None:
-    """Final mIoU against re-measured latency; presets marked; proxy figure beside each."""
+    """Final mIoU (mean, seed sd as error bars) against re-measured latency (the rounds' range
+    as error bars); presets marked; the proxy figure beside each."""
     try:
         import matplotlib
 
@@ -345,32 +939,45 @@ def plot_final(report: dict[str, Any], path: Path) -> Path | None:
     except ImportError:
         return None
     nets = [n for n in report["networks"] if n["latency_median_ms"] is not None]
-    metric = "heldout_miou" if any(n["heldout_miou"] is not None for n in nets) else "val_miou"
+    metric = report["comparison"]["metric"]
     label = "held-out mIoU" if metric == "heldout_miou" else "val mIoU"
     fig, ax = plt.subplots(figsize=(8.5, 5), dpi=120)
     for n in nets:
-        final = n[metric]
+        final, sd = n[metric], n[f"{metric}_sd"]
         proxy = n["proxy_" + metric]
         x = n["latency_median_ms"]
-        style = (
-            {"marker": "*", "s": 200, "c": "#ff7f0e"}
-            if n["kind"] == "preset"
-            else {"marker": "o", "s": 50, "c": "#1f77b4"}
+        rounds = n["latency_rounds_ms"]
+        preset = n["kind"] == "preset"
+        color = "#ff7f0e" if preset else "#1f77b4"
+        if final is None:
+            continue
+        xerr = [[x - min(rounds)], [max(rounds) - x]] if len(rounds) > 1 else None
+        ax.errorbar(
+            [x],
+            [100 * final],
+            yerr=None if sd is None else [100 * sd],
+            xerr=xerr,
+            fmt="*" if preset else "o",
+            ms=14 if preset else 7,
+            mfc=color,
+            mec="k",
+            ecolor=color,
+            elinewidth=1,
+            capsize=3,
+            zorder=5,
         )
-        if final is not None:
-            ax.scatter([x], [100 * final], edgecolors="k", zorder=5, **style)
-            ax.annotate(
-                n["name"], (x, 100 * final), textcoords="offset points", xytext=(6, 4), fontsize=8
-            )
-        if proxy is not None and final is not None:
+        ax.annotate(
+            n["name"], (x, 100 * final), textcoords="offset points", xytext=(6, 4), fontsize=8
+        )
+        if proxy is not None:
             px = n["proxy_latency_ms"] or x
             ax.scatter(
                 [px],
                 [100 * proxy],
-                marker=style["marker"],
-                s=style["s"] / 2,
+                marker="*" if preset else "o",
+                s=50 if preset else 25,
                 facecolors="none",
-                edgecolors=style["c"],
+                edgecolors=color,
             )
             ax.annotate(
                 "",
@@ -378,14 +985,24 @@ def plot_final(report: dict[str, Any], path: Path) -> Path | None:
                 (px, 100 * proxy),
                 arrowprops={"arrowstyle": "->", "color": "#9e9e9e", "lw": 0.8},
             )
+    baseline = report["comparison"].get("baseline")
+    base = next((n for n in nets if n["name"] == f"preset-{baseline}" and n[metric]), None)
+    if base is not None:  # a win lies above and left of the baseline preset
+        ax.axhline(100 * base[metric], ls=":", c="#ff7f0e", lw=1)
+        ax.axvline(base["latency_median_ms"], ls=":", c="#ff7f0e", lw=1)
     budget = report["latency"]["budget_ms"]
-    if budget:
+    xs = [x for n in nets for x in (*n["latency_rounds_ms"], n["proxy_latency_ms"]) if x]
+    # A budget far right of every network would squash them into one corner: named only.
+    budget_shown = bool(budget) and (not xs or budget <= 1.5 * max(xs))
+    if budget_shown:
         ax.axvline(budget, ls="--", c="#d62728", lw=1)
     from matplotlib.lines import Line2D
 
+    seeds = report["seeds"]
     handles = [
-        Line2D([], [], marker="o", ls="", c="#1f77b4", label="found network (final)"),
-        Line2D([], [], marker="*", ls="", c="#ff7f0e", ms=12, label="preset (final)"),
+        Line2D([], [], marker="o", ls="", c="#1f77b4", label=f"found network (mean of {seeds})"),
+        Line2D([], [], marker="*", ls="", c="#ff7f0e", ms=12, label="preset (mean)"),
+        Line2D([], [], ls="-", c="#7f7f7f", label="seed sd / latency rounds' range"),
         Line2D(
             [],
             [],
@@ -396,12 +1013,22 @@ def plot_final(report: dict[str, Any], path: Path) -> Path | None:
             label="proxy figure (study's highest rung)",
         ),
     ]
+    if base is not None:
+        handles.append(
+            Line2D([], [], ls=":", c="#ff7f0e", label=f"{baseline}: a win lies above and left")
+        )
     if budget:
-        handles.append(Line2D([], [], ls="--", c="#d62728", label=f"budget {budget} ms"))
+        where = "" if budget_shown else ", off the right edge"
+        handles.append(Line2D([], [], ls="--", c="#d62728", label=f"budget {budget:g} ms{where}"))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
-    ax.set_xlabel("latency median, ms (re-measured)")
+    sources = {n["latency_source"] for n in nets}
+    how = "estimated" if sources == {"estimated"} else "re-measured"
+    ax.margins(x=0.15, y=0.08)  # room for the names beside the points
+    ax.set_xlabel(f"latency median, ms ({how})")
     ax.set_ylabel(f"{label}, %")
-    ax.set_title(f"{report['study']}: final training ({report['recipe'].split(' at ')[0]})")
+    ax.set_title(
+        f"{report['study']}: final training ({report['recipe'].split(' at ')[0]}, {seeds} seeds)"
+    )
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)

@@ -1,4 +1,4 @@
-"""jetsearch finalize on a tiny synthetic study: trains, re-measures, reports every network."""
+"""jetsearch finalize on a tiny synthetic study: trains over seeds, re-measures, judges, reports."""
 
 from __future__ import annotations
 
@@ -29,34 +29,68 @@ def _finalize(storage: Path, out: Path, *options: str) -> subprocess.CompletedPr
     )
 
 
-RECIPE = ("--epochs", "1", "--size", "32x48")
+RECIPE = ("--epochs", "1", "--size", "32x48", "--seeds", "2", "--rounds", "2")
 
 
 @pytest.mark.slow
-def test_finalize_writes_a_report_naming_every_network_it_trained(tmp_path):
+def test_finalize_trains_every_network_over_seeds_resumes_and_judges_it(tmp_path):
     spec = write_study(tmp_path)
     storage = tmp_path / "s.log"
     out = _jetsearch("study", "--target", str(spec), "--trials", "3", "--storage", str(storage))
     assert out.returncode == 0, out.stdout + out.stderr
     final = tmp_path / "final"
-    done = _finalize(storage, final, "--top", "2", "--with-presets", "nano", *RECIPE)
+    presets = tmp_path / "presets"
+    options = ("--top", "2", "--with-presets", "nano", *RECIPE)
+    write = ("--write-preset", "small-found", "--preset-dir", str(presets))
+    done = _finalize(storage, final, *options, *write)
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads((final / "report.json").read_text())
     names = [n["name"] for n in report["networks"]]
     assert names[-1] == "preset-nano" and 2 <= len(names) <= 3
     assert {n["kind"] for n in report["networks"]} == {"found", "preset"}
+    assert report["seeds"] == 2 and report["comparison"]["baseline"] == "nano"
+    # The synthetic scenes hold no sequences out: the verdicts compare val mIoU, and say so.
+    assert report["comparison"]["metric"] == "val_miou"
     text = (final / "report.md").read_text()
+    assert "Welch" in text and "±" in text and "vs nano" in text
     for n in report["networks"]:
         assert n["name"] in text
-        assert (final / n["name"] / "best.pt").is_file()  # a resumable run directory each
-        assert n["latency_median_ms"] > 0 and n["val_miou"] is not None
+        # Two trainings, each a resumable run directory of its own.
+        assert [s["seed"] for s in n["seeds"]] == [0, 1]
+        for seed in (0, 1):
+            assert (final / n["name"] / f"seed{seed}" / "best.pt").is_file()
+        vals = [s["val_miou"] for s in n["seeds"]]
+        assert n["val_miou"] == pytest.approx(sum(vals) / 2)
+        assert n["val_miou_sd"] == pytest.approx(abs(vals[0] - vals[1]) / 2**0.5)
+        # Measured here: two interleaved rounds, the median of their medians.
+        assert n["latency_source"] == "measured-local" and len(n["latency_rounds_ms"]) == 2
+        assert n["latency_median_ms"] > 0 and n["params"] > 0 and n["macs"] > 0
+        if n["kind"] == "found":
+            verdict = n["verdicts"]["nano"]
+            assert verdict["verdict"] in ("win", "tie", "loss", "slower"), verdict
+            assert verdict["latency"]["rounds"] == 2 and verdict["test"].startswith("Welch")
+            assert verdict["reason"] in done.stdout
     assert "1 epochs at 32x48" in report["recipe"] and "flip" in report["recipe"]
     assert (final / "front_final.png").read_bytes()[:4] == b"\x89PNG"
-    # Running it again resumes: nothing is trained twice, the report is the same networks.
-    trained = {n: (final / n / "best.pt").stat().st_mtime_ns for n in names}
-    again = _finalize(storage, final, "--top", "2", "--with-presets", "nano", *RECIPE)
+    # A derived preset exactly when a found network beat nano; nothing written otherwise.
+    wins = [
+        n
+        for n in report["networks"]
+        if n.get("verdicts", {}).get("nano", {}).get("verdict") == "win"
+    ]
+    assert (presets / "small-found.yaml").is_file() == bool(wins)
+    assert report["derived_preset"]["message"] in done.stdout
+    if not wins:
+        assert "no derived preset written" in report["derived_preset"]["message"]
+
+    # Running it again resumes: nothing is trained twice, nor measured; the same networks.
+    runs = sorted(final.glob("*/seed*/best.pt"))
+    assert len(runs) == 2 * len(names)
+    trained = {p: p.stat().st_mtime_ns for p in runs}
+    again = _finalize(storage, final, *options)
     assert again.returncode == 0, again.stderr
-    assert {n: (final / n / "best.pt").stat().st_mtime_ns for n in names} == trained
+    assert {p: p.stat().st_mtime_ns for p in runs} == trained
+    assert "latency: kept from" in again.stdout
     assert [n["name"] for n in json.loads((final / "report.json").read_text())["networks"]] == names
 
 
@@ -74,6 +108,14 @@ def test_finalize_refuses_bad_input_before_training(tmp_path):
     assert bad.returncode == 2 and "--top" in bad.stderr
     unknown = _finalize(storage, tmp_path / "f", "--with-presets", "tx2", *RECIPE)
     assert unknown.returncode == 2 and "not a preset" in unknown.stderr
+    no_seeds = _finalize(storage, tmp_path / "f", *RECIPE, "--seeds", "0")
+    assert no_seeds.returncode == 2 and "--seeds" in no_seeds.stderr
+    alone = _finalize(storage, tmp_path / "f", *RECIPE, "--write-preset", "x-found")
+    assert alone.returncode == 2 and "needs a preset to beat" in alone.stderr
+    paper = _finalize(
+        storage, tmp_path / "f", "--with-presets", "nano", *RECIPE, "--write-preset", "agx"
+    )
+    assert paper.returncode == 2 and "not a derived preset" in paper.stderr
     assert not (tmp_path / "f").exists()
 
 
