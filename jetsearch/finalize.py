@@ -301,6 +301,7 @@ def finalize(
     beat. Every argument is checked before anything is trained.
     """
     from jetsearch.report import trial_rows
+    from jetsearch.spec import study_budget
     from jetseg.config import PRESETS_DIR
 
     if top < 1:
@@ -366,6 +367,7 @@ def finalize(
         metric=metric,
         baseline=baseline,
         confidence=confidence,
+        budget=study_budget(study),
     )
     report["networks"] = [dataclasses.asdict(r) for r, _ in networks]
     if write_preset is not None:
@@ -629,8 +631,12 @@ def report_header(
     metric: str,
     baseline: str | None,
     confidence: float = DEFAULT_CONFIDENCE,
+    budget: Any = None,
 ) -> dict[str, Any]:
-    """Everything ``report.json`` says besides its networks."""
+    """Everything ``report.json`` says besides its networks. ``budget`` is the study's
+    :class:`jetsearch.spec.StudyBudget` as fixed when it started (None: the spec's
+    ``latency.budget_ms``)."""
+    budget_ms = spec.latency.budget_ms if budget is None else budget.budget_ms
     return {
         "study": study_name,
         "target": spec.target,
@@ -645,7 +651,8 @@ def report_header(
         "latency": {
             "input_size": list(spec.latency.input_size),
             "providers": list(spec.latency.providers),
-            "budget_ms": spec.latency.budget_ms,
+            "budget_ms": budget_ms,
+            "budget": None if budget is None else budget.describe(),
             "rounds": rounds,
         },
         "comparison": {
@@ -871,7 +878,11 @@ def report_markdown(report: dict[str, Any], plot: Path | None) -> str:
             else ""
         )
         + ")"
-        + (f"; budget {lat['budget_ms']} ms." if lat["budget_ms"] else "."),
+        + (
+            f"; budget {lat.get('budget') or str(lat['budget_ms']) + ' ms'}."
+            if lat["budget_ms"]
+            else "."
+        ),
         f"- Machine: {describe_machine(report['machine'])}; {report['created_at']}.",
         f"- Verdict against each preset: **win** only when the mean {metric_label} mIoU over "
         f"seeds is higher beyond the seed spread ({comparison['test']} at "
