@@ -278,7 +278,8 @@ class StudySpec:
     def cross_field_problems(values: Any) -> list[Problem]:
         """Budget needs a budget; rungs need pareto mode and valid recipes; heldout a holdout."""
         problems: list[Problem] = []
-        if values.mode == "budget" and known(values.latency) and not values.latency.has_budget:
+        absolute, relative = values.latency.budget_ms, values.latency.budget_relative_to
+        if values.mode == "budget" and known(absolute, relative) and absolute is relative is None:
             problems.append(
                 (
                     "latency.budget_ms",
