@@ -277,7 +277,7 @@ class Objective:
         # The mIoU's uncertainty: a bootstrap over the validation frames of the last epoch
         # (jetsearch.fronts treats mIoU whose intervals overlap as one accuracy).
         if trainer.val_frame_counts is not None:
-            trial.set_user_attr("val_miou_sd", bootstrap_miou(trainer.val_frame_counts)[0])
+            trial.set_user_attr("val_miou_sd", self._miou_sd(trainer.val_frame_counts))
         if outcome.heldout_miou is not None:
             trial.set_user_attr("heldout_miou", outcome.heldout_miou)
         details["per_class_iou"] = _iou_mapping(outcome.class_names, outcome.per_class_iou)
@@ -291,6 +291,26 @@ class Objective:
         if spec.mode == "pareto":
             return score, latency_ms
         return score
+
+    def _miou_sd(self, frame_counts) -> float:
+        """The bootstrap over the val frames and, where the proxy scoreboard measured this
+        rung's recipe with two seeds on real data, one training's seed spread under it."""
+        from jetsearch.scoreboard import (
+            SCOREBOARD_FILE,
+            budget_recipe,
+            fidelity_of,
+            load_scoreboard,
+        )
+        from jetsearch.spec import studies_dir
+
+        boot = bootstrap_miou(frame_counts)[0]
+        if not self.spec.data:
+            return boot  # the scoreboard measured CamVid, not the synthetic scenes
+        board = load_scoreboard(studies_dir() / SCOREBOARD_FILE)
+        found = fidelity_of(budget_recipe(self.spec.rung_budget(self.rung)), board)
+        if found is None or found.seed_sd_val is None:
+            return boot
+        return math.hypot(boot, found.seed_sd_val)
 
     def _upload(self, trial, config, onnx_bytes: bytes, result, trainer) -> None:
         """The trial's config, ONNX, latency record and (when trained) an overlay panel."""

@@ -373,7 +373,7 @@ def count_lines(studies: list[Any]) -> list[str]:
 def rung_fidelity_notes(spec: Any) -> list[str]:
     """Per rung of ``spec``: what the proxy scoreboard measured for its recipe (how well it
     ranks the reference set), or that the recipe was not measured."""
-    from jetsearch.scoreboard import SCOREBOARD_FILE, fidelity_of, load_scoreboard
+    from jetsearch.scoreboard import SCOREBOARD_FILE, budget_recipe, fidelity_of, load_scoreboard
     from jetsearch.spec import studies_dir
 
     if spec is None or not spec.rungs:
@@ -382,19 +382,16 @@ def rung_fidelity_notes(spec: Any) -> list[str]:
     notes = []
     for index in range(len(spec.rungs)):
         budget = spec.rung_budget(index)
-        recipe = {
-            "epochs": budget.epochs,
-            "size": budget.size,
-            "train_images": budget.train_images,
-            "random_scale": budget.random_scale,
-        }
-        found = fidelity_of(recipe, board)
+        found = fidelity_of(budget_recipe(budget), board)
         what = f"rung {index} ({budget.epochs} epochs at {budget.size[0]}x{budget.size[1]}"
         what += f", {budget.train_images} frames)" if budget.train_images else ")"
         if found is None:
             notes.append(f"{what}: this recipe is not on the proxy scoreboard (docs/reference.md)")
         else:
-            notes.append(f"{what}: {found.describe()}")
+            where = (
+                "" if spec.data else " (measured on CamVid; this study trains on synthetic scenes)"
+            )
+            notes.append(f"{what}: {found.describe()}{where}")
     return notes
 
 

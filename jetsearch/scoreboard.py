@@ -10,8 +10,10 @@ reference set and writes the summary here, as data shipped with the built-in stu
                   "rule": "last", "tau_val": .., "tau_heldout": .., "tau_heldout_low": ..,
                   "tau_heldout_high": .., "seconds_per_network": ..}, ...]}
 
-A rung matches a recipe when its epochs, size, frame count and augmentation are the same; a rung
-no recipe matches has no measured fidelity, and ``show`` says so rather than guess.
+A rung matches a recipe when its epochs, size, frame count, augmentation and peak learning rate
+are the same; a rung no recipe matches has no measured fidelity, and ``show`` says so rather than
+guess. A recipe trained with a second seed also carries ``seed_sd_val``: the spread of one
+training's val score under it, which a trial of that rung adds to its mIoU's uncertainty.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class RecipeFidelity:
     seconds_per_network: float
     networks: int
     ceiling_heldout: float
+    seed_sd_val: float | None = None
 
     def describe(self) -> str:
         return (
@@ -48,11 +51,30 @@ class RecipeFidelity:
         )
 
 
+# The scoreboard's recipes train with AdamW at its default peak rate unless they say otherwise.
+PROXY_LR = 2e-3
+
+
 def recipe_key(recipe: Mapping[str, Any]) -> tuple:
-    """What makes two recipes the same training: epochs, size, frames, augmentation."""
+    """What makes two recipes the same training: epochs, size, frames, augmentation, peak lr."""
     frames = recipe.get("frames", recipe.get("train_images"))
     augment = bool(recipe.get("augment") or recipe.get("random_scale"))
-    return (int(recipe["epochs"]), tuple(int(v) for v in recipe["size"]), frames, augment)
+    lr = float(recipe.get("lr") or PROXY_LR)
+    size = tuple(int(v) for v in recipe["size"])
+    return (int(recipe["epochs"]), size, frames, augment, round(lr, 8))
+
+
+def budget_recipe(budget: Any) -> dict[str, Any]:
+    """A rung's training (a :class:`jetsearch.spec.TrialBudget`) as a scoreboard recipe."""
+    from jetseg.train_config import DEFAULT_LR
+
+    return {
+        "epochs": budget.epochs,
+        "size": budget.size,
+        "train_images": budget.train_images,
+        "random_scale": budget.random_scale,
+        "lr": budget.lr if budget.lr is not None else DEFAULT_LR[budget.optimizer],
+    }
 
 
 def load_scoreboard(path: str | Path) -> dict[str, Any] | None:
@@ -80,5 +102,6 @@ def fidelity_of(recipe: Mapping[str, Any], scoreboard: Mapping[str, Any] | None)
                 seconds_per_network=entry["seconds_per_network"],
                 networks=int(scoreboard["networks"]),
                 ceiling_heldout=scoreboard["ceiling"]["heldout"],
+                seed_sd_val=entry.get("seed_sd_val"),
             )
     return None
