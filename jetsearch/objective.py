@@ -118,7 +118,9 @@ class Objective:
     None: no budget), never read from the spec, which may state it relative to a preset.
     ``progress`` (a :class:`jetsearch.progress.StudyProgress`) hears the trial's phases;
     ``artifacts`` (an Optuna artifact store) receives each trial's config, ONNX, latency record
-    and overlays.
+    and overlays. With ``heartbeat_s`` each trial runs inside a
+    :class:`jetsearch.recovery.TrialHeartbeat` beating every ``heartbeat_s`` seconds by
+    ``heartbeat_clock`` (the storage's: :func:`jetsearch.storage.heartbeat_clock`).
     """
 
     def __init__(
@@ -133,9 +135,11 @@ class Objective:
         progress: Any = None,
         artifacts: Any = None,
         heartbeat_s: float | None = None,
+        heartbeat_clock: Callable[[], float] | None = None,
     ) -> None:
         self.budget_ms = budget_ms
         self.heartbeat_s = heartbeat_s
+        self.heartbeat_clock = heartbeat_clock
         self.spec = spec
         self.space = space
         self.latency = latency
@@ -166,7 +170,7 @@ class Objective:
             else:
                 # Owner record and heartbeat: a process killed mid-trial leaves a trial that the
                 # next process can prove dead, fail and run again (jetsearch.recovery).
-                with TrialHeartbeat(trial, interval_s=self.heartbeat_s):
+                with TrialHeartbeat(trial, interval_s=self.heartbeat_s, clock=self.heartbeat_clock):
                     value = self._run(trial, details)
         except Rejected as rejected:
             _write(trial, {"outcome": f"rejected: {rejected}", **details})

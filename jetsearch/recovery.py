@@ -1,9 +1,12 @@
 """Stale-trial recovery: no trial stays RUNNING for ever after its process died.
 
 A study process killed with ``kill -9`` (or by the OOM killer, a power cut, a lost board) leaves
-its trial RUNNING in the storage. Optuna's own heartbeat fails such trials on RDB storages only;
-the journal file (our default) and SQLite never do, so the network of a dead trial is never
-trained again. This module closes that gap for every storage, on Optuna's public API:
+its trial RUNNING in the storage. Optuna's own heartbeat fails such trials on RDB storages only,
+and it sets FAIL before its callback runs, so nothing can write why into a trial it failed (a
+finished trial's attributes are read-only); the journal file (our default) and SQLite never fail
+them at all, so the network of a dead trial is never trained again. This module recovers them on
+every storage (PostgreSQL included, which :func:`jetsearch.storage.open_storage` opens without
+Optuna's heartbeat), on Optuna's public API:
 
 * **Owner record** (:func:`record_owner`): when a trial starts, its system attributes name the
   process that runs it: ``owner_host`` (``socket.gethostname()``), ``owner_pid``,
@@ -16,7 +19,10 @@ trained again. This module closes that gap for every storage, on Optuna's public
   retry). Where ``/proc`` is missing (macOS, Windows) ``owner_start`` is not written and only
   the heartbeat rule below applies.
 * **Heartbeat** (:class:`TrialHeartbeat`): a daemon thread writes the system attribute
-  ``heartbeat`` (epoch seconds) every ``interval_s`` while the trial runs.
+  ``heartbeat`` (epoch seconds) every ``interval_s`` while the trial runs, by the storage's
+  heartbeat clock (:func:`jetsearch.storage.heartbeat_clock`): a PostgreSQL server's own clock,
+  which recovery reads too, so hosts whose clocks disagree still judge each other's heartbeats
+  right; this machine's clock on a file.
 * **Where they live**: this bookkeeping is no result, so it stays out of the user attributes
   that optuna-dashboard lists on a trial's page (those start with what a person reads: the
   outcome, the network, its latency and mIoU). The storage's ``set_trial_system_attr`` writes
@@ -48,7 +54,9 @@ same host and pid namespace, with           the boot id differs (the machine res
                                              the owner is alive, however old its heartbeat:
                                              a slow trial is not a dead one.
 another host (or no ``/proc`` here or        no ``heartbeat`` for longer than ``grace_s``
-there)                                       (the owner's clock: keep hosts in NTP sync)
+there)                                       (by the heartbeat clock: on PostgreSQL the
+                                             server's; else the hosts', so keep them in NTP
+                                             sync)
 no record of its own (written by an older    ``grace_s`` passed since ``datetime_start``. Such
 version, or killed before the record was     a trial has no heartbeat to wait for, so the only
 complete)                                    evidence is its age; a run of an older version
@@ -57,9 +65,10 @@ complete)                                    evidence is its age; a run of an ol
 ==========================================  =================================================
 
 A process that asks trials and runs them later (an ask-and-tell driver) must call
-:func:`record_owner` right after ``ask``: a trial it holds without a record is, after
-``grace_s``, indistinguishable from one of a dead older-version process. The process that
-finally runs it writes its own record over the driver's.
+:func:`record_owner` right after ``ask`` (with ``clock=heartbeat_clock(storage)``): a trial it
+holds without a record is, after ``grace_s``, indistinguishable from one of a dead
+older-version process. The process that finally runs it writes its own record over the
+driver's.
 
 Thread safety of the heartbeat (read in Optuna 5.1's code). ``optuna.Trial`` has no
 system-attribute setter, so the owner record and the beats go through the live trial's public
@@ -84,23 +93,25 @@ writes FAIL (with ``datetime_complete``); when two processes recover the same tr
 the storage rejects the second FAIL (``UpdateFinishedTrialError``), and only the process
 whose FAIL was written enqueues the retry.
 
-RDB storages with Optuna's heartbeat (PostgreSQL in :func:`jetsearch.storage.open_storage`):
-recovery works alongside it. The pid rule fails a dead same-host owner's trial at once instead
-of after Optuna's grace period (and at all when the process died before Optuna's first beat:
-Optuna skips a trial with no heartbeat row); whichever of the two moves a trial from RUNNING
-to FAIL first is the only one that queues a retry (the storage lets only one FAIL through), so
-a death is never retried twice. A retry queued by Optuna's callback carries the dead trial's
-``retries`` count (it copies the user and system attributes, the owner record too, which
-``owner_trial`` then shows is not the retry's own), so the give-up rule still holds.
+Optuna's heartbeat (an RDB storage opened with ``heartbeat_interval``: older versions of
+jetsearch opened PostgreSQL so, and a caller may open one so): jetsearch no longer uses it,
+because its ``fail_stale_trials`` writes FAIL before it calls any callback and the trial's
+``outcome`` then reads ``running`` for ever. Recovery still works alongside it: whichever of
+the two moves a trial from RUNNING to FAIL first is the only one that queues a retry (the
+storage lets only one FAIL through), so a death is never retried twice. A retry queued by
+Optuna's callback carries the dead trial's ``retries`` count (it copies the user and system
+attributes, the owner record too, which ``owner_trial`` then shows is not the retry's own), so
+the give-up rule still holds.
 
 Example::
 
     storage = open_storage(url)
     study = optuna.load_study(study_name=name, storage=storage)
     recover_stale_trials(study, storage=storage, grace_s=60)          # at start
+    clock = heartbeat_clock(storage)
 
     def objective(trial):
-        with TrialHeartbeat(trial, interval_s=20):                  # owner + heartbeat
+        with TrialHeartbeat(trial, interval_s=20, clock=clock):    # owner + heartbeat
             ...
 
     study.optimize(objective, callbacks=[StaleTrialRecovery(storage, grace_s=60)])
@@ -113,7 +124,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -124,7 +135,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from jetsearch.storage import DEFAULT_HEARTBEAT_GRACE_S, DEFAULT_HEARTBEAT_S
+from jetsearch.storage import DEFAULT_HEARTBEAT_GRACE_S, DEFAULT_HEARTBEAT_S, heartbeat_clock
 
 _logger = logging.getLogger(__name__)
 
@@ -253,18 +264,21 @@ def live_trial_id(trial: optuna.Trial) -> tuple[Any, int]:
     return storage, storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
 
 
-def record_owner(trial: optuna.Trial) -> ProcessIdentity:
+def record_owner(
+    trial: optuna.Trial, *, clock: Callable[[], float] | None = None
+) -> ProcessIdentity:
     """Write this process's owner record and a first heartbeat into a trial that just started.
 
     Every key is written (None where this platform has no value), over the record of whoever
     held the trial before (an ask-and-tell driver that asked it). ``owner_trial`` goes last: a
     process killed half-way leaves no valid record, and the trial is then judged by its age like
-    one without any record.
+    one without any record. ``clock`` times the heartbeat: the storage's
+    (:func:`jetsearch.storage.heartbeat_clock`); None is this machine's (``time.time``).
     """
     me = this_process()
     storage, trial_id = live_trial_id(trial)
     record = {
-        HEARTBEAT_KEY: round(time.time(), 3),
+        HEARTBEAT_KEY: round((clock or time.time)(), 3),
         "owner_host": me.host,
         "owner_pid": me.pid,
         "owner_start": me.start,
@@ -292,13 +306,18 @@ def death_cause(
     grace_s: float,
     now: float | None = None,
     me: ProcessIdentity | None = None,
+    beat_now: float | None = None,
 ) -> str | None:
     """Why the RUNNING ``trial``'s owner is provably dead, or None while it may be alive.
 
-    The rules are in the module docstring. ``now`` (epoch seconds) and ``me`` (this process)
-    default to the present and this process.
+    The rules are in the module docstring. ``now`` (epoch seconds, this machine's clock: the
+    trial's start was written by the clock of the process that asked it) and ``me`` (this
+    process) default to the present and this process; ``beat_now`` is the present by the
+    storage's heartbeat clock (:func:`jetsearch.storage.heartbeat_clock`), which heartbeats
+    are compared with (default ``now``).
     """
     now = time.time() if now is None else now
+    beat_now = now if beat_now is None else beat_now
     me = me or this_process()
     owner = owner_of(trial)
     if owner is None:
@@ -318,10 +337,12 @@ def death_cause(
             return f"pid {owner.pid} on {owner.host} now belongs to another process"
         return None
     beat = recovery_attrs(trial).get(HEARTBEAT_KEY)
-    if not isinstance(beat, (int, float)):
-        beat = trial.datetime_start.timestamp() if trial.datetime_start else now
-    if now - beat > grace_s:
-        return f"no heartbeat from {where} for {now - beat:.1f} s (grace {grace_s:g} s)"
+    if isinstance(beat, (int, float)):
+        age = beat_now - beat
+    else:  # a record without a beat: judged by its start, on the clock that wrote it
+        age = now - (trial.datetime_start.timestamp() if trial.datetime_start else now)
+    if age > grace_s:
+        return f"no heartbeat from {where} for {age:.1f} s (grace {grace_s:g} s)"
     return None
 
 
@@ -342,13 +363,24 @@ class TrialHeartbeat:
     Args:
         trial: the live trial (``study.ask()`` or the objective's argument).
         interval_s: seconds between beats; keep recovery's ``grace_s`` at three or more.
+        clock: what times the beats: ``heartbeat_clock(storage)`` for the storage the study was
+            opened on (the trial's own storage handle does not tell it), so that recovery,
+            which reads that clock, compares like with like. None: this machine's clock
+            (``time.time``), right for a file.
     """
 
-    def __init__(self, trial: optuna.Trial, interval_s: float = DEFAULT_HEARTBEAT_S) -> None:
+    def __init__(
+        self,
+        trial: optuna.Trial,
+        interval_s: float = DEFAULT_HEARTBEAT_S,
+        *,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         if not interval_s > 0:
             raise ValueError(f"interval_s > 0 must hold, got interval_s={interval_s}")
         self.trial = trial
         self.interval_s = float(interval_s)
+        self.clock = clock or time.time
         self.beats = 0
         self.last_error: BaseException | None = None
         self._stop = threading.Event()
@@ -356,7 +388,7 @@ class TrialHeartbeat:
         self._target: tuple[Any, int] | None = None  # (storage, trial id), set on entry
 
     def __enter__(self) -> TrialHeartbeat:
-        record_owner(self.trial)
+        record_owner(self.trial, clock=self.clock)
         self._target = live_trial_id(self.trial)
         self._stop.clear()
         self._thread = threading.Thread(
@@ -395,7 +427,7 @@ class TrialHeartbeat:
         while not self._stop.wait(self.interval_s):
             try:
                 storage.set_trial_system_attr(
-                    trial_id, system_key(HEARTBEAT_KEY), round(time.time(), 3)
+                    trial_id, system_key(HEARTBEAT_KEY), round(self.clock(), 3)
                 )
                 self.beats += 1
             except UpdateFinishedTrialError:
@@ -536,7 +568,8 @@ def recover_stale_trials(
     Args:
         study: the study to clean (its name is what is used).
         storage: the Optuna storage object the study lives in (what ``open_storage`` returned):
-            its public per-trial methods write to a trial this process does not own.
+            its public per-trial methods write to a trial this process does not own, and its
+            heartbeat clock (:func:`jetsearch.storage.heartbeat_clock`) ages the heartbeats.
         grace_s: how long a heartbeat (or, without an owner record, the trial's start) may be
             old before its owner counts as dead; not used for same-host owners, whose process
             is checked directly.
@@ -550,9 +583,11 @@ def recover_stale_trials(
         raise ValueError(f"grace_s > 0 must hold, got grace_s={grace_s}")
     study_id = _study_id(study, storage)
     me = this_process()
+    # The present, read before the trials: a heartbeat is never judged older than it is.
+    beat_now = heartbeat_clock(storage)()
     recovered: list[Recovered] = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        cause = death_cause(trial, grace_s=grace_s, me=me)
+        cause = death_cause(trial, grace_s=grace_s, me=me, beat_now=beat_now)
         if cause is None:
             continue
         deaths = _deaths_before(study, trial) + 1
@@ -595,15 +630,16 @@ def mark_interrupted(study: optuna.Study, trial_number: int, *, storage: Any) ->
     retries = _deaths_before(study, trial) + 1
     if trial.state == TrialState.RUNNING:
         owner, me = owner_of(trial), this_process()
-        if (
-            owner is not None
-            and not owner.is_process(me)
-            and death_cause(trial, grace_s=DEFAULT_HEARTBEAT_GRACE_S, me=me) is None
-        ):
-            raise ValueError(
-                f"trial {trial_number} is running in process {owner.pid} on {owner.host}, "
-                "which is alive; only its own process marks it interrupted"
-            )
+        if owner is not None and not owner.is_process(me):
+            beat_now = heartbeat_clock(storage)()
+            if (
+                death_cause(trial, grace_s=DEFAULT_HEARTBEAT_GRACE_S, me=me, beat_now=beat_now)
+                is None
+            ):
+                raise ValueError(
+                    f"trial {trial_number} is running in process {owner.pid} on {owner.host}, "
+                    "which is alive; only its own process marks it interrupted"
+                )
         if not _fail(storage, study_id, trial, INTERRUPTED, "KeyboardInterrupt"):
             return None
     elif trial.state != TrialState.FAIL or trial.user_attrs.get("failure_reason") not in (
@@ -641,8 +677,8 @@ class StaleTrialRecovery:
     """An ``optimize`` callback: :func:`recover_stale_trials` after every trial of this process.
 
     So a process that died while others go on has its trial failed and its network queued
-    again within one trial of the survivors (Optuna does the same for RDB heartbeats, before
-    each ``ask``). ``recovered`` lists everything this callback failed.
+    again within one trial of the survivors. ``recovered`` lists everything this callback
+    failed.
     """
 
     def __init__(

@@ -33,6 +33,7 @@ from jetsearch.spec import (
 )
 from jetsearch.storage import (
     StudyStorage,
+    heartbeat_clock,
     heartbeat_settings,
     locate_storage,
     make_sampler,
@@ -325,12 +326,12 @@ def run_worker_process(
         study.sampler = make_sampler(spec, job_index + 1000 * already)
     ladder = RungLadder(studies, spec.eta, budget_ms) if len(studies) > 1 else None
     interval_s, grace_s = heartbeat_settings()
-    # Database servers keep Optuna's own heartbeat and retry; journal files and SQLite have
-    # none, and get jetsearch's owner-record recovery instead.
-    own_recovery = not opened.location.is_server
-    if own_recovery:
-        for rung_study in studies:  # trials whose process died: failed, network queued again
-            recover_stale_trials(rung_study, storage=opened.storage, grace_s=grace_s)
+    # jetsearch's owner records and heartbeats on every storage, a database server included
+    # (opened without Optuna's heartbeat, which would fail a dead trial before its outcome could
+    # say why): trials whose process died are failed, their networks queued again.
+    clock = heartbeat_clock(opened.storage)
+    for rung_study in studies:
+        recover_stale_trials(rung_study, storage=opened.storage, grace_s=grace_s)
     objectives: dict[int, Objective] = {}
 
     def objective(rung: int) -> Objective:
@@ -344,14 +345,15 @@ def run_worker_process(
                 rung=rung,
                 progress=progress,
                 artifacts=artifacts,
-                heartbeat_s=interval_s if own_recovery else None,
+                heartbeat_s=interval_s,
+                heartbeat_clock=clock,
             )
         return objectives[rung]
 
     guard = FailureGuard()
     hooks = [
         guard,
-        *([StaleTrialRecovery(opened.storage, grace_s=grace_s)] if own_recovery else []),
+        StaleTrialRecovery(opened.storage, grace_s=grace_s),
         *(_on_rung0(cb, study) for cb in callbacks),
     ]
     deadline = None if timeout_s is None else time.monotonic() + timeout_s

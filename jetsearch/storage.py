@@ -6,18 +6,22 @@ A storage is named by a path or a URL (``--storage``, the study's ``storage:``, 
 * ``journal``: a path (or ``journal:PATH``), Optuna's journal file: safe for several processes
   on one machine (or on a filesystem they all mount), and ``optuna-dashboard FILE`` opens it;
 * ``sqlite``: ``sqlite:///FILE``, one process at a time (writers lock the whole file);
-* ``server``: any other URL (``postgresql://...``, ``mysql://...``), a database server, opened
-  with Optuna's heartbeat so that the trials of a crashed process are failed and queued again.
+* ``server``: any other URL (``postgresql://...``, ``mysql://...``), a database server.
 
-Journal and SQLite files have no heartbeat of Optuna's; jetsearch's own owner records and
-heartbeats (:mod:`jetsearch.recovery`) recover their dead trials instead. A process opens its
-storage once and every rung study once (:func:`open_rung_studies`), and passes them down.
+On every kind, jetsearch's own owner records and heartbeats (:mod:`jetsearch.recovery`) fail the
+trials of a crashed process (writing why, in their ``outcome``) and queue them again; a server is
+opened without Optuna's heartbeat, which would fail them first and leave no way to say why (see
+docs/scaling.md). Heartbeats on a PostgreSQL server are timed by the server's clock
+(:func:`heartbeat_clock`), so the hosts that share it need not agree on the time. A process opens
+its storage once and every rung study once (:func:`open_rung_studies`), and passes them down.
 """
 
 from __future__ import annotations
 
 import os
+import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -30,9 +34,8 @@ if TYPE_CHECKING:
     import optuna
 
 DEFAULT_STORAGE = "jetsearch-studies.log"
-# Heartbeats: Optuna's on a database server, jetsearch's own (jetsearch.recovery) on a file. A
-# trial whose process stopped beating for the grace period is failed and queued again by the
-# next process that looks.
+# jetsearch's heartbeats (jetsearch.recovery), on every kind of storage: a trial whose process
+# stopped beating for the grace period is failed and queued again by the next process that looks.
 HEARTBEAT_ENV = "JETSEARCH_HEARTBEAT_S"
 HEARTBEAT_GRACE_ENV = "JETSEARCH_HEARTBEAT_GRACE_S"
 DEFAULT_HEARTBEAT_S = 20
@@ -54,8 +57,8 @@ class StorageLocation:
 
     @property
     def is_server(self) -> bool:
-        """A database server: Optuna's heartbeat recovers its trials, it has no folder beside
-        it, and every machine reaches it by the same URL."""
+        """A database server: it has no folder beside it, and every machine reaches it by the
+        same URL."""
         return self.kind == "server"
 
     @property
@@ -135,12 +138,13 @@ def heartbeat_settings() -> tuple[int, int]:
     return interval, grace
 
 
-def open_storage(url: str, *, heartbeat: bool = True) -> Any:
+def open_storage(url: str) -> Any:
     """The Optuna storage a URL or a path names (the kinds are in the module docstring).
 
-    A database server gets Optuna's heartbeat (:func:`heartbeat_settings`) and one retry of a
-    trial whose process stopped beating, unless ``heartbeat`` is False; a journal file's folder
-    is created.
+    A journal file's folder is created. No kind gets Optuna's heartbeat: jetsearch's own
+    (:mod:`jetsearch.recovery`, with :func:`heartbeat_settings`) recovers the trials of a dead
+    process on every kind, and Optuna's would fail them on a server before anything could write
+    why (its ``fail_stale_trials`` sets FAIL first and calls its callback after).
     """
     import optuna
 
@@ -154,15 +158,6 @@ def open_storage(url: str, *, heartbeat: bool = True) -> Any:
     kwargs: dict[str, Any] = {}
     if location.kind == "sqlite":
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
-    elif heartbeat:
-        interval_s, grace_s = heartbeat_settings()
-        kwargs = {
-            "heartbeat_interval": interval_s,
-            "grace_period": grace_s,
-            "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(
-                max_retry=1
-            ),
-        }
     import sqlalchemy.exc
 
     try:
@@ -174,6 +169,35 @@ def open_storage(url: str, *, heartbeat: bool = True) -> Any:
             "file path, sqlite:///FILE, or a database server URL such as "
             "postgresql://USER@HOST/DB (pip install 'jetsearch[postgres]')"
         ) from None
+
+
+def heartbeat_clock(storage: Any) -> Callable[[], float]:
+    """The clock (epoch seconds) that heartbeats in ``storage`` are written and judged by.
+
+    A PostgreSQL server's own clock for a storage on one (``SELECT now()``, a fresh connection
+    from the storage's pool each time), so that a trial's heartbeat, written on one host, and
+    the present, read on another, come from one clock: hosts whose clocks disagree never see a
+    live trial as dead (nor a dead one as alive for longer than the grace period). This
+    machine's clock (``time.time``) for anything else: a journal or SQLite file (the processes
+    of one machine, or hosts that mount it) and another database server, whose hosts must then
+    keep their clocks in sync (NTP). ``storage`` is what :func:`open_storage` returned.
+    """
+    import optuna
+
+    if not isinstance(storage, optuna.storages.RDBStorage):
+        return time.time
+    engine = storage.engine
+    if engine.dialect.name != "postgresql":
+        return time.time
+
+    import sqlalchemy
+
+    def server_now() -> float:
+        with engine.connect() as connection:
+            now = connection.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar_one()
+        return now.timestamp()  # timestamptz: an aware datetime, whatever the zones
+
+    return server_now
 
 
 def study_artifact_store(url: str, spec: StudySpec) -> Any:

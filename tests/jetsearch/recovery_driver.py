@@ -11,7 +11,8 @@ holds ``N`` COMPLETE ones (every process counted). Each trial samples ``x`` in [
   ``kill -9``s its own process, as a network that crashes its process would;
 * ``--hold FILE``: the first trial of this process waits until ``FILE`` exists;
 * ``--optuna-heartbeat S``: an RDB storage with Optuna's own heartbeat (S s, grace 2 S) and its
-  retry callback, as ``jetsearch.storage.open_storage`` sets PostgreSQL up.
+  retry callback, as a caller may open one (and as older versions opened PostgreSQL; today's
+  ``jetsearch.storage.open_storage`` opens every storage without it).
 
 Ctrl-C (SIGINT) marks the trial in flight interrupted (printing ``MARKED <json>``: what
 :func:`mark_interrupted` did) and exits with 130.

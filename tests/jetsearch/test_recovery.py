@@ -340,7 +340,8 @@ def test_ctrl_c_fails_the_trial_as_interrupted_and_queues_it_once(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Optuna's own heartbeat on an RDB storage, alongside
+# Optuna's own heartbeat on an RDB storage, alongside (as a caller may open one, and as older
+# versions opened PostgreSQL)
 
 
 @needs_proc
@@ -603,6 +604,28 @@ def test_the_heartbeat_records_the_owner_and_beats_until_the_trial_ends(storage_
     study.tell(trial, 1.0)
     time.sleep(0.15)
     assert beat_of(reader.get_trials()[trial.number]) == stopped_at
+
+
+def test_heartbeats_are_aged_by_the_storage_clock_and_starts_by_this_machines():
+    """On PostgreSQL the heartbeat is written and aged by the server's clock (``beat_now``);
+    this machine's clock, however far off, only ages a record's start."""
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    sample(trial)
+    server_beat = 1_000_000.0  # the server's clock: far from this machine's
+    _owned_elsewhere(trial, heartbeat_age_s=0)
+    write_record(trial, {"heartbeat": server_beat})
+    frozen = study.get_trials()[trial.number]
+
+    assert death_cause(frozen, grace_s=30, beat_now=server_beat + 1) is None
+    assert "no heartbeat" in death_cause(frozen, grace_s=30, beat_now=server_beat + 31)
+    # Without beat_now the heartbeat is aged by ``now``: the two clocks disagree.
+    assert death_cause(frozen, grace_s=30) is not None
+    # A record without a heartbeat is aged from the trial's start, by this machine's clock.
+    write_record(trial, {"heartbeat": None})
+    frozen = study.get_trials()[trial.number]
+    assert death_cause(frozen, grace_s=30, beat_now=server_beat + 3600) is None
+    assert death_cause(frozen, grace_s=30, now=time.time() + 31) is not None
 
 
 def test_mark_interrupted_fails_a_running_trial_and_queues_it_once(storage_and_study):

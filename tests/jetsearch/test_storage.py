@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import optuna
@@ -9,7 +10,7 @@ import pytest
 
 from jetsearch.artifacts import dashboard_command, default_artifact_dir
 from jetsearch.spec import StudyError
-from jetsearch.storage import locate_storage, open_storage
+from jetsearch.storage import heartbeat_clock, locate_storage, open_storage
 
 
 @pytest.mark.parametrize(
@@ -66,7 +67,10 @@ def test_a_journal_path_opens_a_journal_and_sqlite_an_rdb_storage(tmp_path: Path
     assert (tmp_path / "new").is_dir()
     sqlite = open_storage(f"sqlite:///{tmp_path / 's.db'}")
     assert isinstance(sqlite, optuna.storages.RDBStorage)
-    assert sqlite.heartbeat_interval is None  # a file: jetsearch's own recovery, no Optuna beat
+    assert sqlite.heartbeat_interval is None  # jetsearch's own recovery, no Optuna beat
+    # A file's heartbeats are timed by this machine's clock (a PostgreSQL server's by its own:
+    # tests/jetsearch/test_postgres.py).
+    assert heartbeat_clock(journal) is time.time and heartbeat_clock(sqlite) is time.time
 
 
 def test_a_journal_url_and_an_unknown_scheme_are_read_as_a_user_means_them(tmp_path):
