@@ -100,8 +100,9 @@ because its ``fail_stale_trials`` writes FAIL before it calls any callback and t
 the two moves a trial from RUNNING to FAIL first is the only one that queues a retry (the
 storage lets only one FAIL through), so a death is never retried twice. A retry queued by
 Optuna's callback carries the dead trial's ``retries`` count (it copies the user and system
-attributes, the owner record too, which ``owner_trial`` then shows is not the retry's own), so
-the give-up rule still holds.
+attributes, the owner record too, which ``owner_trial`` then shows is not the retry's own), and
+a FAIL trial whose ``outcome`` still reads ``running`` (Optuna failed it) counts as a death of
+its network, so the give-up rule still holds.
 
 Example::
 
@@ -511,15 +512,23 @@ def _same_network(a: FrozenTrial, b: FrozenTrial) -> bool:
     return pa is not None and pa == pb
 
 
+def _died(trial: FrozenTrial) -> bool:
+    """Whether a FAIL trial died: failed by recovery or an interrupt, or failed from outside
+    while its ``outcome`` still read ``running`` (Optuna's heartbeat, which older versions used
+    on PostgreSQL, writes no reason)."""
+    reason = trial.user_attrs.get("failure_reason")
+    if reason is None:
+        return trial.user_attrs.get("outcome") == "running"
+    return reason in DEATH_REASONS
+
+
 def _deaths_before(study: optuna.Study, trial: FrozenTrial) -> int:
     """How often ``trial``'s network died before: its retry count, or its failed twins."""
     chain = int(trial.user_attrs.get("retries", 0) or 0)
     twins = sum(
         1
         for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-        if t.number != trial.number
-        and t.user_attrs.get("failure_reason") in DEATH_REASONS
-        and _same_network(t, trial)
+        if t.number != trial.number and _died(t) and _same_network(t, trial)
     )
     return max(chain, twins)
 

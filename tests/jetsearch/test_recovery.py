@@ -628,6 +628,31 @@ def test_heartbeats_are_aged_by_the_storage_clock_and_starts_by_this_machines():
     assert death_cause(frozen, grace_s=30, now=time.time() + 31) is not None
 
 
+def test_a_trial_failed_by_optunas_heartbeat_counts_as_a_death_of_its_network(storage_and_study):
+    """Optuna's heartbeat (older versions on PostgreSQL) failed a dead trial with no reason, its
+    ``outcome`` still ``running``, and its retry callback queued a copy: that copy dying too is
+    the network's second death, so it is given up."""
+    storage, study = storage_and_study
+    first = study.ask()
+    sample(first)
+    first.set_user_attr("outcome", "running")
+    _, first_id = live_trial_id(first)
+    storage.set_trial_state_values(first_id, TrialState.FAIL)  # as fail_stale_trials does
+    failed = study.get_trials()[first.number]
+    study.enqueue_trial(failed.params, user_attrs=dict(failed.user_attrs))  # Optuna's retry
+    retry = study.ask()
+    sample(retry)
+    _owned_elsewhere(retry, heartbeat_age_s=60.0)
+
+    recovered = recover_stale_trials(study, storage=storage, grace_s=30)
+
+    assert [(r.number, r.reason, r.requeued) for r in recovered] == [
+        (retry.number, GIVEN_UP, False)
+    ]
+    assert_failed(study.get_trials()[retry.number], GIVEN_UP)
+    assert not study.get_trials(states=(TrialState.WAITING,))
+
+
 def test_mark_interrupted_fails_a_running_trial_and_queues_it_once(storage_and_study):
     storage, study = storage_and_study
     trial = study.ask()
