@@ -388,12 +388,37 @@ def load_study_spec(name_or_path: str | Path, **overrides: Any) -> StudySpec:
     for key, value in overrides.items():
         if value is not None:
             data[key] = value
+    data = _on_synthetic_scenes(data, str(path))
     if workers:
         data.setdefault("latency", {})
         data["latency"] = {**data["latency"], "workers": list(workers)}
         if "workers" not in data["latency"].get("providers", ["workers"]):
             data["latency"]["providers"] = ["workers", *data["latency"].get("providers", [])]
     return parse(StudySpec, data, source=str(path), what="study")
+
+
+def _on_synthetic_scenes(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """A study file's ``synthetic:`` section may also hold ``train:`` keys and ``rungs:`` for
+    the built-in synthetic scenes: they apply when the study has no ``data`` (the scenes are
+    what it trains on) and are dropped when it trains on CamVid. Rungs chosen by the proxy
+    scoreboard on CamVid learn little on the small synthetic set in a quick start's minute,
+    while a high learning rate on small frames does."""
+    synthetic = data.get("synthetic")
+    if not isinstance(synthetic, dict) or not ({"train", "rungs"} & set(synthetic)):
+        return data
+    synthetic = dict(synthetic)
+    train_keys, rungs = synthetic.pop("train", None), synthetic.pop("rungs", None)
+    data = {**data, "synthetic": synthetic}
+    if data.get("data") is not None:
+        return data
+    if train_keys is not None:
+        if not isinstance(train_keys, dict) or not isinstance(data.get("train", {}), dict):
+            problem = f"must be a mapping of train: keys, got {train_keys!r}"
+            raise ConfigError([("synthetic.train", problem)], source, what="study")
+        data["train"] = {**data.get("train", {}), **train_keys}
+    if rungs is not None:
+        data["rungs"] = rungs
+    return data
 
 
 def stored_spec(study: Any) -> StudySpec | None:

@@ -99,3 +99,30 @@ def test_the_latency_settings_are_declared_once() -> None:
     assert provider.target == "local"
     assert all(getattr(provider, name) == getattr(spec.latency, name) for name in settings)
     assert PROVIDER_KINDS == ("workers", "local", "estimate")
+
+
+def test_a_study_trains_with_its_synthetic_rungs_only_on_the_synthetic_scenes(tmp_path) -> None:
+    study = tmp_path / "s.yaml"
+    study.write_text(
+        "target: local\ntrain: {epochs: 3, size: [64, 96], holdout: [0006R0]}\n"
+        "rungs: [{epochs: 2}, {epochs: 8}]\n"
+        "synthetic: {train_images: 32, train: {lr: 0.05, size: [48, 64], holdout: []},\n"
+        "            rungs: [{epochs: 1}, {epochs: 4, size: [64, 80]}]}\n"
+    )
+    scenes = load_study_spec(study)
+    assert [r.epochs for r in scenes.rungs] == [1, 4]
+    assert scenes.train.lr == 0.05 and scenes.train.size == (48, 64)
+    assert scenes.rung_budget(1).size == (64, 80) and scenes.rung_budget(1).holdout == ()
+    assert scenes.synthetic.train_images == 32
+    camvid = load_study_spec(study, data=str(tmp_path))
+    assert [r.epochs for r in camvid.rungs] == [2, 8]
+    assert camvid.train.lr is None and camvid.train.size == (64, 96)
+    assert camvid.rung_budget(1).holdout == ("0006R0",)
+    study.write_text("target: local\nsynthetic: {train: [1, 2]}\n")
+    with pytest.raises(ConfigError) as err:
+        load_study_spec(study)
+    assert err.value.problems[0][0] == "synthetic.train" and str(study) in str(err.value)
+    study.write_text("target: local\nsynthetic: {train: {lr: -1}}\n")
+    with pytest.raises(ConfigError) as err:  # the scenes' keys obey train:'s rules
+        load_study_spec(study)
+    assert "train.lr" in {key for key, _ in err.value.problems}
