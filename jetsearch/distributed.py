@@ -24,15 +24,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from jetsearch.budget import DEFAULT_MAX_REJECTED, TrialCount
 from jetsearch.latency.chain import LatencyChain
-from jetsearch.run import (
-    DEFAULT_MAX_REJECTED,
-    PreparedStudy,
-    StudyRun,
-    TrialCount,
-    prepare_study,
-    run_worker,
-)
+from jetsearch.run import PreparedStudy, StudyRun, prepare_study, run_worker
 from jetsearch.spec import StudyError, StudySpec
 
 RAY_INSTALL_HINT = "pip install 'jetsearch[ray]'"
@@ -364,7 +358,7 @@ def run_study_ray(
     max_rejected: int = DEFAULT_MAX_REJECTED,
 ) -> StudyRun:
     """Create or resume the study and run it on Ray until it holds ``trials`` counted trials
-    (any process, any backend; :class:`jetsearch.run.TrialCount`); the same call again
+    (any process, any backend; :class:`jetsearch.budget.TrialCount`); the same call again
     continues it. ``max_rejected``: networks over the latency budget in a row that stop it.
 
     ``options`` say how many trial processes, with which resources, on which cluster

@@ -4,11 +4,12 @@ One trial samples a JetSeg config from the space, counts it, exports it to ONNX,
 latency on the target (cache, then the providers the spec lists, in order; the provenance is
 always stored), sets the latency constraint, rejects an over-budget network **before** any
 training (a PRUNED trial whose ``outcome`` reads ``rejected: over budget (...)``, which
-``--trials`` does not count: :func:`is_rejected`), and otherwise trains it for the short budget
-and returns val mIoU (and latency in pareto mode). Everything a person needs to judge the trial
-is stored as user attributes, which optuna-dashboard lists in the order they were first
-written: :data:`HEADLINE_KEYS` first, each written as soon as it is known, then the details
-(config, per-class IoU, latency samples and device, data), written when the trial ends. The
+``--trials`` does not count: :func:`jetsearch.budget.is_rejected`), and otherwise trains it
+for the short budget and returns val mIoU (and latency in pareto mode). Everything a person
+needs to judge the trial is stored as user attributes, which optuna-dashboard lists in the
+order they were first written: :data:`HEADLINE_KEYS` first, each written as soon as it is
+known, then the details (config, per-class IoU, latency samples and device, data), written
+when the trial ends. The
 bookkeeping of crash recovery stays out of that list (:mod:`jetsearch.recovery` keeps it in the
 trial's system attributes).
 
@@ -34,16 +35,6 @@ if TYPE_CHECKING:
 
 class Rejected(Exception):
     """Raised inside a trial whose network is over the latency budget: it is not trained."""
-
-
-def is_rejected(trial) -> bool:
-    """Whether a finished trial was rejected before training for its latency.
-
-    A network over the budget is never trained, so a PRUNED trial marked infeasible is one
-    (trials written by earlier versions, pruned "over the latency budget before training",
-    included).
-    """
-    return trial.state.name == "PRUNED" and trial.user_attrs.get("feasible") is False
 
 
 @dataclass

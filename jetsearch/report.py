@@ -340,7 +340,7 @@ def count_lines(studies: list[Any]) -> list[str]:
 
     ``studies`` are the rung studies, rung 0 first (:func:`rung_studies`).
     """
-    from jetsearch.objective import is_rejected
+    from jetsearch.budget import is_rejected
     from jetsearch.spec import study_budget
 
     budget = study_budget(studies[0])

@@ -454,7 +454,7 @@ def study_budget(study: Any) -> StudyBudget | None:
 
     A study from before budgets were stored has its stored spec's ``latency.budget_ms``; one
     stated relative to a preset but never started has none yet
-    (:func:`jetsearch.run.resolve_budget` resolves and stores it).
+    (:func:`jetsearch.budget.resolve_budget` resolves and stores it).
     """
     attrs = study.user_attrs
     if BUDGET_ATTR in attrs:

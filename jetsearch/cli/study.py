@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from jetsearch.budget import DEFAULT_MAX_REJECTED
 from jetsearch.cli import (
     EXIT_OK,
     STORAGE_HELP,
@@ -39,9 +40,6 @@ from jetsearch.cli import (
 from jetsearch.cli import console as make_console
 from jetseg.progress import format_duration
 
-# jetsearch.run.DEFAULT_MAX_REJECTED (importing jetsearch.run here would load torch for --help).
-DEFAULT_MAX_REJECTED = 200
-
 # ---------------------------------------------------------------------------------------------
 # what a running study shows
 
@@ -49,7 +47,7 @@ DEFAULT_MAX_REJECTED = 200
 class StudyClock:
     """Elapsed time of a running study and its ETA, from the trials it trained so far.
 
-    What counts is what ``--trials`` counts (:class:`jetsearch.run.TrialCount`): networks
+    What counts is what ``--trials`` counts (:class:`jetsearch.budget.TrialCount`): networks
     rejected before training for their latency do not, but the time they took does (it is part
     of the time per trained trial). The ETA is the mean time per trial counted in this run
     times the trials still to go,
@@ -185,8 +183,8 @@ class LiveView:
         return Group(*lines)
 
     def __call__(self, study, trial) -> None:
+        from jetsearch.budget import TrialCount
         from jetsearch.report import front_table, trial_rows
-        from jetsearch.run import TrialCount
 
         count = TrialCount.of(study)
         self.clock.trial_ended(count.counted)
@@ -207,7 +205,7 @@ class TrialLines:
         self.clock = StudyClock(total, start_count)
 
     def __call__(self, study, trial) -> None:
-        from jetsearch.run import TrialCount
+        from jetsearch.budget import TrialCount
 
         count = TrialCount.of(study)
         self.clock.trial_ended(count.counted)
@@ -312,8 +310,8 @@ def _check_before_creating(spec, url: str, args: argparse.Namespace) -> None:
 
 def _finished_so_far(url: str, name: str) -> int:
     """Counted trials of study ``name`` in ``url``, reading only: 0 where there is none yet."""
+    from jetsearch.budget import TrialCount
     from jetsearch.report import ReportError, load_study
-    from jetsearch.run import TrialCount
     from jetsearch.storage import locate_storage
 
     path = locate_storage(url).file
@@ -363,9 +361,10 @@ def cmd_study(args: argparse.Namespace) -> int:
     """Run or resume a study with the local or the Ray backend; 130 when interrupted."""
     from rich.markup import escape
 
+    from jetsearch.budget import TrialCount
     from jetsearch.progress import StudyProgress
     from jetsearch.report import count_lines, front_table, study_notes, trial_rows
-    from jetsearch.run import TrialCount, prepare_study
+    from jetsearch.run import prepare_study
     from jetsearch.spec import StudyError
     from jetsearch.storage import storage_url
 

@@ -81,6 +81,6 @@ def test_a_recipe_trained_with_two_seeds_reports_its_own_noise(pf):
     noise = pf.proxy_seed_noise(rows + seed1)
     assert noise["networks"] == 4
     assert noise["self_tau"] == pytest.approx(4 / 6)  # one pair of six swapped
-    # mean |difference| (0.02 + 0.02 + 0.11 + 0.05) / 4 = 0.05 -> sd of one training 0.035 * sqrt(pi) / 2
+    # mean |difference| (0.02 + 0.02 + 0.11 + 0.05) / 4 = 0.05; one training's sd from it:
     assert noise["seed_sd"] == pytest.approx(0.05 * math.sqrt(math.pi) / 2)
     assert pf.proxy_seed_noise(rows) is None  # one seed: no noise to measure

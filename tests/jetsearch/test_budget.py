@@ -19,17 +19,10 @@ import optuna
 import pytest
 from study_cases import NOTHING, TIGHT, write_relative_study, write_study
 
+from jetsearch.budget import DEFAULT_MAX_REJECTED, TrialCount, is_rejected, preset_latency
 from jetsearch.cli import EXIT_OK, EXIT_USAGE, main
 from jetsearch.latency.chain import LatencyChain
-from jetsearch.objective import is_rejected
-from jetsearch.run import (
-    DEFAULT_MAX_REJECTED,
-    TrialCount,
-    prepare_study,
-    preset_latency,
-    run_study,
-    run_worker_process,
-)
+from jetsearch.run import prepare_study, run_study, run_worker_process
 from jetsearch.spec import StudyError, load_study_spec, spec_from_dict, study_budget
 from jetsearch.storage import open_rung_studies, open_storage
 from jetseg import list_presets
@@ -315,9 +308,7 @@ def test_parallel_processes_count_trained_trials_together(tmp_path):
 
 def test_the_command_line_caps_rejections_as_the_run_loop_does():
     from jetsearch.cli import build_parser
-    from jetsearch.cli import study as study_command
 
-    assert study_command.DEFAULT_MAX_REJECTED == DEFAULT_MAX_REJECTED
     args = build_parser().parse_args(["study", "--target", "local"])
     assert args.max_rejected == DEFAULT_MAX_REJECTED
     assert (

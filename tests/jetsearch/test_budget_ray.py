@@ -8,8 +8,8 @@ import optuna
 import pytest
 from study_cases import NOTHING, TIGHT, write_relative_study
 
+from jetsearch.budget import TrialCount
 from jetsearch.distributed import RayOptions, import_ray, run_study_ray
-from jetsearch.run import TrialCount
 from jetsearch.spec import StudyError, load_study_spec
 from jetsearch.storage import open_storage
 
