@@ -199,6 +199,44 @@ def proxy_seed_noise(rows: list[dict[str, Any]], rule: str = "best") -> dict[str
     return {"networks": len(both), "self_tau": kendall_tau(a, b), "seed_sd": sd}
 
 
+def choose_rungs(
+    rows: list[dict[str, Any]], reference_cost: float, rung0_tau: float = 0.6, top_tau: float = 0.8
+) -> list[str]:
+    """The rungs the scoreboard supports, in words, among the training recipes under the rule a
+    study scores by (``best``). The top rung: the cheapest within a tenth of the reference's
+    cost whose held-out tau reaches ``top_tau``, else the best found within that cost. Rung 0
+    (which every network trains): among recipes costing at most a third of the top rung's (eta
+    3), the cheapest reaching ``rung0_tau``, else the best found."""
+    trained = [r for r in rows if r["proxy"].endswith(" best")]
+
+    def pick(pool, tau):
+        good = [r for r in pool if r["heldout"]["tau"] >= tau]
+        if good:
+            return min(good, key=lambda r: r["cost_s"]), f"the cheapest with held-out tau >= {tau}"
+        if pool:
+            best = max(pool, key=lambda r: r["heldout"]["tau"])
+            return best, f"none reaches held-out tau {tau}: the best found"
+        return None, ""
+
+    top, top_how = pick([r for r in trained if r["cost_s"] <= reference_cost / 10], top_tau)
+    if top is None:
+        return ["no trained recipe within a tenth of the reference's cost"]
+    zero, zero_how = pick([r for r in trained if r["cost_s"] <= top["cost_s"] / 3], rung0_tau)
+    lines = []
+    for what, row, how in (("rung 0", zero, zero_how), ("top rung", top, top_how)):
+        if row is None:
+            lines.append(f"{what}: no trained recipe costs a third of the top rung's")
+            continue
+        name = row["proxy"].rsplit(" ", 1)[0]
+        lines.append(
+            f"{what}: {name} ({how}): tau {row['heldout']['tau']:+.2f} "
+            f"[{row['heldout']['tau_low']:+.2f}, {row['heldout']['tau_high']:+.2f}] held-out, "
+            f"{row['cost_s']:.0f} s per network ({row['cost_s'] / reference_cost:.3f} of "
+            "the reference)"
+        )
+    return lines
+
+
 def scored_networks(
     names: list[str], columns: dict[str, tuple[dict[str, float], float]], coverage: float = 0.75
 ) -> tuple[list[str], list[str]]:
@@ -262,6 +300,7 @@ def scoreboard(args: argparse.Namespace) -> int:
         rows.append(row)
     if args.write_scoreboard:
         write_scoreboard(args, rows, trained, len(nets), ceilings)
+    rung_lines = choose_rungs(rows, reference_cost)
     rows.sort(
         key=lambda r: -r["heldout"]["tau"] if r["heldout"]["tau"] == r["heldout"]["tau"] else 9
     )
@@ -299,6 +338,9 @@ def scoreboard(args: argparse.Namespace) -> int:
                 f"{ceilings['val'][0]:+.2f} / {ceilings['heldout'][0]:+.2f} {bar}"
             ).strip()
         )
+    print("rungs the scoreboard supports (rule best, as a study scores a trial):")
+    for line in rung_lines:
+        print(f"  {line}")
     noisy = {name: proxy_seed_noise(runs) for name, runs in trained.items()}
     noisy = {name: n for name, n in noisy.items() if n is not None}
     if noisy:

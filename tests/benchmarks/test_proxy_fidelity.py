@@ -84,3 +84,28 @@ def test_a_recipe_trained_with_two_seeds_reports_its_own_noise(pf):
     # mean |difference| (0.02 + 0.02 + 0.11 + 0.05) / 4 = 0.05; one training's sd from it:
     assert noise["seed_sd"] == pytest.approx(0.05 * math.sqrt(math.pi) / 2)
     assert pf.proxy_seed_noise(rows) is None  # one seed: no noise to measure
+
+
+def test_rungs_are_the_cheapest_recipes_that_reach_the_targets(pf):
+    def row(name, cost, tau):
+        return {
+            "proxy": f"{name} best",
+            "cost_s": cost,
+            "heldout": {"tau": tau, "tau_low": tau - 0.2, "tau_high": tau + 0.1},
+        }
+
+    rows = [
+        row("a", 5, 0.65),
+        row("b", 10, 0.7),
+        row("c", 40, 0.85),
+        row("d", 60, 0.9),
+        row("e", 200, 0.95),
+    ]
+    lines = pf.choose_rungs(rows, reference_cost=600)
+    # top: within 60 s, cheapest reaching 0.8 -> c; rung 0: within 40/3 s, cheapest >= 0.6 -> a
+    assert lines[0].startswith("rung 0: a (the cheapest with held-out tau >= 0.6)")
+    assert lines[1].startswith("top rung: c (the cheapest with held-out tau >= 0.8)")
+    assert "0.067 of the reference" in lines[1]
+    lines = pf.choose_rungs([row("a", 5, 0.3), row("b", 30, 0.5), row("e", 200, 0.95)], 600)
+    assert lines[1].startswith("top rung: b (none reaches held-out tau 0.8: the best found)")
+    assert lines[0].startswith("rung 0: a (none reaches held-out tau 0.6: the best found)")
