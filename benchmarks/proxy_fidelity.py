@@ -166,14 +166,25 @@ def proxy_columns(
             values = {row["network"]: float(row["scores"][score]) for row in zero_cost}
             cost = sum(row["seconds"][score] for row in zero_cost) / len(zero_cost)
             columns[f"zero-cost {score}"] = (values, cost)
-    for recipe, rows in trained.items():
-        rows = [row for row in rows if int(row.get("seed", 0)) == 0]  # a study trains once
+    for recipe, all_rows in trained.items():
+        rows = [row for row in all_rows if int(row.get("seed", 0)) == 0]  # a study trains once
         if not rows:
             continue
         cost = sum(row["wall_s"] for row in rows) / len(rows)
         for rule in RULES:
             values = {row["network"]: figure(row, "val", rule) for row in rows}
             columns[f"{recipe} {rule}"] = (values, cost)
+        # Where a second seed was trained: the mean of the two seeds' scores, at twice the cost
+        # (what averaging two short trainings would buy against one).
+        second = {r["network"]: r for r in all_rows if int(r.get("seed", 0)) == 1}
+        pairs = [(row, second[row["network"]]) for row in rows if row["network"] in second]
+        if pairs:
+            pair_cost = sum(a["wall_s"] + b["wall_s"] for a, b in pairs) / len(pairs)
+            values = {
+                a["network"]: (figure(a, "val", "best") + figure(b, "val", "best")) / 2
+                for a, b in pairs
+            }
+            columns[f"{recipe} x2-seeds best"] = (values, pair_cost)
     return columns
 
 
@@ -207,7 +218,8 @@ def choose_rungs(
     cost whose held-out tau reaches ``top_tau``, else the best found within that cost. Rung 0
     (which every network trains): among recipes costing at most a third of the top rung's (eta
     3), the cheapest reaching ``rung0_tau``, else the best found."""
-    trained = [r for r in rows if r["proxy"].endswith(" best")]
+    # A study trains each network once: the mean of two seeds is not a rung.
+    trained = [r for r in rows if r["proxy"].endswith(" best") and "x2-seeds" not in r["proxy"]]
 
     def pick(pool, tau):
         good = [r for r in pool if r["heldout"]["tau"] >= tau]

@@ -84,6 +84,11 @@ def test_a_recipe_trained_with_two_seeds_reports_its_own_noise(pf):
     # mean |difference| (0.02 + 0.02 + 0.11 + 0.05) / 4 = 0.05; one training's sd from it:
     assert noise["seed_sd"] == pytest.approx(0.05 * math.sqrt(math.pi) / 2)
     assert pf.proxy_seed_noise(rows) is None  # one seed: no noise to measure
+    # ... and the scoreboard gets a column of the two seeds' mean, at the two trainings' cost
+    columns = pf.proxy_columns([], {"r": rows + seed1})
+    values, cost = columns["r x2-seeds best"]
+    assert values["n2"] == pytest.approx((0.3 + 0.41) / 2) and cost == 4.0
+    assert columns["r best"][0]["n2"] == 0.3 and columns["r best"][1] == 2.0
 
 
 def test_rungs_are_the_cheapest_recipes_that_reach_the_targets(pf):
