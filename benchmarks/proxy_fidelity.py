@@ -154,6 +154,22 @@ def append_jsonl(path: Path, row: dict[str, Any]) -> None:
 # scoring
 
 
+TRAIN_FRAMES = 266  # CamVid's train split without 0006R0, the reference's training frames
+EVAL_FRAMES = 202  # val and held-out frames, evaluated after every epoch, forward only
+
+
+def nominal_share(recipe: dict[str, Any], reference: dict[str, Any]) -> float:
+    """A recipe's work as a share of the reference recipe's, from what it trains and evaluates
+    (epochs x pixels x (training frames + a third of the evaluated frames, forward only)):
+    measured seconds depend on what else ran on the machine, this does not."""
+
+    def work(r: dict[str, Any]) -> float:
+        frames = min(r.get("frames") or TRAIN_FRAMES, TRAIN_FRAMES)
+        return r["epochs"] * r["size"][0] * r["size"][1] * (frames + EVAL_FRAMES / 3)
+
+    return work(recipe) / work(reference)
+
+
 def proxy_columns(
     zero_cost: list[dict[str, Any]], trained: dict[str, list[dict[str, Any]]]
 ) -> dict[str, tuple[dict[str, float], float]]:
@@ -211,11 +227,12 @@ def proxy_seed_noise(rows: list[dict[str, Any]], rule: str = "best") -> dict[str
 
 
 def choose_rungs(
-    rows: list[dict[str, Any]], reference_cost: float, rung0_tau: float = 0.6, top_tau: float = 0.8
+    rows: list[dict[str, Any]], rung0_tau: float = 0.6, top_tau: float = 0.8
 ) -> list[str]:
     """The rungs the scoreboard supports, in words, among the training recipes under the rule a
-    study scores by (``best``). The top rung: the cheapest within a tenth of the reference's
-    cost whose held-out tau reaches ``top_tau``, else the best found within that cost. Rung 0
+    study scores by (``best``), their cost being their nominal share of the reference's work
+    (:func:`nominal_share`). The top rung: the cheapest within a tenth of the reference's
+    work whose held-out tau reaches ``top_tau``, else the best found within that cost. Rung 0
     (which every network trains): among recipes costing at most a third of the top rung's (eta
     3), the cheapest reaching ``rung0_tau``, else the best found."""
     # A study trains each network once: the mean of two seeds is not a rung.
@@ -224,16 +241,16 @@ def choose_rungs(
     def pick(pool, tau):
         good = [r for r in pool if r["heldout"]["tau"] >= tau]
         if good:
-            return min(good, key=lambda r: r["cost_s"]), f"the cheapest with held-out tau >= {tau}"
+            return min(good, key=lambda r: r["share"]), f"the cheapest with held-out tau >= {tau}"
         if pool:
             best = max(pool, key=lambda r: r["heldout"]["tau"])
             return best, f"none reaches held-out tau {tau}: the best found"
         return None, ""
 
-    top, top_how = pick([r for r in trained if r["cost_s"] <= reference_cost / 10], top_tau)
+    top, top_how = pick([r for r in trained if r["share"] <= 0.1], top_tau)
     if top is None:
         return ["no trained recipe within a tenth of the reference's cost"]
-    zero, zero_how = pick([r for r in trained if r["cost_s"] <= top["cost_s"] / 3], rung0_tau)
+    zero, zero_how = pick([r for r in trained if r["share"] <= top["share"] / 3], rung0_tau)
     lines = []
     for what, row, how in (("rung 0", zero, zero_how), ("top rung", top, top_how)):
         if row is None:
@@ -243,8 +260,7 @@ def choose_rungs(
         lines.append(
             f"{what}: {name} ({how}): tau {row['heldout']['tau']:+.2f} "
             f"[{row['heldout']['tau_low']:+.2f}, {row['heldout']['tau_high']:+.2f}] held-out, "
-            f"{row['cost_s']:.0f} s per network ({row['cost_s'] / reference_cost:.3f} of "
-            "the reference)"
+            f"{row['share']:.3f} of the reference's work ({row['cost_s']:.0f} s per network here)"
         )
     return lines
 
@@ -295,24 +311,36 @@ def scoreboard(args: argparse.Namespace) -> int:
         for c, (values, cost) in all_columns.items()
         if c not in left_out
     }
+    ref_recipe = reference[0]["recipe"]
+
+    def share_of(column: str) -> float:
+        if column.startswith("zero-cost"):
+            return 0.0
+        recipe, rule = column.rsplit(" ", 1)
+        base = recipe.removesuffix(" x2-seeds")
+        return nominal_share(trained[base][0]["proxy"], ref_recipe) * (2 if base != recipe else 1)
+
+    shares = {c: share_of(c) for c in columns}
     best_single = sorted(columns)
     for i, a in enumerate(best_single):
         for b in best_single[i + 1 :]:
             if a.split()[0] == b.split()[0] and not a.startswith("zero-cost"):
                 continue  # two rules of one recipe are one training
             combined = mean_rank(columns[a][0], columns[b][0])
-            columns[f"mean rank of ({a}) and ({b})"] = (combined, columns[a][1] + columns[b][1])
+            pair = f"mean rank of ({a}) and ({b})"
+            columns[pair] = (combined, columns[a][1] + columns[b][1])
+            shares[pair] = shares[a] + shares[b]
     reference_cost = sum(r["wall_s"] for r in reference) / len(reference)
     ceilings = {split: seed_ceiling(reference, split) for split in ("val", "heldout")}
     rows = []
     for name, (values, cost) in columns.items():
-        row = {"proxy": name, "cost_s": cost}
+        row = {"proxy": name, "cost_s": cost, "share": shares[name]}
         for split in ("val", "heldout"):
             row[split] = rank_agreement(values, [n.mean(split) for n in nets])
         rows.append(row)
     if args.write_scoreboard:
         write_scoreboard(args, rows, trained, len(nets), ceilings)
-    rung_lines = choose_rungs(rows, reference_cost)
+    rung_lines = choose_rungs(rows)
     rows.sort(
         key=lambda r: -r["heldout"]["tau"] if r["heldout"]["tau"] == r["heldout"]["tau"] else 9
     )
@@ -332,8 +360,9 @@ def scoreboard(args: argparse.Namespace) -> int:
         print(f"ceiling ({split}): seed-vs-seed Kendall tau {tau:+.2f} over {count} networks")
     bar = "|" if args.markdown else " "
     header = (
-        f"{bar} proxy {bar} s/network {bar} share of reference {bar} tau val [90%] {bar} rho val "
-        f"{bar} tau held-out [90%] {bar} rho held-out {bar} ceiling val / held-out {bar}"
+        f"{bar} proxy {bar} s/network {bar} share of reference (work) {bar} tau val [90%] "
+        f"{bar} rho val {bar} tau held-out [90%] {bar} rho held-out {bar} "
+        f"ceiling val / held-out {bar}"
     )
     print(header.strip())
     if args.markdown:
@@ -343,7 +372,7 @@ def scoreboard(args: argparse.Namespace) -> int:
         print(
             (
                 f"{bar} {row['proxy']} {bar} {row['cost_s']:.1f} {bar} "
-                f"{row['cost_s'] / reference_cost:.3f} {bar} "
+                f"{row['share']:.3f} {bar} "
                 f"{v['tau']:+.2f} [{v['tau_low']:+.2f}, {v['tau_high']:+.2f}] {bar} "
                 f"{v['rho']:+.2f} {bar} {h['tau']:+.2f} [{h['tau_low']:+.2f}, "
                 f"{h['tau_high']:+.2f}] {bar} {h['rho']:+.2f} {bar} "

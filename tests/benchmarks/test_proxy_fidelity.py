@@ -106,11 +106,20 @@ def test_rungs_are_the_cheapest_recipes_that_reach_the_targets(pf):
         row("d", 60, 0.9),
         row("e", 200, 0.95),
     ]
-    lines = pf.choose_rungs(rows, reference_cost=600)
+    lines = pf.choose_rungs(rows)
     # top: within 60 s, cheapest reaching 0.8 -> c; rung 0: within 40/3 s, cheapest >= 0.6 -> a
     assert lines[0].startswith("rung 0: a (the cheapest with held-out tau >= 0.6)")
     assert lines[1].startswith("top rung: c (the cheapest with held-out tau >= 0.8)")
-    assert "0.067 of the reference" in lines[1]
-    lines = pf.choose_rungs([row("a", 5, 0.3), row("b", 30, 0.5), row("e", 200, 0.95)], 600)
+    assert "0.067 of the reference's work" in lines[1]
+    lines = pf.choose_rungs([row("a", 5, 0.3), row("b", 30, 0.5), row("e", 200, 0.95)])
     assert lines[1].startswith("top rung: b (none reaches held-out tau 0.8: the best found)")
     assert lines[0].startswith("rung 0: a (none reaches held-out tau 0.6: the best found)")
+
+
+def test_a_recipes_nominal_share_of_the_reference_counts_epochs_pixels_and_frames(pf):
+    reference = {"epochs": 30, "size": [120, 160]}
+    assert pf.nominal_share(reference, reference) == 1.0
+    # 2 epochs at a quarter... of the pixels (60x80): 2/30 * 1/4
+    assert pf.nominal_share({"epochs": 2, "size": [60, 80]}, reference) == pytest.approx(1 / 60)
+    fewer = pf.nominal_share({"epochs": 30, "size": [120, 160], "frames": 133}, reference)
+    assert fewer == pytest.approx((133 + 202 / 3) / (266 + 202 / 3))
