@@ -35,7 +35,8 @@ def pf():
 
 def proxy_row(network: str, val: float) -> dict:
     epochs = [{"epoch": 1, "val_miou": val, "heldout_miou": val, "val_loss": 1 - val}]
-    return {"network": network, "seed": 0, "epochs": epochs, "wall_s": 2.0}
+    recipe = {"epochs": 1, "size": [60, 80]}
+    return {"network": network, "seed": 0, "epochs": epochs, "wall_s": 2.0, "proxy": recipe}
 
 
 def test_scores_every_proxy_on_the_networks_they_share_and_names_the_lagging_one(
@@ -47,7 +48,9 @@ def test_scores_every_proxy_on_the_networks_they_share_and_names_the_lagging_one
     for name, pair in finals.items():
         for seed, value in enumerate(pair):
             if value is not None:
-                append_reference(path, make_row(name, seed, [value, value], [value, value]))
+                row = make_row(name, seed, [value, value], [value, value])
+                row["recipe"] = {"epochs": 2, "size": [120, 160]}
+                append_reference(path, row)
     proxies = tmp_path / "proxies"
     proxies.mkdir()
     # "good" ranks all five like the reference, "reversed" backwards on four of them (the
@@ -96,6 +99,7 @@ def test_rungs_are_the_cheapest_recipes_that_reach_the_targets(pf):
         return {
             "proxy": f"{name} best",
             "cost_s": cost,
+            "share": cost / 600,
             "heldout": {"tau": tau, "tau_low": tau - 0.2, "tau_high": tau + 0.1},
         }
 
