@@ -38,9 +38,13 @@ def write_study(directory: Path, name: str = "small", **changes) -> Path:
             "enqueue_presets": [],
         },
     )
-    # One fidelity unless a test asks for rungs: the local study's rungs train longer.
+    # One fidelity unless a test asks for rungs: the local study's rungs train longer, and its
+    # recipe for the synthetic scenes would replace the test's own train: keys and rungs.
     small.pop("rungs", None)
     small.pop("eta", None)
+    small["synthetic"].pop("train", None)
+    small["synthetic"].pop("rungs", None)
+    small["train"].pop("holdout", None)  # the synthetic scenes have no sequences to hold out
     path = directory / f"{name}.yaml"
     path.write_text(yaml.safe_dump(merge_mappings(small, changes), sort_keys=False))
     return path
