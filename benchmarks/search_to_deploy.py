@@ -1,14 +1,15 @@
 """From search to deployment for one target: does the search find a network that beats the preset?
 
 1. Run a study exactly as a user would (``jetsearch study --trials N``): for ``local``, the nano
-   space on real CamVid with the sequence 0001TP held out of training and ``--rungs`` (default:
-   6 then 10 epochs at 128x160 on every training frame; see DEFAULT_RUNGS for why not the
-   local study's); for another target, ``studies/<target>.yaml`` with the same data and
-   hold-out. The preset is enqueued; the latency budget is the preset's latency under the
-   study's own providers (``budget_relative_to``), fixed when the study starts.
-2. ``jetsearch finalize`` its top networks and the preset under one recipe with ``--seeds``
-   seeds each, latency re-measured in ``--rounds`` interleaved rounds, every found network
-   judged against the preset (``--write-preset NAME`` writes a winner as a derived preset).
+   space on real CamVid; for another target, ``studies/<target>.yaml``; with the study file's
+   rungs (those the proxy scoreboard chose, docs/reference.md) unless ``--rungs`` gives others,
+   and the reference set's held-out sequence 0006R0 unless ``--holdout`` names another. The
+   preset is enqueued; the latency budget is the preset's latency under the study's own
+   providers (``budget_relative_to``), fixed when the study starts.
+2. ``jetsearch finalize`` its top networks and the preset under one recipe (by default the
+   reference set's: 30 epochs at 120x160, augmented) with ``--seeds`` seeds each, latency
+   re-measured in ``--rounds`` interleaved rounds, every found network judged against the preset
+   (``--write-preset NAME`` writes a winner as a derived preset).
 3. Print the comparison table (mean ± sd over seeds of val and held-out mIoU, latency and how
    it was taken, params, MACs, the verdict with Welch's t and p) and the machine.
 
@@ -23,7 +24,7 @@ search (the synthetic scenes hold no sequence out, so the verdicts compare val m
 
 Examples::
 
-    python benchmarks/search_to_deploy.py --trials 80 --minutes 10 --seeds 3 --out runs/s2d
+    python benchmarks/search_to_deploy.py --trials 24 --top 2 --seeds 3 --out runs/s2d
     python benchmarks/search_to_deploy.py --smoke --out /tmp/s2d-smoke
 """
 
@@ -44,11 +45,10 @@ from _machine import describe  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / ".." / "shared" / "camvid"
 STUDY = "search_to_deploy"
-# studies/local.yaml's rungs are sized for its synthetic quick start. On real CamVid its rung 0
-# (2 epochs at 96x128 on 128 frames) leaves networks predicting the largest classes only: the
-# three networks within the budget among the first 29 trials of a run all scored 6.6-6.9% mIoU,
-# which ranks nothing. These rungs train on every training frame, long enough to learn.
-DEFAULT_RUNGS = "6@128x160,10@128x160"
+# By default the study file's rungs: those the proxy scoreboard chose against the reference set.
+DEFAULT_RUNGS = "study"
+# The reference set's recipe (benchmarks/reference.py), so that final figures compare with it.
+DEFAULT_FINAL = {"epochs": 30, "size": "120x160"}
 # The smoke run: studies/local.yaml shrunk to trials of a second or two.
 SMOKE_STUDY = {
     "space": "tiny",
@@ -102,7 +102,7 @@ def study_definition(args: argparse.Namespace, preset: str, out: Path) -> dict:
         study["space"] = "nano"
     study["data"] = str(Path(args.data).resolve())
     study["train"] = {**base["train"], "holdout": list(args.holdout)}
-    if args.rungs != "local":
+    if args.rungs != DEFAULT_RUNGS:
         study["rungs"] = parse_rungs(args.rungs)
     study["latency"] = {**base["latency"], "cache": str(out / "latency.sqlite")}
     if args.target == "local":
@@ -111,6 +111,7 @@ def study_definition(args: argparse.Namespace, preset: str, out: Path) -> dict:
         study["latency"]["budget_relative_to"] = preset
     if args.smoke:
         study = merge_mappings(study, SMOKE_STUDY)
+        study["synthetic"] = SMOKE_STUDY["synthetic"]  # not the study file's recipe for them
         study.pop("rungs", None)
         study.pop("eta", None)
     return study
@@ -164,19 +165,30 @@ def main(argv: list[str] | None = None) -> int:
         "local: measured on this machine); its preset is the one to beat (nano for local)",
     )
     parser.add_argument("--data", default=str(DEFAULT_DATA))
-    parser.add_argument("--trials", type=int, default=40, help="rung-0 trials (default 40)")
+    parser.add_argument(
+        "--trials", type=int, default=24, help="trained rung-0 trials (default %(default)s)"
+    )
     length = parser.add_mutually_exclusive_group()
-    length.add_argument("--minutes", type=float, help="final training per run (default 4)")
-    length.add_argument("--epochs", type=int, help="final training per run, in epochs")
-    parser.add_argument("--final-size", default="192x256", help="final training HxW")
-    parser.add_argument("--holdout", nargs="+", default=["0001TP"])
+    length.add_argument("--minutes", type=float, help="final training per run")
+    length.add_argument(
+        "--epochs",
+        type=int,
+        help=f"final training per run, in epochs (default {DEFAULT_FINAL['epochs']}, the "
+        "reference set's recipe)",
+    )
+    parser.add_argument(
+        "--final-size",
+        default=DEFAULT_FINAL["size"],
+        help="final training HxW (default %(default)s)",
+    )
+    parser.add_argument("--holdout", nargs="+", default=["0006R0"])
     parser.add_argument(
         "--rungs",
         default=DEFAULT_RUNGS,
-        help=f"the study's rungs as EPOCHS@HxW, comma-separated, on every training frame "
-        f"(default {DEFAULT_RUNGS}); 'local' keeps the study file's",
+        help="the study's rungs as EPOCHS@HxW, comma-separated, on every training frame "
+        f"(default {DEFAULT_RUNGS}: the study file's own)",
     )
-    parser.add_argument("--top", type=int, default=3)
+    parser.add_argument("--top", type=int, default=2)
     parser.add_argument("--seeds", type=int, default=3, help="trainings per network (default 3)")
     parser.add_argument(
         "--rounds",
@@ -207,8 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.rounds == parser.get_default("rounds"):
             args.rounds = 2
         args.top = min(args.top, 2)
-    elif args.trials < 40:
-        print(f"note: {args.trials} rung-0 trials (the benchmark's target is at least 40)")
+    elif args.trials < 24:
+        print(f"note: {args.trials} trained rung-0 trials (the benchmark's default is 24)")
     if not (REPO / "studies" / f"{args.target}.yaml").is_file():
         parser.error(f"--target {args.target}: no studies/{args.target}.yaml")
     preset = args.target if args.target in preset_names() else "nano"
@@ -228,10 +240,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.smoke:
         recipe = SMOKE_FINALIZE
-    elif args.epochs is not None:
-        recipe = ["--epochs", str(args.epochs), "--size", args.final_size]
+    elif args.minutes is not None:
+        recipe = ["--minutes", str(args.minutes), "--size", args.final_size]
     else:
-        recipe = ["--minutes", str(args.minutes or 4.0), "--size", args.final_size]
+        epochs = args.epochs or DEFAULT_FINAL["epochs"]
+        recipe = ["--epochs", str(epochs), "--size", args.final_size]
     finalize = [
         *jetsearch,
         "finalize",
