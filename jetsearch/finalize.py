@@ -334,6 +334,10 @@ def finalize(
         holdout=holdout,
         progress=progress,
     )
+    if spec.train.threads is not None:  # the study's torch threads per training process
+        import torch
+
+        torch.set_num_threads(spec.train.threads)
     rows = trial_rows(study, storage)
     networks: list[tuple[FinalRow, JetSegConfig]] = []
     for r in choose(rows, top):
