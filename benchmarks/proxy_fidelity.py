@@ -226,17 +226,27 @@ def proxy_seed_noise(rows: list[dict[str, Any]], rule: str = "best") -> dict[str
     return {"networks": len(both), "self_tau": kendall_tau(a, b), "seed_sd": sd}
 
 
+SELF_TAU_FLOOR = 0.2  # a recipe whose two seeds rank the networks less alike ranks nothing
+
+
 def choose_rungs(
-    rows: list[dict[str, Any]], rung0_tau: float = 0.6, top_tau: float = 0.8
+    rows: list[dict[str, Any]],
+    rung0_tau: float = 0.6,
+    top_tau: float = 0.8,
+    self_tau: dict[str, float] | None = None,
 ) -> list[str]:
     """The rungs the scoreboard supports, in words, among the training recipes under the rule a
     study scores by (``best``), their cost being their nominal share of the reference's work
     (:func:`nominal_share`). The top rung: the cheapest within a tenth of the reference's
     work whose held-out tau reaches ``top_tau``, else the best found within that cost. Rung 0
     (which every network trains): among recipes costing at most a third of the top rung's (eta
-    3), the cheapest reaching ``rung0_tau``, else the best found."""
+    3), the cheapest reaching ``rung0_tau``, else the best found. A recipe trained with two
+    seeds whose seed-vs-seed tau (``self_tau``) is under :data:`SELF_TAU_FLOOR` is left out:
+    its agreement with the reference is chance."""
     # A study trains each network once: the mean of two seeds is not a rung.
     trained = [r for r in rows if r["proxy"].endswith(" best") and "x2-seeds" not in r["proxy"]]
+    noisy = {name for name, tau in (self_tau or {}).items() if tau < SELF_TAU_FLOOR}
+    trained = [r for r in trained if r["proxy"].rsplit(" ", 1)[0] not in noisy]
 
     def pick(pool, tau):
         good = [r for r in pool if r["heldout"]["tau"] >= tau]
@@ -340,7 +350,16 @@ def scoreboard(args: argparse.Namespace) -> int:
         rows.append(row)
     if args.write_scoreboard:
         write_scoreboard(args, rows, trained, len(nets), ceilings)
-    rung_lines = choose_rungs(rows)
+    self_tau = {
+        name: n["self_tau"] for name, runs in trained.items() if (n := proxy_seed_noise(runs))
+    }
+    rung_lines = choose_rungs(rows, self_tau=self_tau)
+    rung_lines += [
+        f"left out: {name} (its two seeds rank the networks with tau {tau:+.2f}, under "
+        f"{SELF_TAU_FLOOR})"
+        for name, tau in sorted(self_tau.items())
+        if tau < SELF_TAU_FLOOR
+    ]
     rows.sort(
         key=lambda r: -r["heldout"]["tau"] if r["heldout"]["tau"] == r["heldout"]["tau"] else 9
     )

@@ -127,3 +127,14 @@ def test_a_recipes_nominal_share_of_the_reference_counts_epochs_pixels_and_frame
     assert pf.nominal_share({"epochs": 2, "size": [60, 80]}, reference) == pytest.approx(1 / 60)
     fewer = pf.nominal_share({"epochs": 30, "size": [120, 160], "frames": 133}, reference)
     assert fewer == pytest.approx((133 + 202 / 3) / (266 + 202 / 3))
+
+
+def test_a_recipe_whose_seeds_disagree_is_not_a_rung(pf):
+    def row(name, share, tau):
+        band = {"tau": tau, "tau_low": tau - 0.2, "tau_high": tau + 0.1}
+        return {"proxy": f"{name} best", "cost_s": 1.0, "share": share, "heldout": band}
+
+    rows = [row("lucky", 0.01, 0.7), row("steady", 0.02, 0.62), row("top", 0.08, 0.85)]
+    assert pf.choose_rungs(rows)[0].startswith("rung 0: lucky")
+    lines = pf.choose_rungs(rows, self_tau={"lucky": -0.1, "steady": 0.4})
+    assert lines[0].startswith("rung 0: steady (the cheapest with held-out tau >= 0.6)")
