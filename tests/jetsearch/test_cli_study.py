@@ -30,7 +30,7 @@ from rich.console import Console
 from study_cases import REPO, write_study
 
 from jetsearch.cli import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, main, storage_option
-from jetsearch.cli.study import LiveView, StudyClock, TrialLines, trial_line
+from jetsearch.cli.study_views import LiveView, StudyClock, TrialLines, trial_line
 from jetsearch.progress import StudyProgress
 from jetsearch.spec import StudySpec
 from jetsearch.storage import open_storage
