@@ -348,11 +348,11 @@ def scoreboard(args: argparse.Namespace) -> int:
         for split in ("val", "heldout"):
             row[split] = rank_agreement(values, [n.mean(split) for n in nets])
         rows.append(row)
+    # Each recipe's own noise, where it was trained with a second seed (computed once).
+    noisy = {name: n for name, runs in trained.items() if (n := proxy_seed_noise(runs))}
     if args.write_scoreboard:
-        write_scoreboard(args, rows, trained, len(nets), ceilings)
-    self_tau = {
-        name: n["self_tau"] for name, runs in trained.items() if (n := proxy_seed_noise(runs))
-    }
+        write_scoreboard(args, rows, trained, noisy, len(nets), ceilings)
+    self_tau = {name: n["self_tau"] for name, n in noisy.items()}
     rung_lines = choose_rungs(rows, self_tau=self_tau)
     rung_lines += [
         f"left out: {name} (its two seeds rank the networks with tau {tau:+.2f}, under "
@@ -401,8 +401,6 @@ def scoreboard(args: argparse.Namespace) -> int:
     print("rungs the scoreboard supports (rule best, as a study scores a trial):")
     for line in rung_lines:
         print(f"  {line}")
-    noisy = {name: proxy_seed_noise(runs) for name, runs in trained.items()}
-    noisy = {name: n for name, n in noisy.items() if n is not None}
     if noisy:
         print("recipes trained with two seeds (rule best, val): seed 0 vs seed 1")
         print(f"{bar} recipe {bar} networks {bar} Kendall tau {bar} sd of one training (pts) {bar}")
@@ -416,7 +414,7 @@ def scoreboard(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_scoreboard(args, rows, trained, networks: int, ceilings) -> None:
+def write_scoreboard(args, rows, trained, noisy, networks: int, ceilings) -> None:
     """The trained recipes' figures under the rule a study scores by, for ``jetsearch show``."""
     import datetime as dt
 
@@ -436,7 +434,7 @@ def write_scoreboard(args, rows, trained, networks: int, ceilings) -> None:
             "tau_heldout_high": row["heldout"]["tau_high"],
             "seconds_per_network": row["cost_s"],
         }
-        noise = proxy_seed_noise(runs)
+        noise = noisy.get(recipe)
         if noise is not None:
             entry["seed_sd_val"] = noise["seed_sd"]
             entry["self_tau_val"] = noise["self_tau"]

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
     from jetsearch.spec import StudySpec
 
 
+_NOT_READ = object()
+
+
 class Rejected(Exception):
     """Raised inside a trial whose network is over the latency budget: it is not trained."""
 
@@ -138,6 +141,7 @@ class Objective:
         self.rung = rung
         self.progress = progress
         self.artifacts = artifacts
+        self._seed_sd: Any = _NOT_READ  # the rung recipe's seed spread on the scoreboard
 
     def _phase(self, phase: str) -> None:
         if self.progress is not None:
@@ -301,11 +305,13 @@ class Objective:
         boot = bootstrap_miou(frame_counts)[0]
         if not self.spec.data:
             return boot  # the scoreboard measured CamVid, not the synthetic scenes
-        board = load_scoreboard(studies_dir() / SCOREBOARD_FILE)
-        found = fidelity_of(budget_recipe(self.spec.rung_budget(self.rung)), board)
-        if found is None or found.seed_sd_val is None:
+        if self._seed_sd is _NOT_READ:  # read once per rung's objective, not per trial
+            board = load_scoreboard(studies_dir() / SCOREBOARD_FILE)
+            found = fidelity_of(budget_recipe(self.spec.rung_budget(self.rung)), board)
+            self._seed_sd = None if found is None else found.seed_sd_val
+        if self._seed_sd is None:
             return boot
-        return math.hypot(boot, found.seed_sd_val)
+        return math.hypot(boot, self._seed_sd)
 
     def _upload(self, trial, config, onnx_bytes: bytes, result, trainer) -> None:
         """The trial's config, ONNX, latency record and (when trained) an overlay panel."""

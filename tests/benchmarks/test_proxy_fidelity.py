@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import sys
 from pathlib import Path
 
 import pytest
+from bench_loader import load_benchmark
 
 from jetsearch.reference import append_reference
 
@@ -21,16 +21,7 @@ sys.path.pop(0)
 
 @pytest.fixture(scope="module")
 def pf():
-    sys.path.insert(0, str(BENCHMARKS))  # the script imports its siblings
-    try:
-        spec = importlib.util.spec_from_file_location(
-            "proxy_fidelity", BENCHMARKS / "proxy_fidelity.py"
-        )
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    yield from load_benchmark("proxy_fidelity")
 
 
 def proxy_row(network: str, val: float) -> dict:

@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from bench_loader import load_benchmark
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def sq():
-    sys.path.insert(0, str(BENCHMARKS))  # the script imports its sibling _machine
-    try:
-        spec = importlib.util.spec_from_file_location(
-            "search_quality", BENCHMARKS / "search_quality.py"
-        )
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    yield from load_benchmark("search_quality")
 
 
 def optuna_hv(points, ref):

@@ -6,8 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import optuna
+import pytest
 import yaml
 
+from jetsearch.distributed import import_ray
 from jetsearch.fronts import ranked
 from jetsearch.rungs import RungLadder, rung_study_name
 from jetsearch.spec import merge_mappings
@@ -98,3 +100,18 @@ def check_promotions(storage: Path, eta: int, name: str = "small") -> None:
         # Latency is measured once per network: the promoted trial got it from the cache.
         assert "from-cache" in t.user_attrs["latency_flags"]
         assert t.user_attrs["latency_median_ms"] == source.user_attrs["latency_median_ms"]
+
+
+def _ray_missing() -> str | None:
+    """Why Ray cannot run here (its install hint), or None when it can."""
+    from jetsearch.spec import StudyError
+
+    try:
+        import_ray()
+    except StudyError as err:
+        return str(err)
+    return None
+
+
+RAY_MISSING = _ray_missing()
+needs_ray = pytest.mark.skipif(RAY_MISSING is not None, reason=RAY_MISSING or "")

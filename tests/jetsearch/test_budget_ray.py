@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import optuna
 import pytest
-from study_cases import NOTHING, TIGHT, write_relative_study
+from study_cases import (
+    NOTHING,
+    TIGHT,
+    needs_ray,
+    write_relative_study,
+)
 
 from jetsearch.budget import TrialCount
-from jetsearch.distributed import RayOptions, import_ray, run_study_ray
+from jetsearch.distributed import RayOptions, run_study_ray
 from jetsearch.spec import StudyError, load_study_spec
 from jetsearch.storage import open_storage
 
@@ -21,24 +26,10 @@ def _study(storage) -> optuna.Study:
     return optuna.load_study(study_name="small", storage=open_storage(str(storage)))
 
 
-try:
-    import_ray()
-    RAY_MISSING = None
-except StudyError as err:
-    RAY_MISSING = str(err)
-
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(RAY_MISSING is not None, reason=RAY_MISSING or ""),
+    needs_ray,
 ]
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray = import_ray()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
 
 
 def test_ray_workers_count_trained_trials_under_the_stored_budget(local_ray, tmp_path):

@@ -18,7 +18,11 @@ from pathlib import Path
 
 import optuna
 import pytest
-from study_cases import check_promotions, write_study
+from study_cases import (
+    check_promotions,
+    needs_ray,
+    write_study,
+)
 
 from jetsearch.cli import EXIT_OK, main
 from jetsearch.distributed import (
@@ -40,21 +44,6 @@ RUNGS = [{"epochs": 1, "size": [32, 48]}, {"epochs": 1, "size": [48, 64]}]
 RUNNING = optuna.trial.TrialState.RUNNING
 COMPLETE = optuna.trial.TrialState.COMPLETE
 FAIL = optuna.trial.TrialState.FAIL
-
-try:
-    import_ray()
-    RAY_MISSING = None
-except StudyError as err:
-    RAY_MISSING = str(err)
-needs_ray = pytest.mark.skipif(RAY_MISSING is not None, reason=RAY_MISSING or "")
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray = import_ray()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
 
 
 def _ladder(storage: Path, name: str) -> list[optuna.Study]:
