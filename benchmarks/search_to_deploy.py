@@ -6,7 +6,7 @@
    and the reference set's held-out sequence 0006R0 unless ``--holdout`` names another. The
    preset is enqueued; the latency budget is the preset's latency under the study's own
    providers (``budget_relative_to``), fixed when the study starts.
-2. ``jetsearch finalize`` its top networks and the preset under one recipe (by default the
+2. ``jetsearch finalize`` its most accurate feasible networks and the preset under one recipe (by default the
    reference set's: 30 epochs at 120x160, augmented) with ``--seeds`` seeds each, latency
    re-measured in ``--rounds`` interleaved rounds, every found network judged against the preset
    (``--write-preset NAME`` writes a winner as a derived preset).

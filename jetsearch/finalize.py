@@ -1,11 +1,12 @@
 """``jetsearch finalize``: train the final front fully over seeds, compare it with the presets.
 
 A study scores every network after a short proxy run. Finalize closes the loop: it takes the
-top networks of the final front (each at the highest rung it reached), and optionally the
-presets, and trains each under **one** full recipe with ``seeds`` seeds (0, 1, ...), each in a
-resumable run directory of its own (``<out>/<network>/seed<k>``, the layout ``jetsearch train``
-writes). Every run is evaluated on val and on the held-out sequences; per network the report
-gives the mean and the sample standard deviation over the seeds.
+study's most accurate feasible networks at the highest rung they reached (``choose_by="miou"``;
+or the noise-aware front's, ``"front"``), and optionally the presets, and trains each under
+**one** full recipe with ``seeds`` seeds (0, 1, ...), each in a resumable run directory of its
+own (``<out>/<network>/seed<k>``, the layout ``jetsearch train`` writes). Every run is evaluated
+on val and on the held-out sequences; per network the report gives the mean and the sample
+standard deviation over the seeds.
 
 Latency is re-measured with the study's providers, without the cache. Where they measure, all
 networks are measured in ``rounds`` interleaved rounds (each round measures every network once,
@@ -166,21 +167,41 @@ def spec_of(study) -> Any:
     return spec
 
 
-def choose(rows: Sequence[Any], top: int) -> list[Any]:
-    """The ``top`` found networks of the front, best first (ends of the front, then spread).
+CHOICES = ("miou", "front")
+
+
+def choose(rows: Sequence[Any], top: int, by: str = "miou") -> list[Any]:
+    """The ``top`` found networks to finalize, best first.
+
+    ``miou`` (the default): the feasible networks that reached the highest rung, most accurate
+    first (then lower rungs, each by mIoU). Finalize is where a found network must beat the
+    preset in accuracy at no more latency, and once a trial's mIoU carries its seed spread the
+    noise-aware front often holds a single network, the fastest of a tie, the least likely to
+    win that comparison. ``front``: the noise-aware front's networks, ends first, then spread.
 
     Found means not a preset: the presets a study enqueued are trained with ``--with-presets``
-    (as presets, once), so the front here is that of the other networks.
+    (as presets, once), so the choice here is among the other networks.
     """
     from jetsearch.report import front_rows
 
-    front = front_rows([r for r in rows if not r.preset])
-    if not front:
+    if by not in CHOICES:
+        raise FinalizeError(f"--choose {by!r}: expected one of {', '.join(CHOICES)}")
+    found = [r for r in rows if not r.preset]
+    if by == "front":
+        front = front_rows(found)
+        by_key = {r.point().key: r for r in front}
+        chosen = [by_key[p.key] for p in ranked([r.point() for r in front])]
+    else:
+        unique: dict[str, Any] = {}
+        for r in found:
+            if r.complete and r.feasible and r.duplicate_of is None:
+                unique.setdefault(r.point().key, r)
+        chosen = sorted(unique.values(), key=lambda r: (-r.rung, -r.miou, r.latency_ms))
+    if not chosen:
         raise FinalizeError(
             "the study has no feasible finished network other than the presets to finalize"
         )
-    by_key = {r.point().key: r for r in front}
-    return [by_key[p.key] for p in ranked([r.point() for r in front])][:top]
+    return chosen[:top]
 
 
 def full_recipe(
@@ -280,6 +301,7 @@ def finalize(
     storage: Any,
     *,
     top: int,
+    choose_by: str = "miou",
     presets: Sequence[str] = (),
     seeds: int = DEFAULT_SEEDS,
     rounds: int = DEFAULT_ROUNDS,
@@ -344,7 +366,7 @@ def finalize(
         torch.set_num_threads(spec.train.threads)
     rows = trial_rows(study, storage)
     networks: list[tuple[FinalRow, JetSegConfig]] = []
-    for r in choose(rows, top):
+    for r in choose(rows, top, choose_by):
         config = load_config(load_yaml_text(_trial_config_yaml(study, r.number)))
         networks.append((_final_row(f"trial-{r.number}", "found", r), config))
     by_preset = {r.preset: r for r in rows if r.preset and r.complete}
@@ -377,6 +399,7 @@ def finalize(
         confidence=confidence,
         budget=study_budget(study),
     )
+    report["chosen_by"] = choose_by
     report["networks"] = [dataclasses.asdict(r) for r, _ in networks]
     if write_preset is not None:
         path, message = write_derived_preset(

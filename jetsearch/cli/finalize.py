@@ -54,6 +54,7 @@ def cmd_finalize(args: argparse.Namespace) -> int:
             study,
             storage,
             top=args.top,
+            choose_by=args.choose,
             presets=presets or (),
             seeds=args.seeds,
             rounds=args.rounds,
@@ -114,18 +115,21 @@ def _upload(study, storage: str, out: str) -> None:
 
 
 def add_parsers(subparsers) -> None:
+    from jetsearch.finalize import CHOICES
+
     p = subparsers.add_parser(
         "finalize",
         parents=[study_parent()],
         help="train a study's final front fully, re-measure it, write a report",
         description=(
-            "Train the top networks of a study's final front (each at the highest rung it "
-            "reached), and with --with-presets the presets, under one full recipe with --seeds "
-            "seeds; evaluate them on val and the held-out sequences; re-measure their latency "
-            "in interleaved rounds; judge each found network against each preset (a win: mean "
-            "mIoU higher beyond the seed spread, Welch's one-sided t-test, and latency no "
-            "higher); write report.md, report.json and front_final.png, and with "
-            "--write-preset the winner as a derived preset. Running it again resumes."
+            "Train a study's top found networks (by default the most accurate feasible ones "
+            "at the highest rung they reached), and with --with-presets the presets, under "
+            "one full recipe with --seeds seeds; evaluate them on val and the held-out "
+            "sequences; re-measure their latency in interleaved rounds; judge each found "
+            "network against each preset (a win: mean mIoU higher beyond the seed spread, "
+            "Welch's one-sided t-test, and latency no higher); write report.md, report.json "
+            "and front_final.png, and with --write-preset the winner as a derived preset. "
+            "Running it again resumes."
         ),
         epilog=(
             "example:\n  jetsearch finalize --study nano --top 3 --with-presets nano "
@@ -134,7 +138,16 @@ def add_parsers(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "--top", type=int, default=3, help="found networks of the front, presets aside (default 3)"
+        "--top", type=int, default=3, help="found networks to train, presets aside (default 3)"
+    )
+    p.add_argument(
+        "--choose",
+        choices=CHOICES,
+        default="miou",
+        help=(
+            "which found networks: miou (default) the most accurate feasible ones at the "
+            "highest rung they reached; front the noise-aware front's (ends first)"
+        ),
     )
     p.add_argument(
         "--with-presets",

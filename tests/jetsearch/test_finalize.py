@@ -119,31 +119,62 @@ def test_finalize_refuses_bad_input_before_training(tmp_path):
     assert not (tmp_path / "f").exists()
 
 
-def test_the_found_networks_are_the_front_without_the_presets():
-    from jetsearch.finalize import FinalizeError, choose
+def _row(number, miou, latency, **fields):
+    """A finished trial as the report reads it; ``fields`` override the defaults."""
     from jetsearch.report import TrialRow
 
-    def row(number, miou, latency, preset=None):
-        return TrialRow(
-            number=number,
-            state="COMPLETE",
-            miou=miou,
-            latency_ms=latency,
-            provenance="measured-local",
-            params=1000,
-            macs=10**6,
-            feasible=True,
-            preset=preset,
-            arch_hash=f"h{number}",
-            duplicate_of=None,
-            reason=None,
-            synthetic=False,
-        )
+    base = dict(
+        number=number,
+        state="COMPLETE",
+        miou=miou,
+        latency_ms=latency,
+        provenance="measured-local",
+        params=1000,
+        macs=10**6,
+        feasible=True,
+        preset=None,
+        arch_hash=f"h{number}",
+        duplicate_of=None,
+        reason=None,
+        synthetic=False,
+    )
+    return TrialRow(**{**base, **fields})
 
+
+def test_the_found_networks_are_the_front_without_the_presets():
+    from jetsearch.finalize import FinalizeError, choose
+
+    row = _row
     # The preset (trial 0) dominates trial 2; the found front is trials 1 and 2 all the same,
     # since the preset is trained as a preset (--with-presets), never as a found network.
     rows = [row(0, 0.40, 10.0, preset="nano"), row(1, 0.30, 5.0), row(2, 0.35, 12.0)]
-    assert sorted(r.number for r in choose(rows, 3)) == [1, 2]
-    assert [r.number for r in choose(rows, 1)][0] in (1, 2)
-    with pytest.raises(FinalizeError, match="other than the presets"):
-        choose([row(0, 0.4, 10.0, preset="nano")], 3)
+    assert sorted(r.number for r in choose(rows, 3, "front")) == [1, 2]
+    assert [r.number for r in choose(rows, 1, "front")][0] in (1, 2)
+    for by in ("front", "miou"):
+        with pytest.raises(FinalizeError, match="other than the presets"):
+            choose([row(0, 0.4, 10.0, preset="nano")], 3, by)
+    with pytest.raises(FinalizeError, match="--choose 'best'"):
+        choose(rows, 3, "best")
+
+
+def test_finalize_chooses_the_most_accurate_networks_of_the_highest_rung_by_default():
+    """mIoU inside each other's spread collapse a noise-aware front to its fastest network;
+    finalize, which must beat a preset in accuracy, takes the most accurate instead."""
+    from jetsearch.finalize import choose
+
+    def row(number, miou, latency, rung=1, **fields):
+        return _row(number, miou, latency, rung=rung, miou_sd=0.05, **fields)
+
+    # mIoU inside each other's spread: the fastest dominates the rest, the front is one network
+    rows = [
+        row(1, 0.30, 8.0),
+        row(2, 0.33, 10.0),
+        row(3, 0.36, 12.0),
+        row(4, 0.50, 9.0, rung=0),  # a better figure at a lower rung: not comparable
+        row(5, 0.60, 9.0, feasible=False),
+        row(6, 0.36, 12.0, duplicate_of=3, arch_hash="h3"),
+    ]
+    same_rung = [r for r in rows if r.rung == 1]
+    assert [r.number for r in choose(same_rung, 3, "front")] == [1]  # the collapse
+    assert [r.number for r in choose(rows, 3)] == [3, 2, 1]
+    assert [r.number for r in choose(rows, 5)] == [3, 2, 1, 4]
