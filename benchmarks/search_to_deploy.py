@@ -5,11 +5,14 @@
    rungs (those the proxy scoreboard chose, docs/reference.md) unless ``--rungs`` gives others,
    and the reference set's held-out sequence 0006R0 unless ``--holdout`` names another. The
    preset is enqueued; the latency budget is the preset's latency under the study's own
-   providers (``budget_relative_to``), fixed when the study starts.
-2. ``jetsearch finalize`` its most accurate feasible networks and the preset under one recipe (by default the
-   reference set's: 30 epochs at 120x160, augmented) with ``--seeds`` seeds each, latency
-   re-measured in ``--rounds`` interleaved rounds, every found network judged against the preset
-   (``--write-preset NAME`` writes a winner as a derived preset).
+   providers (``budget_relative_to``), fixed when the study starts. By default (``--mode
+   budget``) the study maximises mIoU within that budget and promotes each rung's most
+   accurate networks; ``--mode pareto`` keeps the study file's mIoU-against-latency front.
+2. ``jetsearch finalize`` its most accurate feasible networks at the highest rung and the
+   preset under one recipe (by default the reference set's: 30 epochs at 120x160, augmented)
+   with ``--seeds`` seeds each, latency re-measured in ``--rounds`` interleaved rounds, every
+   found network judged against the preset (``--write-preset NAME`` writes a winner as a
+   derived preset).
 3. Print the comparison table (mean ± sd over seeds of val and held-out mIoU, latency and how
    it was taken, params, MACs, the verdict with Welch's t and p) and the machine.
 
@@ -100,6 +103,10 @@ def study_definition(args: argparse.Namespace, preset: str, out: Path) -> dict:
     }
     if args.target == "local":
         study["space"] = "nano"
+    if args.mode == "budget":
+        # The most accurate network no slower than the preset: promotions by mIoU (rungs do
+        # the pruning, Optuna's median pruner is off).
+        study["mode"], study["pruner"] = "budget", "none"
     study["data"] = str(Path(args.data).resolve())
     study["train"] = {**base["train"], "holdout": list(args.holdout)}
     if args.rungs != DEFAULT_RUNGS:
@@ -187,6 +194,13 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_RUNGS,
         help="the study's rungs as EPOCHS@HxW, comma-separated, on every training frame "
         f"(default {DEFAULT_RUNGS}: the study file's own)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=("budget", "pareto"),
+        default="budget",
+        help="the study's mode (default budget: the most accurate network within the preset's "
+        "latency, promotions by mIoU; pareto: the study file's own, promotions by the front)",
     )
     parser.add_argument("--top", type=int, default=2)
     parser.add_argument("--seeds", type=int, default=3, help="trainings per network (default 3)")

@@ -152,10 +152,6 @@ class Objective:
 
         from jetsearch.recovery import INTERRUPTED, TrialHeartbeat, failure_attrs
 
-        # The outcome comes first among the attributes, so the dashboard shows it on top; it
-        # reads "running" until the trial ends (recovery rewrites it for a trial whose process
-        # died).
-        trial.set_user_attr("outcome", "running")
         details: dict[str, Any] = {}  # written after the headline, when the trial ends
         if self.progress is not None:
             self.progress.start_trial(trial.number, self.rung)
@@ -197,6 +193,11 @@ class Objective:
         from jetseg.export import export_onnx
         from jetseg.model import build_model
 
+        # The outcome comes first among the user attributes, so the dashboard shows it on top;
+        # it reads "running" until the trial ends (recovery rewrites it for a trial whose
+        # process died). It is written after the owner record (TrialHeartbeat), so a process
+        # killed between the two leaves a trial its successor can prove dead at once.
+        trial.set_user_attr("outcome", "running")
         spec = self.spec
         if self.rung > 0 and "promoted_from_trial" not in trial.user_attrs:
             # Another process took the promotion this one meant to train.

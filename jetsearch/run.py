@@ -178,7 +178,7 @@ def run_worker_process(
     already = len(study.get_trials(deepcopy=False))
     if already:
         study.sampler = make_sampler(spec, job_index + 1000 * already)
-    ladder = RungLadder(studies, spec.eta, budget_ms) if len(studies) > 1 else None
+    ladder = RungLadder(studies, spec.eta, budget_ms, spec.mode) if len(studies) > 1 else None
     interval_s, grace_s = heartbeat_settings()
     # jetsearch's owner records and heartbeats on every storage, a database server included
     # (opened without Optuna's heartbeat, which would fail a dead trial before its outcome could

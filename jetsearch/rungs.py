@@ -1,9 +1,11 @@
-"""Multi-fidelity studies: rungs of longer training, promotion by non-dominated sorting.
+"""Multi-fidelity studies: rungs of longer training, promotion of a rung's best.
 
-A pareto study with ``rungs`` in its YAML trains every trial at rung 0 (the cheapest recipe).
-Whenever a rung holds ``n`` finished networks, the best ``n // eta`` of them (non-dominated
-sorting of mIoU against latency under the budget, crowding distance within a front: MO-ASHA,
-Schmucker et al. 2021) are trained again at the next rung. Each rung is its own Optuna study
+A study with ``rungs`` in its YAML trains every trial at rung 0 (the cheapest recipe).
+Whenever a rung holds ``n`` finished networks, the best ``n // eta`` of them are trained again
+at the next rung: in ``pareto`` mode by non-dominated sorting of mIoU against latency under the
+budget, crowding distance within a front (MO-ASHA, Schmucker et al. 2021); in ``budget`` mode,
+where every trained network is within the budget and only accuracy is maximised, by mIoU
+(ASHA, Li et al. 2020). Each rung is its own Optuna study
 (``NAME``, ``NAME:rung1``, ``NAME:rung2``, ...) in the same storage, so optuna-dashboard shows
 every rung; a promotion is an ``enqueue_trial`` of the network's parameters into the next
 rung's study, with user attributes linking it to its source (``arch_hash``,
@@ -42,22 +44,34 @@ def split_rung_name(study_name: str) -> tuple[str, int]:
     return study_name, 0
 
 
+MODES = ("pareto", "budget")
+
+
 def promotions_due(
     points: Sequence[Point],
     promoted: set[str],
     eta: int,
     alpha: float = DEFAULT_ALPHA,
+    mode: str = "pareto",
 ) -> list[str]:
     """Keys of the points to promote now: the best ``len(points) // eta`` not yet promoted.
 
     ``points`` are a rung's finished, feasible networks (one point per network); ``promoted``
     the keys already present at the next rung. As in ASHA the quota grows with the rung, so a
-    network that enters the top ``1/eta`` later is promoted then.
+    network that enters the top ``1/eta`` later is promoted then. Best is the non-dominated
+    order in ``pareto`` mode, the highest mIoU (the faster first among equal ones) in
+    ``budget`` mode.
     """
     if eta < 2:
         raise ValueError(f"eta must be >= 2, got {eta}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     quota = len(points) // eta
-    best = ranked(points, alpha)[:quota]
+    if mode == "budget":
+        order = sorted(points, key=lambda p: (-p.miou, p.latency_ms, p.key))
+    else:
+        order = ranked(points, alpha)
+    best = order[:quota]
     return [p.key for p in best if p.key not in promoted]
 
 
@@ -102,14 +116,18 @@ class RungLadder:
         studies: the Optuna studies of rungs 0, 1, ... (``rung_study_name``), already created.
         eta: promote the best ``1/eta`` of each rung.
         budget_ms: the latency budget; over-budget networks are never promoted.
+        mode: the study's mode, what "best" means (:func:`promotions_due`).
     """
 
-    def __init__(self, studies: Sequence[Any], eta: int, budget_ms: float | None) -> None:
+    def __init__(
+        self, studies: Sequence[Any], eta: int, budget_ms: float | None, mode: str = "pareto"
+    ) -> None:
         if len(studies) < 1:
             raise ValueError("a ladder needs at least one rung")
         self.studies = list(studies)
         self.eta = eta
         self.budget_ms = budget_ms
+        self.mode = mode
 
     def points(self, rung: int) -> tuple[list[Point], dict[str, Any]]:
         """The rung's finished feasible networks (first trial per network) and their trials."""
@@ -134,7 +152,8 @@ class RungLadder:
         done: list[Promotion] = []
         for rung in range(len(self.studies) - 1):
             points, trials = self.points(rung)
-            for key in promotions_due(points, self.present(rung + 1), self.eta):
+            due = promotions_due(points, self.present(rung + 1), self.eta, mode=self.mode)
+            for key in due:
                 source = trials[key]
                 self.studies[rung + 1].enqueue_trial(
                     dict(source.params),

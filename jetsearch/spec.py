@@ -15,7 +15,7 @@ Study files (``studies/*.yaml``) look like::
     latency: {input_size: [360, 480], budget_ms: 40, providers: [local]}
     # or a budget relative to a preset, resolved once when the study starts:
     # latency: {budget_relative_to: nano, budget_factor: 1.0, providers: [estimate]}
-    rungs:                        # multi-fidelity (pareto mode): each rung overrides train:
+    rungs:                        # multi-fidelity (either mode): each rung overrides train:
       - {epochs: 2, size: [96, 128], train_images: 128}
       - {epochs: 4, size: [128, 160]}
     eta: 3                        # promote the best third of each rung (jetsearch.rungs)
@@ -276,7 +276,7 @@ class StudySpec:
 
     @staticmethod
     def cross_field_problems(values: Any) -> list[Problem]:
-        """Budget needs a budget; rungs need pareto mode and valid recipes; heldout a holdout."""
+        """Budget needs a budget; rungs need valid recipes; heldout a holdout."""
         problems: list[Problem] = []
         absolute, relative = values.latency.budget_ms, values.latency.budget_relative_to
         if values.mode == "budget" and known(absolute, relative) and absolute is relative is None:
@@ -285,14 +285,6 @@ class StudySpec:
                     "latency.budget_ms",
                     "budget mode needs a latency budget: set latency.budget_ms (ms) or "
                     "latency.budget_relative_to (a preset)",
-                )
-            )
-        if values.mode == "budget" and known(values.rungs) and values.rungs:
-            problems.append(
-                (
-                    "rungs",
-                    "rungs apply to pareto mode; budget mode prunes with Optuna's pruner "
-                    "(remove rungs or set mode: pareto)",
                 )
             )
         if known(values.train, values.rungs):

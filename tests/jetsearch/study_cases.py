@@ -10,8 +10,7 @@ import pytest
 import yaml
 
 from jetsearch.distributed import import_ray
-from jetsearch.fronts import ranked
-from jetsearch.rungs import RungLadder, rung_study_name
+from jetsearch.rungs import RungLadder, promotions_due, rung_study_name
 from jetsearch.spec import merge_mappings
 from jetsearch.storage import open_storage
 
@@ -67,7 +66,7 @@ def write_relative_study(directory: Path, factor: float, name: str = "small") ->
     return write_study(directory, name, latency={**ESTIMATE_LATENCY, **latency})
 
 
-def check_promotions(storage: Path, eta: int, name: str = "small") -> None:
+def check_promotions(storage: Path, eta: int, name: str = "small", mode: str = "pareto") -> None:
     """Every due promotion is there, none twice, and each trained the network it links to.
 
     As in ASHA a network is promoted while it is in its rung's top 1/eta, so a network that
@@ -78,8 +77,8 @@ def check_promotions(storage: Path, eta: int, name: str = "small") -> None:
     rung0, rung1 = (
         optuna.load_study(study_name=rung_study_name(name, k), storage=opened) for k in (0, 1)
     )
-    points, _ = RungLadder([rung0, rung1], eta, None).points(0)
-    top = {p.key for p in ranked(points)[: len(points) // eta]}
+    points, _ = RungLadder([rung0, rung1], eta, None, mode).points(0)
+    top = set(promotions_due(points, set(), eta, mode=mode))
     # A promoted trial whose process was killed is failed ("owner died") and its network run
     # again as a retry (retry_of): a retry is not a second promotion.
     promoted = [t.user_attrs["arch_hash"] for t in rung1.trials if "retry_of" not in t.user_attrs]

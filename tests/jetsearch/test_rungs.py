@@ -46,6 +46,16 @@ def test_promotion_never_takes_a_dominated_network_before_a_front_one():
         promotions_due(pts, set(), eta=1)
 
 
+def test_budget_mode_promotes_the_most_accurate_third_whatever_their_latency():
+    # The non-dominated third is {a, b, c}; by mIoU alone it is {c, f, b}.
+    assert promotions_due(hand_made(), set(), eta=3, mode="budget") == ["c", "f", "b"]
+    # Equal mIoU: the faster first.
+    tied = [Point("slow", 0.5, 9.0), Point("fast", 0.5, 4.0), Point("low", 0.1, 1.0)]
+    assert promotions_due(tied, set(), eta=2, mode="budget") == ["fast"]
+    with pytest.raises(ValueError, match="mode"):
+        promotions_due(tied, set(), eta=2, mode="fastest")
+
+
 def test_rung_names_round_trip():
     assert rung_study_name("agx", 0) == "agx"
     assert rung_study_name("agx", 2) == "agx:rung2"
