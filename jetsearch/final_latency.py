@@ -139,14 +139,9 @@ def measure_interleaved(
 
 
 def _latency_device(fingerprint: dict[str, Any]) -> str:
-    device = (
-        fingerprint.get("board_model")
-        or fingerprint.get("gpu_model")
-        or fingerprint.get("device")
-        or fingerprint.get("cpu_model")
-        or fingerprint.get("target")
-        or "unknown device"
-    )
+    from jetsearch.latency.base import fingerprint_device
+
+    device = fingerprint_device(fingerprint)
     runtime = fingerprint.get("runtime") or fingerprint.get("model")
     precision = fingerprint.get("precision")
     extra = ", ".join(str(x) for x in (runtime, precision) if x)

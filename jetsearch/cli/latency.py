@@ -45,14 +45,9 @@ def _load_config(name_or_path: str) -> JetSegConfig:
 
 def _device_summary(fingerprint: dict[str, Any]) -> str:
     """One line naming the device and runtime of a fingerprint."""
-    device = (
-        fingerprint.get("board_model")
-        or fingerprint.get("gpu_model")
-        or fingerprint.get("device")
-        or fingerprint.get("cpu_model")
-        or "unknown device"
-    )
-    parts = [str(device)]
+    from jetsearch.latency.base import fingerprint_device
+
+    parts = [fingerprint_device(fingerprint)]
     runtime = fingerprint.get("runtime") or fingerprint.get("backend")
     if runtime:
         version = fingerprint.get("runtime_version")

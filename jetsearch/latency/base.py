@@ -202,6 +202,14 @@ class LatencyResult:
         )
 
 
+def fingerprint_device(fingerprint: Mapping[str, Any]) -> str:
+    """The device a fingerprint names: the board, else the GPU, the device, the CPU, the target."""
+    for key in ("board_model", "gpu_model", "device", "cpu_model", "target"):
+        if fingerprint.get(key):
+            return str(fingerprint[key])
+    return "unknown device"
+
+
 def fingerprint_key(label: str, fingerprint: Mapping[str, Any], keys: Iterable[str]) -> str:
     """A short stable key: `label` plus a digest of the fingerprint's `keys` (missing -> None).
 
