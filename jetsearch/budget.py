@@ -177,3 +177,11 @@ def running_budget(study: Any, spec: StudySpec) -> float | None:
             "run_study or prepare_study, which resolve and store it"
         )
     return spec.latency.budget_ms
+
+
+def over_budget(latency_ms: float, budget_ms: float) -> str:
+    """``over budget (9.704 ms > 9.700 ms)``: with the digits it takes for the two to differ."""
+    digits = 2
+    while f"{latency_ms:.{digits}f}" == f"{budget_ms:.{digits}f}" and digits < 6:
+        digits += 1
+    return f"over budget ({latency_ms:.{digits}f} ms > {budget_ms:.{digits}f} ms)"

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from jetsearch.budget import over_budget
 from jetsearch.latency.chain import LatencyChain
 from jetseg.config import arch_hash, dump_config
 from jetseg.metrics import bootstrap_miou
@@ -268,7 +269,7 @@ class Objective:
                 # Rejected, not trained: PRUNED with its latency and constraint, so the sampler
                 # learns from it, but not counted towards --trials (jetsearch.run.TrialCount).
                 self._upload(trial, config, onnx_bytes, result, None)
-                reason = f"over budget ({latency_ms:.2f} ms > {budget:.2f} ms)"
+                reason = over_budget(latency_ms, budget)
                 trial.set_user_attr("pruned_reason", f"rejected: {reason}")
                 raise Rejected(reason)
 

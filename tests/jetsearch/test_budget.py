@@ -317,3 +317,10 @@ def test_the_command_line_caps_rejections_as_the_run_loop_does():
         .max_rejected
         == 7
     )
+
+
+def test_a_rejection_prints_the_digits_that_tell_latency_and_budget_apart():
+    from jetsearch.budget import over_budget
+
+    assert over_budget(2.0, 1.0) == "over budget (2.00 ms > 1.00 ms)"
+    assert over_budget(9.7042, 9.6981) == "over budget (9.704 ms > 9.698 ms)"
