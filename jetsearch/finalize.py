@@ -1,4 +1,4 @@
-"""``jetsearch finalize``: train the final front fully over seeds, compare it with the presets.
+"""``jetsearch finalize``: train a study's best networks over seeds, compare them with presets.
 
 A study scores every network after a short proxy run. Finalize closes the loop: it takes the
 study's most accurate feasible networks at the highest rung they reached (``choose_by="miou"``;

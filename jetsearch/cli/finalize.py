@@ -1,4 +1,4 @@
-"""``jetsearch finalize``: train a study's final front fully and report it."""
+"""``jetsearch finalize``: train a study's best networks fully and report them."""
 
 from __future__ import annotations
 
@@ -120,7 +120,7 @@ def add_parsers(subparsers) -> None:
     p = subparsers.add_parser(
         "finalize",
         parents=[study_parent()],
-        help="train a study's final front fully, re-measure it, write a report",
+        help="train a study's best networks fully, re-measure them, write a report",
         description=(
             "Train a study's top found networks (by default the most accurate feasible ones "
             "at the highest rung they reached), and with --with-presets the presets, under "
