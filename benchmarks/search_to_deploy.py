@@ -103,6 +103,8 @@ def study_definition(args: argparse.Namespace, preset: str, out: Path) -> dict:
     }
     if args.target == "local":
         study["space"] = "nano"
+    if args.space is not None:
+        study["space"] = args.space
     if args.mode == "budget":
         # The most accurate network no slower than the preset: promotions by mIoU (rungs do
         # the pruning, Optuna's median pruner is off).
@@ -194,6 +196,11 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_RUNGS,
         help="the study's rungs as EPOCHS@HxW, comma-separated, on every training frame "
         f"(default {DEFAULT_RUNGS}: the study file's own)",
+    )
+    parser.add_argument(
+        "--space",
+        help="search this space instead (a built-in name or a YAML path; default: the study "
+        "file's, the nano space for local)",
     )
     parser.add_argument(
         "--mode",
