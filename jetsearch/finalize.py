@@ -182,7 +182,7 @@ def choose(rows: Sequence[Any], top: int, by: str = "miou") -> list[Any]:
     Found means not a preset: the presets a study enqueued are trained with ``--with-presets``
     (as presets, once), so the choice here is among the other networks.
     """
-    from jetsearch.report import front_rows
+    from jetsearch.report import feasible_networks, front_rows
 
     if by not in CHOICES:
         raise FinalizeError(f"--choose {by!r}: expected one of {', '.join(CHOICES)}")
@@ -192,11 +192,7 @@ def choose(rows: Sequence[Any], top: int, by: str = "miou") -> list[Any]:
         by_key = {r.point().key: r for r in front}
         chosen = [by_key[p.key] for p in ranked([r.point() for r in front])]
     else:
-        unique: dict[str, Any] = {}
-        for r in found:
-            if r.complete and r.feasible and r.duplicate_of is None:
-                unique.setdefault(r.point().key, r)
-        chosen = sorted(unique.values(), key=lambda r: (-r.rung, -r.miou, r.latency_ms))
+        chosen = sorted(feasible_networks(found), key=lambda r: (-r.rung, -r.miou, r.latency_ms))
     if not chosen:
         raise FinalizeError(
             "the study has no feasible finished network other than the presets to finalize"

@@ -196,16 +196,22 @@ def _with_rungs(row: TrialRow, by_rung: dict[int, float]) -> TrialRow:
     return replace(row, rung_mious=tuple(sorted(by_rung.items())))
 
 
+def feasible_networks(rows: list[TrialRow]) -> list[TrialRow]:
+    """Feasible complete networks, one row per network (duplicates left out), in row order."""
+    cands: dict[str, TrialRow] = {}
+    for r in rows:
+        if r.complete and r.feasible and r.duplicate_of is None:
+            cands.setdefault(r.point().key, r)
+    return list(cands.values())
+
+
 def front_rows(rows: list[TrialRow]) -> list[TrialRow]:
     """Feasible complete networks not dominated in (max mIoU, min latency), fastest first.
 
     Latencies whose samples cannot be told apart are ties (:func:`jetsearch.fronts.dominates`);
     duplicates of a network already on the front are left out.
     """
-    cands: dict[str, TrialRow] = {}
-    for r in rows:
-        if r.complete and r.feasible and r.duplicate_of is None:
-            cands.setdefault(r.point().key, r)
+    cands = {r.point().key: r for r in feasible_networks(rows)}
     front = pareto_front([r.point() for r in cands.values()])
     return sorted((cands[p.key] for p in front), key=lambda r: (r.latency_ms, -r.miou))
 

@@ -115,8 +115,6 @@ def _upload(study, storage: str, out: str) -> None:
 
 
 def add_parsers(subparsers) -> None:
-    from jetsearch.finalize import CHOICES
-
     p = subparsers.add_parser(
         "finalize",
         parents=[study_parent()],
@@ -142,8 +140,7 @@ def add_parsers(subparsers) -> None:
     )
     p.add_argument(
         "--choose",
-        choices=CHOICES,
-        default="miou",
+        default="miou",  # checked by jetsearch.finalize.choose, not imported for every command
         help=(
             "which found networks: miou (default) the most accurate feasible ones at the "
             "highest rung they reached; front the noise-aware front's (ends first)"
