@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import hashlib
 import os
 import time
@@ -212,6 +213,13 @@ def _stop_workers(ray: Any, tasks: list) -> None:
             ray.cancel(task, force=True)
 
 
+def shutdown_ray(ray: Any) -> None:
+    """``ray.shutdown()`` once every Ray handle this process dropped has been let go (a cycle
+    or a traceback can hold an actor handle or an object ref past its last use)."""
+    gc.collect()
+    ray.shutdown()
+
+
 def _worker_error(err: Exception) -> StudyError:
     """A worker that raised (a study stopped by its failure guard or by too many rejected
     networks: its own message) or died on every retry."""
@@ -331,8 +339,12 @@ def run_prepared_ray(
         _stop_workers(ray, tasks)
         raise
     finally:
+        # The latency actor's handle and the task refs are let go while the driver is still
+        # connected: a Ray driver that drops one after its core worker shut down exits the
+        # whole process with status 1.
+        service = tasks = pending = done = None
         if started_ray:
-            ray.shutdown()
+            shutdown_ray(ray)
     after = TrialCount.of(prepared.opened.study)
     return StudyRun(
         prepared.name,

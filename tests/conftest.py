@@ -13,9 +13,9 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="module")
 def local_ray():
     """A real local Ray instance with two CPUs, for one test module (Ray backend tests)."""
-    from jetsearch.distributed import import_ray
+    from jetsearch.distributed import import_ray, shutdown_ray
 
     ray = import_ray()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
-    ray.shutdown()
+    shutdown_ray(ray)

@@ -138,7 +138,8 @@ def test_the_cli_runs_a_study_with_rungs_on_ray(
     rung0, rung1 = _ladder(storage, "tiny-cli")
     # Two processes may finish a trial each at the same moment: a third can be under way.
     assert len(rung0.get_trials(states=(COMPLETE,))) >= 2
-    assert rung1.trials and {t.state for t in rung1.trials} == {COMPLETE}  # promoted, trained
+    states = [(t.number, t.state.name, t.user_attrs.get("outcome")) for t in rung1.trials]
+    assert rung1.trials and {t.state for t in rung1.trials} == {COMPLETE}, states  # trained
     finished = len(rung0.trials) + len(rung1.trials)
     assert out.count(" trained, ETA ") == finished, out  # the driver's line per trial
     assert "latency from: local" in out and "rung 1" in out
