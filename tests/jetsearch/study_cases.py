@@ -80,10 +80,18 @@ def check_promotions(storage: Path, eta: int, name: str = "small", mode: str = "
     points, _ = RungLadder([rung0, rung1], eta, None, mode).points(0)
     top = set(promotions_due(points, set(), eta, mode=mode))
     # A promoted trial whose process was killed is failed ("owner died") and its network run
-    # again as a retry (retry_of): a retry is not a second promotion.
-    promoted = [t.user_attrs["arch_hash"] for t in rung1.trials if "retry_of" not in t.user_attrs]
+    # again as a retry (retry_of): a retry is not a second promotion. A trial that found the
+    # promotion it meant to train taken by another process is pruned before it has a network.
+    promoted = [
+        t.user_attrs["arch_hash"]
+        for t in rung1.trials
+        if "promoted_from_trial" in t.user_attrs and "retry_of" not in t.user_attrs
+    ]
     assert len(promoted) == len(set(promoted)), "a network was promoted twice"
     for t in rung1.trials:
+        if "promoted_from_trial" not in t.user_attrs:
+            assert t.state == optuna.trial.TrialState.PRUNED
+            assert t.user_attrs["pruned_reason"] == "no promoted network was waiting at this rung"
         if t.state == optuna.trial.TrialState.FAIL:
             assert t.user_attrs["failure_reason"] == "owner died"
             assert t.user_attrs["outcome"] == "failed: owner died"  # no longer "running"

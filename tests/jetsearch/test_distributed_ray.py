@@ -44,6 +44,7 @@ RUNGS = [{"epochs": 1, "size": [32, 48]}, {"epochs": 1, "size": [48, 64]}]
 RUNNING = optuna.trial.TrialState.RUNNING
 COMPLETE = optuna.trial.TrialState.COMPLETE
 FAIL = optuna.trial.TrialState.FAIL
+PRUNED = optuna.trial.TrialState.PRUNED
 
 
 def _ladder(storage: Path, name: str) -> list[optuna.Study]:
@@ -138,8 +139,15 @@ def test_the_cli_runs_a_study_with_rungs_on_ray(
     rung0, rung1 = _ladder(storage, "tiny-cli")
     # Two processes may finish a trial each at the same moment: a third can be under way.
     assert len(rung0.get_trials(states=(COMPLETE,))) >= 2
+    # Every promotion is trained. Two processes that saw one promotion waiting both open a
+    # rung-1 trial; the one that finds it taken prunes its own (jetsearch.objective).
     states = [(t.number, t.state.name, t.user_attrs.get("outcome")) for t in rung1.trials]
-    assert rung1.trials and {t.state for t in rung1.trials} == {COMPLETE}, states  # trained
+    promoted = [t for t in rung1.trials if "promoted_from_trial" in t.user_attrs]
+    assert promoted and {t.state for t in promoted} == {COMPLETE}, states
+    for t in rung1.trials:
+        if t not in promoted:
+            assert t.state == PRUNED, states
+            assert t.user_attrs["pruned_reason"] == "no promoted network was waiting at this rung"
     finished = len(rung0.trials) + len(rung1.trials)
     assert out.count(" trained, ETA ") == finished, out  # the driver's line per trial
     assert "latency from: local" in out and "rung 1" in out
