@@ -340,8 +340,8 @@ def run_prepared_ray(
         raise
     finally:
         # The latency actor's handle and the task refs are let go while the driver is still
-        # connected: a Ray driver that drops one after its core worker shut down exits the
-        # whole process with status 1.
+        # connected: a Ray driver that drops one after its core worker shut down can end the
+        # whole process with status 1 (Ray quick-exits a call into a shut-down core worker).
         service = tasks = pending = done = None
         if started_ray:
             shutdown_ray(ray)
