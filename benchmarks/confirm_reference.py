@@ -17,7 +17,7 @@ file: ``studies/<target>.yaml``) this benchmark:
 4. **judges** the fresh seeds' held-out mIoU against every reference seed of the target preset
    (none of which was chosen for its score) with :func:`jetsearch.compare.judge` (Welch's
    one-sided t-test at 90%, and an estimate no higher than the preset's);
-5. with ``--write-presets DIR``, writes each network that won as ``DIR/<target>-searched.yaml``
+5. with ``--write-presets DIR``, writes each network that won as ``DIR/<target>-found.yaml``
    with a ``# provenance:`` header (where it was drawn, how it was chosen, the seeds, the test).
 
 Examples::
@@ -176,14 +176,14 @@ def markdown(results: list[dict[str, Any]]) -> str:
 
 
 def write_preset(result: dict[str, Any], config_yaml: str, directory: Path) -> Path:
-    """The won network as ``<directory>/<target>-searched.yaml`` under its provenance."""
+    """The won network as ``<directory>/<target>-found.yaml`` under its provenance."""
     import dataclasses
 
     import yaml
 
     from jetseg.config import dump_config, load_config, provenance_header
 
-    name = f"{result['target']}-searched"
+    name = f"{result['target']}-found"
     config = dataclasses.replace(load_config(yaml.safe_load(config_yaml)), name=name)
     summary = [
         f"{name}: a JetSeg network found for {result['target']} by the reference set's random "

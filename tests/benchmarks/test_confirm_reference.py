@@ -82,9 +82,9 @@ def test_a_win_is_written_as_a_preset_that_loads_and_carries_its_provenance(cr, 
 
     result = _judged(cr, [0.26, 0.27, 0.265])
     path = cr.write_preset(result, dump_config(load_config("nano")), tmp_path)
-    assert path.name == "agx-searched.yaml"
+    assert path.name == "agx-found.yaml"
     config = load_config(path)
-    assert config.name == "agx-searched"
+    assert config.name == "agx-found"
     provenance = read_provenance(path)
     assert provenance["network"] == "good" and provenance["seeds"] == [2, 3, 4]
     assert provenance["beat"]["preset_seeds"] == [0, 1, 2]
