@@ -124,7 +124,9 @@ def judge_target(
     cand_val = {r["seed"]: figure(r, "val") for r in fresh if r["network"] == name}
     base = {r["seed"]: figure(r, "heldout") for r in rows if r["network"] == preset}
     base_val = {r["seed"]: figure(r, "val") for r in rows if r["network"] == preset}
-    chosen_heldout = [figure(r, "heldout") for r in rows if r["network"] == name]
+    chosen_heldout = [
+        figure(r, "heldout") for r in rows if r["network"] == name and r["seed"] in CHOICE_SEEDS
+    ]
     lat = compare_latency([latency[name]["ms"]], [latency[preset]["ms"]], measured=False)
     verdict = judge(list(cand.values()), list(base.values()), lat) if cand else None
     return {
@@ -159,16 +161,18 @@ def _pm(values: list[float]) -> str:
 
 def markdown(results: list[dict[str, Any]]) -> str:
     lines = [
-        "| target | budget (estimated) | chosen on val (seeds 0-1) | its latency | fresh seeds "
-        "held-out % | preset held-out % (seeds) | verdict |",
-        "|---|---|---|---|---|---|---|",
+        "| target | budget (estimated) | chosen on val (seeds 0-1) | its latency | held-out % "
+        "seeds 0-1 | fresh seeds held-out % | preset held-out % (seeds) | verdict |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         c = r["choice"]
         lines.append(
             f"| {r['target']} | {r['budget']['budget_ms']:.2f} ms | {r['network']} (val "
             f"{100 * c['val_choice']:.1f}%, best of {c['feasible']} within budget) | "
-            f"{r['latency_ms']:.2f} ms | {_pm(r['heldout'])} (seeds "
+            f"{r['latency_ms']:.2f} ms | "
+            f"{', '.join(f'{100 * v:.1f}' for v in r['choice_seeds_heldout'])} | "
+            f"{_pm(r['heldout'])} (seeds "
             f"{', '.join(map(str, r['fresh_seeds']))}) | {_pm(r['preset_heldout'])} "
             f"({', '.join(map(str, r['preset_seeds']))}) | {r['reason']} |"
         )

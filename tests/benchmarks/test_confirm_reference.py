@@ -68,8 +68,10 @@ def test_fresh_seeds_are_judged_on_held_out_against_every_seed_of_the_preset(cr)
     assert won["verdict"] == "win" and won["fresh_seeds"] == [2, 3, 4]
     assert won["preset_seeds"] == [0, 1, 2]
     # seeds 0 and 1 chose the network: the verdict reads only the fresh seeds
-    assert won["choice_seeds_heldout"] == [0.25, 0.24, 0.10]
+    assert won["choice_seeds_heldout"] == [0.25, 0.24]
     assert won["heldout"] == [0.26, 0.27, 0.265]
+    line = cr.markdown([won]).splitlines()[-1]
+    assert "| 25.0, 24.0 | 26.5 ± 0.5 (seeds 2, 3, 4) | 22.3 ± 0.6 (0, 1, 2) | win:" in line
     tie = _judged(cr, [0.20, 0.26, 0.23])
     assert tie["verdict"] == "tie"
     slower = _judged(cr, [0.26, 0.27, 0.265], LATENCY | {"good": {"ms": 3.5, "source": "e"}})
