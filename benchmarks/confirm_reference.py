@@ -38,19 +38,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import describe  # noqa: E402
-from reference import DEFAULT_DATA, DEFAULT_OUT, RECIPE, run_jobs  # noqa: E402
+from reference import DEFAULT_DATA, DEFAULT_OUT, RECIPE, base_job, run_jobs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIRM_OUT = REPO / "benchmarks" / "reference" / "confirm-camvid-v1.jsonl"
 CHOICE_SEEDS = (0, 1)
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
-def _sd(values: list[float]) -> float:
-    return statistics.stdev(values) if len(values) > 1 else float("nan")
 
 
 def estimates(target: str, configs: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -60,9 +52,6 @@ def estimates(target: str, configs: dict[str, str]) -> tuple[dict[str, Any], dic
     from jetsearch.budget import preset_latency
     from jetsearch.latency.chain import LatencyChain
     from jetsearch.spec import load_study_spec
-    from jetseg.config import load_config
-    from jetseg.export import export_onnx
-    from jetseg.model import build_model
 
     spec = load_study_spec(REPO / "studies" / f"{target}.yaml")
     chain = LatencyChain(spec)
@@ -79,8 +68,7 @@ def estimates(target: str, configs: dict[str, str]) -> tuple[dict[str, Any], dic
         }
         latency = {}
         for name, config_yaml in configs.items():
-            config = load_config(yaml.safe_load(config_yaml))
-            result, _ = chain.measure(export_onnx(build_model(config), input_size=(h, w)), config)
+            result = preset_latency(spec, chain, yaml.safe_load(config_yaml))
             latency[name] = {"ms": result.median_ms, "source": result.provenance.value}
     finally:
         chain.close()
@@ -96,7 +84,7 @@ def choose(rows: list[dict[str, Any]], latency: dict[str, Any], budget_ms: float
         if row["seed"] in CHOICE_SEEDS and not row["source"].startswith("preset"):
             val.setdefault(row["network"], []).append(figure(row, "val"))
     feasible = [
-        (name, _mean(v))
+        (name, statistics.mean(v))
         for name, v in val.items()
         if len(v) == len(CHOICE_SEEDS) and latency[name]["ms"] <= budget_ms
     ]
@@ -154,9 +142,8 @@ def judge_target(
 def _pm(values: list[float]) -> str:
     if not values:
         return "-"
-    sd = _sd(values)
-    spread = "" if sd != sd else f" ± {100 * sd:.1f}"
-    return f"{100 * _mean(values):.1f}{spread}"
+    spread = f" ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else ""
+    return f"{100 * statistics.mean(values):.1f}{spread}"
 
 
 def markdown(results: list[dict[str, Any]]) -> str:
@@ -279,22 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         row0 = next(r for r in rows if r["network"] == name)
         for seed in args.seeds:
             if (name, seed) not in done and not args.report:
-                jobs.append(
-                    {
-                        "network": name,
-                        "source": row0["source"],
-                        "seed": seed,
-                        "config_yaml": row0["config_yaml"],
-                        "arch_hash": row0["arch_hash"],
-                        "latency": row0.get("latency"),
-                        "data": args.data,
-                        "threads": args.threads,
-                        "device": args.device,
-                        "runs": args.runs,
-                        "machine": describe(args.threads),
-                        "recipe": RECIPE,
-                    }
-                )
+                jobs.append(base_job(row0, seed, args) | {"recipe": RECIPE})
         results.append((target, chosen, latency, budget))
     if jobs:
         print(f"training {len(jobs)} fresh seeds...", flush=True)

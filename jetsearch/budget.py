@@ -91,9 +91,10 @@ class TrialCount:
         return False
 
 
-def preset_latency(spec: StudySpec, latency: Any, preset: str) -> Any:
-    """The LatencyResult of the built-in ``preset`` under ``latency`` (the study's chain), at
-    the study's input size: what a trial of that network would measure."""
+def preset_latency(spec: StudySpec, latency: Any, preset: Any) -> Any:
+    """The LatencyResult of ``preset`` (a built-in name, or anything load_config takes) under
+    ``latency`` (the study's chain), at the study's input size: what a trial of that network
+    would measure."""
     from jetseg.config import load_config
     from jetseg.export import export_onnx
     from jetseg.model import build_model
