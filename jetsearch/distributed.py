@@ -201,7 +201,14 @@ class TrialWatcher:
 
 def _stop_workers(ray: Any, tasks: list) -> None:
     """Ask the workers to stop as on Ctrl-C (their trials marked interrupted, queued again),
-    then force whatever still runs after :data:`STOP_GRACE_S`."""
+    then force whatever still runs after :data:`STOP_GRACE_S`.
+
+    Only unfinished tasks are cancelled: Ray 2.60's driver aborts the whole process ("Tried to
+    complete task that was not pending") when a task it was told to cancel has its reply
+    already on the way, as the worker that raised the StudyError has.
+    """
+    with contextlib.suppress(Exception):
+        _, tasks = ray.wait(tasks, num_returns=len(tasks), timeout=0, fetch_local=False)
     for task in tasks:
         with contextlib.suppress(Exception):
             ray.cancel(task)
